@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""The command line: ``s3regfs [-f] [-d] [--config FILE] [-o OPTS]... [SOURCE] MOUNTPOINT``.
+
+Options may come before or after the positional arguments (mount.fuse3
+passes ``SOURCE MOUNTPOINT -o OPTS``).  Without ``-f`` the process forks:
+the parent returns once the child's mount answers (exit 0) or has failed
+(the child's one-line error and exit code), like sshfs and s3fs.  Every
+QuietError becomes one line on stderr and its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+from s3regfs import __version__
+from s3regfs.config import (
+    DRIVER_PARAM_NAMES,
+    FS_OPTION_HELP,
+    Config,
+    DriverParams,
+    build,
+    split_mount_options,
+)
+from s3regfs.errors import EXIT_CONFIG, ConfigError, QuietError
+from s3regfs.log import detach_to_syslog, setup_logging
+
+log = logging.getLogger(__name__)
+
+USAGE = "usage: s3regfs [-f] [-d] [--config FILE] [-o OPT[=VAL][,OPT[=VAL]...]]... [BUCKET[:/ROOTDIRECTORY]] MOUNTPOINT"
+
+_DRIVER_DEFAULTS_SHOWN = {
+    "region": "required unless regionendpoint is set",
+    "bucket": "required",
+    "forcepathstyle": "true when regionendpoint is set",
+    "pathstyle": "true when regionendpoint is set",
+    "accesskey": "default credential chain",
+    "secretkey": "default credential chain",
+    "loglevel": "off",
+}
+
+
+@dataclass
+class Arguments:
+    foreground: bool = False
+    debug: bool = False
+    config_file: str | None = None
+    mount_options: list[tuple[str, str | None]] = field(default_factory=list)
+    positionals: list[str] = field(default_factory=list)
+    action: str = "mount"
+
+
+def parse_argv(argv: Sequence[str]) -> Arguments:
+    """Parse the command line (see the module docstring); ConfigError on misuse."""
+    args = Arguments()
+    items = list(argv)
+    index = 0
+
+    def value_of(option: str) -> str:
+        nonlocal index
+        index += 1
+        if index >= len(items):
+            raise ConfigError(f"option {option} needs a value\n{USAGE}")
+        return items[index]
+
+    only_positionals = False
+    while index < len(items):
+        item = items[index]
+        if only_positionals or not item.startswith("-") or item == "-":
+            args.positionals.append(item)
+        elif item == "--":
+            only_positionals = True
+        elif item in ("-f", "--foreground"):
+            args.foreground = True
+        elif item in ("-d", "--debug"):
+            args.debug = True
+            args.foreground = True
+        elif item in ("-h", "--help"):
+            args.action = "help"
+        elif item in ("-V", "--version"):
+            args.action = "version"
+        elif item == "--config":
+            args.config_file = value_of(item)
+        elif item.startswith("--config="):
+            args.config_file = item[len("--config=") :]
+        elif item == "-o":
+            args.mount_options.extend(split_mount_options(value_of(item)))
+        elif item.startswith("-o"):
+            args.mount_options.extend(split_mount_options(item[2:]))
+        else:
+            raise ConfigError(f"unknown option {item}\n{USAGE}")
+        index += 1
+    return args
+
+
+def help_text() -> str:
+    lines = [
+        USAGE,
+        "",
+        "Mount the S3 storage of a container registry (CNCF Distribution, GitLab).",
+        "",
+        "  -f, --foreground   stay in the foreground",
+        "  -d, --debug        log debug messages to stderr (implies -f)",
+        "  --config FILE      read the storage.s3 section of the registry's config.yml",
+        "  -o OPTS            comma-separated options (write a comma in a value as \\,)",
+        "  -V, --version      print the version",
+        "",
+        "Driver parameters (the registry's S3 driver names, defaults and validation):",
+    ]
+    defaults = {f.name: f.default for f in fields(DriverParams)}
+    for name in DRIVER_PARAM_NAMES:
+        shown = _DRIVER_DEFAULTS_SHOWN.get(name)
+        if shown is None:
+            value = defaults.get(name, "")
+            if isinstance(value, bool):
+                shown = "true" if value else "false"
+            elif value == "":
+                shown = "none"
+            else:
+                shown = str(value)
+        lines.append(f"  -o {name:<30} default: {shown}")
+    lines += ["", "File-system options:"]
+    for name, (default, text) in FS_OPTION_HELP.items():
+        lines.append(f"  -o {name:<30} {text} (default: {default})")
+    lines += [
+        "",
+        "Accepted and ignored (mount(8)/fstab): _netdev, nofail, auto, noauto, user, users,",
+        "defaults, dev, nodev, suid, nosuid, exec, noexec, atime options, x-systemd.*",
+    ]
+    return "\n".join(lines)
+
+
+def build_config(args: Arguments) -> Config:
+    if len(args.positionals) == 1:
+        source, mountpoint = None, args.positionals[0]
+    elif len(args.positionals) == 2:
+        source, mountpoint = args.positionals
+    else:
+        raise ConfigError(f"expected [SOURCE] MOUNTPOINT\n{USAGE}")
+    return build(
+        source=source,
+        mountpoint=mountpoint,
+        mount_options=args.mount_options,
+        config_file=args.config_file,
+        foreground=args.foreground,
+        debug=args.debug,
+    )
+
+
+def _secrets(config: Config | None) -> list[str]:
+    if config is None:
+        return []
+    return [config.driver.secretkey, config.driver.sessiontoken]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``s3regfs`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    setup_logging(debug="-d" in argv or "--debug" in argv)
+    try:
+        args = parse_argv(argv)
+        if args.action == "help":
+            print(help_text())
+            return 0
+        if args.action == "version":
+            print(f"s3regfs {__version__}")
+            return 0
+        config = build_config(args)
+    except QuietError as exc:
+        print(f"s3regfs: error: {exc}", file=sys.stderr)
+        return exc.exitcode
+    setup_logging(debug=config.debug, loglevel=config.driver.loglevel, secrets=_secrets(config))
+    if config.foreground:
+        return _run_foreground(config)
+    return _run_daemon(config)
+
+
+def _run_foreground(config: Config) -> int:
+    from s3regfs import mount
+
+    try:
+        return mount.run(config)
+    except QuietError as exc:
+        log.debug("startup failed", exc_info=True)
+        print(f"s3regfs: error: {exc}", file=sys.stderr)
+        return exc.exitcode
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run_daemon(config: Config) -> int:
+    """Fork; the parent waits for the child's word on the mount (see module docstring)."""
+    from s3regfs import mount
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            word = pipe.read().decode("utf-8", "replace")
+        if word.startswith("ok"):
+            return 0
+        if not word:
+            _, status = os.waitpid(pid, 0)
+            print("s3regfs: error: the file system process ended before mounting", file=sys.stderr)
+            return os.waitstatus_to_exitcode(status) or 1
+        code, _, message = word.partition(" ")
+        print(f"s3regfs: error: {message}", file=sys.stderr)
+        os.waitpid(pid, 0)
+        return int(code) if code.isdigit() else 1
+
+    # The child: a new session, so the mount outlives the caller's terminal.
+    os.close(read_end)
+    os.setsid()
+    reported = False
+
+    def report(text: str) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            os.write(write_end, text.encode("utf-8"))
+            os.close(write_end)
+
+    def ready() -> None:
+        report("ok")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        detach_to_syslog(_secrets(config))
+
+    status = 1
+    try:
+        status = mount.run(config, on_ready=ready)
+    except QuietError as exc:
+        report(f"{exc.exitcode} {exc}")
+        status = exc.exitcode
+    except BaseException as exc:  # noqa: BLE001 - the parent must hear of it
+        log.exception("the file system failed")
+        report(f"1 {type(exc).__name__}: {exc}")
+    finally:
+        report(f"1 the file system stopped before it was ready (exit {status})")
+        os._exit(status)
+    return status  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main", "parse_argv", "EXIT_CONFIG"]

@@ -1,0 +1,726 @@
+# SPDX-License-Identifier: MIT
+"""One validated, frozen configuration, built in one place.
+
+The S3 parameters have the names, defaults and validation of the registry's
+S3 storage drivers (CNCF Distribution's ``s3``/``s3aws`` and GitLab's ``s3``/
+``s3_v2``); the file-system options are s3regfs's own.  :func:`build` merges
+the sources in this order, lowest precedence first:
+
+1. the defaults;
+2. the registry's config.yml (``storage.s3``, ``storage.s3aws`` or
+   ``storage.s3_v2``), or a file holding just the S3 parameters plus an
+   optional ``s3regfs:`` section of mount options;
+3. ``REGISTRY_STORAGE_<DRIVER>_<PARAM>`` environment variables, YAML-decoded
+   as the registry decodes them;
+4. the SOURCE argument ``BUCKET[:/ROOTDIRECTORY]``;
+5. ``-o`` options.
+
+Nothing else in s3regfs reads the environment or argv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s3regfs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+STORAGE_CLASSES = (
+    "NONE",
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "OUTPOSTS",
+    "GLACIER_IR",
+    "EXPRESS_ONEZONE",
+)
+CANNED_ACLS = (
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME")
+
+#: The drivers' loglevel values (Distribution's names and GitLab's ``log…``
+#: names), mapped to the flags s3regfs understands.
+LOGLEVEL_FLAGS = {
+    "debug": "debug",
+    "debugwithsigning": "signing",
+    "debugwithhttpbody": "httpbody",
+    "debugwithrequestretries": "retries",
+    "debugwithrequesterrors": "requesterrors",
+    "debugwitheventstreambody": "eventstreambody",
+}
+
+#: Storage driver names whose parameters s3regfs takes (config.yml keys).
+S3_DRIVER_NAMES = ("s3", "s3aws", "s3_v2")
+#: Keys beside the driver in ``storage:`` that the registry defines.
+STORAGE_SECTION_EXTRAS = ("maintenance", "cache", "delete", "redirect", "tag")
+
+SECRET_PARAMS = frozenset({"accesskey", "secretkey", "sessiontoken"})
+
+#: Every driver parameter s3regfs takes, with the ones it accepts but does not
+#: use (listed in the README).
+DRIVER_PARAM_NAMES = (
+    "accesskey",
+    "secretkey",
+    "sessiontoken",
+    "region",
+    "regionendpoint",
+    "forcepathstyle",
+    "pathstyle",
+    "bucket",
+    "encrypt",
+    "keyid",
+    "secure",
+    "skipverify",
+    "v4auth",
+    "chunksize",
+    "multipartcopychunksize",
+    "multipartcopymaxconcurrency",
+    "multipartcopythresholdsize",
+    "rootdirectory",
+    "storageclass",
+    "useragent",
+    "usedualstack",
+    "accelerate",
+    "usefipsendpoint",
+    "objectacl",
+    "objectownership",
+    "loglevel",
+    "maxrequestspersecond",
+    "maxretries",
+    "parallelwalk",
+    "checksum_disabled",
+    "checksum_algorithm",
+    "redirectendpoint",
+)
+
+#: File-system options: name -> (default shown in --help, description).
+FS_OPTION_HELP: dict[str, tuple[str, str]] = {
+    "ro": ("off", "mount read-only"),
+    "rw": ("on", "mount read-write (writes answer EROFS until write support lands)"),
+    "allow_other": ("off", "let other users see the mount (needs user_allow_other for non-root)"),
+    "default_permissions": ("on", "let the kernel check permissions from the mode bits"),
+    "uid": ("mounting user", "owner of every file"),
+    "gid": ("mounting group", "group of every file"),
+    "umask": ("022", "octal mask applied to 0777 (directories) and 0666 (files)"),
+    "metadata_ttl": ("60", "seconds a listing or attribute stays fresh"),
+    "connect_timeout": ("10", "seconds to wait for a connection, per attempt"),
+    "read_timeout": ("60", "seconds to wait for data on a connection, per attempt"),
+    "fsname": ("SOURCE", "file-system name shown by findmnt and mount"),
+    "subtype": ("s3regfs", "file-system subtype (fuse.SUBTYPE)"),
+    "readahead": ("16M", "largest read-ahead window of one open file"),
+    "readahead_total": ("128M", "memory for read-ahead across all open files"),
+    "max_connections": ("32", "S3 requests in flight at once (and the connection pool size)"),
+    "config": ("none", "the registry's config.yml (same as --config)"),
+}
+
+#: Options that mount(8), mount.fuse3 or fstab pass and that mean nothing here.
+IGNORED_MOUNT_OPTIONS = frozenset(
+    {
+        "_netdev",
+        "nofail",
+        "auto",
+        "noauto",
+        "user",
+        "users",
+        "defaults",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "atime",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "lazytime",
+    }
+)
+
+_INT_RE = re.compile(r"^[+-]?(0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|[0-9]+)$")
+_SIZE_RE = re.compile(r"^([0-9]+)([kKmMgG]?)(i?[bB])?$")
+_BOOL_STRINGS = {
+    "1": True,
+    "t": True,
+    "T": True,
+    "TRUE": True,
+    "true": True,
+    "True": True,
+    "0": False,
+    "f": False,
+    "F": False,
+    "FALSE": False,
+    "false": False,
+    "False": False,
+}
+
+
+# ---------------------------------------------------------------------------
+# Value parsing, as the drivers parse (see DRIVER-NOTES §1)
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """A YAML bool, or a string Go's strconv.ParseBool accepts."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in _BOOL_STRINGS:
+        return _BOOL_STRINGS[value]
+    raise ConfigError(f"the {name} parameter should be a boolean, {value!r} invalid")
+
+
+def parse_int(name: str, value: Any, lo: int, hi: int) -> int:
+    """A YAML int or a numeric string (0x/0o/0b prefixes as GitLab), in [lo, hi]."""
+    number: int
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} parameter must be an integer, {value!r} invalid")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _INT_RE.match(value.strip()):
+        text = value.strip()
+        try:
+            number = int(text, 0)
+        except ValueError:  # "010": Python's base 0 refuses leading zeros
+            number = int(text, 10)
+    else:
+        raise ConfigError(f"{name} parameter must be an integer, {value!r} invalid")
+    if not lo <= number <= hi:
+        raise ConfigError(
+            f"the {name} {number} parameter should be a number between {lo} and {hi} (inclusive)"
+        )
+    return number
+
+
+def parse_str(value: Any) -> str:
+    """Go's fmt.Sprint of a YAML scalar: numbers as decimals, bools as true/false."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_size(name: str, value: Any) -> int:
+    """A byte count for s3regfs's own options: ``1048576``, ``64M``, ``1GiB``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE_RE.match(parse_str(value).strip())
+    if not match:
+        raise ConfigError(f"the {name} option takes a size in bytes such as 64M, {value!r} invalid")
+    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def parse_seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(parse_str(value))
+    except ValueError:
+        raise ConfigError(f"the {name} option takes a number of seconds, {value!r} invalid") from None
+    if seconds < 0 or seconds != seconds:
+        raise ConfigError(f"the {name} option takes a number of seconds >= 0, {value!r} invalid")
+    return seconds
+
+
+def parse_loglevel(value: Any) -> frozenset[str]:
+    """Distribution's single value or GitLab's comma-separated list.
+
+    ``off``/``logoff`` (or YAML false) wins over the rest; an unknown value is
+    ignored with a warning (GitLab's behaviour; Distribution ignores it silently).
+    """
+    if value is None or value is False:
+        return frozenset()
+    flags: set[str] = set()
+    for raw in parse_str(value).split(","):
+        word = raw.strip().lower()
+        if not word:
+            continue
+        if word.startswith("log"):
+            word = word[3:]
+        if word == "off":
+            return frozenset()
+        if word in LOGLEVEL_FLAGS:
+            flags.add(LOGLEVEL_FLAGS[word])
+        else:
+            log.warning("ignoring unknown loglevel value %r", raw.strip())
+    return frozenset(flags)
+
+
+def normalize_root(rootdirectory: str) -> str:
+    """The key prefix of the driver's path "/": ``TrimRight(root, "/")`` with
+    leading slashes trimmed, plus "/" unless empty (DRIVER-NOTES, key mapping)."""
+    trimmed = rootdirectory.rstrip("/").lstrip("/")
+    return trimmed + "/" if trimmed else ""
+
+
+# ---------------------------------------------------------------------------
+# The frozen result
+
+
+@dataclass(frozen=True)
+class DriverParams:
+    """The registry driver's parameters, validated (defaults as the drivers)."""
+
+    bucket: str
+    region: str = ""
+    regionendpoint: str = ""
+    accesskey: str = field(default="", repr=False)
+    secretkey: str = field(default="", repr=False)
+    sessiontoken: str = field(default="", repr=False)
+    pathstyle: bool = False
+    encrypt: bool = False
+    keyid: str = ""
+    secure: bool = True
+    skipverify: bool = False
+    v4auth: bool = True
+    chunksize: int = 10 * MiB
+    multipartcopychunksize: int = 32 * MiB
+    multipartcopymaxconcurrency: int = 100
+    multipartcopythresholdsize: int = 32 * MiB
+    rootdirectory: str = ""
+    storageclass: str = "STANDARD"
+    useragent: str = ""
+    usedualstack: bool = False
+    accelerate: bool = False
+    usefipsendpoint: bool = False
+    objectacl: str = "private"
+    objectownership: bool = False
+    loglevel: frozenset[str] = frozenset()
+    maxrequestspersecond: int = 350
+    maxretries: int = 5
+    parallelwalk: bool = False
+    checksum_disabled: bool = False
+    checksum_algorithm: str = ""
+    redirectendpoint: str = ""
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key under the root ("" or "a/b/")."""
+        return normalize_root(self.rootdirectory)
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """regionendpoint with a scheme (added from *secure* when missing)."""
+        if not self.regionendpoint:
+            return None
+        if "://" in self.regionendpoint:
+            return self.regionendpoint
+        return ("https://" if self.secure else "http://") + self.regionendpoint
+
+    @property
+    def endpoint_name(self) -> str:
+        """How to name the endpoint in messages."""
+        return self.endpoint_url or f"Amazon S3 ({self.region or 'default region'})"
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """s3regfs's own file-system options."""
+
+    ro: bool = False
+    allow_other: bool = False
+    default_permissions: bool = True
+    uid: int = 0
+    gid: int = 0
+    umask: int = 0o022
+    metadata_ttl: float = 60.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    fsname: str = ""
+    subtype: str = "s3regfs"
+    readahead: int = 16 * MiB
+    readahead_total: int = 128 * MiB
+    max_connections: int = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a mount needs, validated."""
+
+    driver: DriverParams
+    options: MountOptions
+    mountpoint: str = ""
+    foreground: bool = False
+    debug: bool = False
+    config_file: str = ""
+    #: GitLab's metadata database is enabled in the registry's config.yml.
+    database_enabled: bool = False
+
+
+# ---------------------------------------------------------------------------
+# Sources
+
+
+def split_mount_options(text: str) -> list[tuple[str, str | None]]:
+    """Split ``a=1,b,c=x\\,y`` into ``[("a","1"), ("b",None), ("c","x,y")]``.
+
+    A comma inside a value is written ``\\,`` (libfuse's escape); ``\\\\``
+    stands for a backslash.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, "")
+            current.append(nxt if nxt in (",", "\\") else "\\" + nxt)
+        elif char == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    result: list[tuple[str, str | None]] = []
+    for item in items:
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        result.append((key.strip(), value if sep else None))
+    return result
+
+
+def parse_source(source: str) -> tuple[str, str | None]:
+    """``BUCKET[:/ROOTDIRECTORY]`` -> (bucket, rootdirectory or None)."""
+    bucket, sep, root = source.partition(":")
+    if not bucket:
+        raise ConfigError(f"source {source!r}: expected BUCKET or BUCKET:/ROOTDIRECTORY")
+    return bucket, (root if sep else None)
+
+
+@dataclass
+class FileSettings:
+    """What a configuration file contributes."""
+
+    driver_name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    database_enabled: bool = False
+
+
+def read_config_file(path: str) -> FileSettings:
+    """Read the registry's config.yml (or a file of bare S3 parameters)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    settings = FileSettings()
+    own = document.get("s3regfs")
+    if own is not None:
+        if not isinstance(own, dict):
+            raise ConfigError(f"config file {path}: the s3regfs section must be a mapping")
+        settings.options = {str(k): v for k, v in own.items()}
+    database = document.get("database")
+    if isinstance(database, dict):
+        enabled = database.get("enabled")
+        settings.database_enabled = enabled is True or parse_str(enabled).lower() in (
+            "true",
+            "prefer",
+        )
+    storage = document.get("storage")
+    if storage is None:
+        if "bucket" in document or "regionendpoint" in document or "region" in document:
+            # A file of bare S3 parameters (the systemd unit's /etc/s3regfs/NAME.yml).
+            settings.params = {str(k): v for k, v in document.items() if k != "s3regfs"}
+            settings.driver_name = "s3"
+            return settings
+        if own is not None:
+            return settings
+        raise ConfigError(f"config file {path}: no storage section")
+    if isinstance(storage, str):
+        storage = {storage: {}}
+    if not isinstance(storage, dict):
+        raise ConfigError(f"config file {path}: the storage section must be a mapping")
+    drivers = [str(k) for k in storage if str(k) not in STORAGE_SECTION_EXTRAS]
+    if len(drivers) != 1:
+        raise ConfigError(f"config file {path}: must provide exactly one storage type. Provided: {drivers}")
+    name = drivers[0]
+    if name not in S3_DRIVER_NAMES:
+        raise ConfigError(
+            f"config file {path}: storage driver {name!r} is not an S3 driver "
+            f"(expected one of {', '.join(S3_DRIVER_NAMES)})"
+        )
+    params = storage[name] or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"config file {path}: storage.{name} must be a mapping")
+    settings.driver_name = name
+    settings.params = {str(k): v for k, v in params.items()}
+    return settings
+
+
+def environment_overrides(environ: Mapping[str, str], driver_name: str) -> tuple[str, dict[str, Any]]:
+    """``REGISTRY_STORAGE_<DRIVER>_<PARAM>`` values, YAML-decoded as the registry does.
+
+    GitLab's splitting keeps ``S3_V2`` and parameter names such as
+    ``CHECKSUM_DISABLED`` whole; so does this.  Returns the driver name the
+    variables use (``driver_name`` if they name none) and the parameters.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("REGISTRY_STORAGE_"):
+            continue
+        rest = upper[len("REGISTRY_STORAGE_") :]
+        for driver in sorted(S3_DRIVER_NAMES, key=len, reverse=True):
+            token = driver.upper() + "_"
+            if rest.startswith(token) and len(rest) > len(token):
+                param = rest[len(token) :].lower()
+                try:
+                    value = yaml.safe_load(environ[name])
+                except yaml.YAMLError:
+                    value = environ[name]
+                found.setdefault(driver, {})[param] = value
+                break
+    if not found:
+        return driver_name, {}
+    if len(found) > 1 or (driver_name and driver_name not in found):
+        names = sorted(set(found) | ({driver_name} if driver_name else set()))
+        raise ConfigError(
+            f"REGISTRY_STORAGE_* environment: must provide exactly one storage type. Provided: {names}"
+        )
+    ((name, params),) = found.items()
+    return name, params
+
+
+def _check_known(params: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    known: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in DRIVER_PARAM_NAMES:
+            known[key] = value
+        else:
+            log.warning("%s: ignoring unknown S3 parameter %r", origin, key)
+    return known
+
+
+def build_driver(raw: Mapping[str, Any]) -> DriverParams:
+    """Validate merged raw parameter values as the drivers do."""
+    p = dict(raw)
+    values: dict[str, Any] = {}
+    for name in ("accesskey", "secretkey", "sessiontoken", "keyid", "useragent"):
+        values[name] = parse_str(p.get(name))
+    if bool(values["accesskey"]) != bool(values["secretkey"]):
+        log.warning(
+            "only one of accesskey and secretkey is set: both are ignored and credentials "
+            "come from the default chain, as the registry does"
+        )
+    bucket = parse_str(p.get("bucket"))
+    if not bucket:
+        raise ConfigError("no bucket parameter provided")
+    values["bucket"] = bucket
+    endpoint = parse_str(p.get("regionendpoint"))
+    values["regionendpoint"] = endpoint
+    region = parse_str(p.get("region"))
+    if not region and not endpoint:
+        raise ConfigError("no region parameter provided (required unless regionendpoint is set)")
+    if region and not re.match(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", region):
+        raise ConfigError(f"invalid region provided: {region}")
+    values["region"] = region
+    for name, default in (
+        ("encrypt", False),
+        ("secure", True),
+        ("skipverify", False),
+        ("v4auth", True),
+        ("usedualstack", False),
+        ("accelerate", False),
+        ("usefipsendpoint", False),
+        ("objectownership", False),
+        ("parallelwalk", False),
+        ("checksum_disabled", False),
+    ):
+        values[name] = parse_bool(name, p[name]) if p.get(name) not in (None, "") else default
+    style: dict[str, bool] = {}
+    for name in ("forcepathstyle", "pathstyle"):
+        if p.get(name) not in (None, ""):
+            style[name] = parse_bool(name, p[name])
+    if len(set(style.values())) > 1:
+        raise ConfigError("forcepathstyle and pathstyle disagree: set one of them")
+    values["pathstyle"] = next(iter(style.values())) if style else bool(endpoint)
+    if values["keyid"] and not values["encrypt"]:
+        log.warning("keyid is ignored because encrypt is not true")
+        values["keyid"] = ""
+    if not values["v4auth"] and (not endpoint or "s3.amazonaws.com" in endpoint):
+        raise ConfigError(
+            "on Amazon S3 this storage driver can only be used with v4 authentication "
+            "(v4auth=false needs a regionendpoint of an S3-compatible service)"
+        )
+    sizes = (
+        ("chunksize", 10 * MiB, 5 * MiB, 5 * GiB),
+        ("multipartcopychunksize", 32 * MiB, 5 * MiB, 5 * GiB),
+        ("multipartcopymaxconcurrency", 100, 1, 2**63 - 1),
+        ("multipartcopythresholdsize", 32 * MiB, 0, 5 * GiB),
+        ("maxrequestspersecond", 350, 0, 2**63 - 1),
+        ("maxretries", 5, 0, 2**63 - 1),
+    )
+    for name, fallback, lo, hi in sizes:
+        values[name] = parse_int(name, p[name], lo, hi) if p.get(name) not in (None, "") else fallback
+    values["rootdirectory"] = parse_str(p.get("rootdirectory"))
+    storageclass = p.get("storageclass")
+    if storageclass in (None, ""):
+        values["storageclass"] = "STANDARD"
+    elif not isinstance(storageclass, str):
+        raise ConfigError(f"the storageclass parameter must be a string: {storageclass!r}")
+    elif storageclass.upper() not in STORAGE_CLASSES:
+        raise ConfigError(
+            f"the storageclass parameter must be one of {', '.join(STORAGE_CLASSES)}, "
+            f"{storageclass!r} invalid"
+        )
+    else:
+        values["storageclass"] = storageclass.upper()
+    acl_given = p.get("objectacl") not in (None, "")
+    acl = parse_str(p.get("objectacl")) if acl_given else "private"
+    if acl not in CANNED_ACLS:
+        raise ConfigError(f"invalid value for objectacl parameter: {acl!r} (one of {', '.join(CANNED_ACLS)})")
+    if acl_given and values["objectownership"]:
+        raise ConfigError("object ACL parameter should not be set when object ownership is enabled")
+    values["objectacl"] = acl
+    values["loglevel"] = parse_loglevel(p.get("loglevel"))
+    algorithm = parse_str(p.get("checksum_algorithm")).upper()
+    if algorithm and algorithm not in CHECKSUM_ALGORITHMS:
+        raise ConfigError(
+            f"the checksum_algorithm parameter must be one of {', '.join(CHECKSUM_ALGORITHMS)}, "
+            f"{algorithm!r} invalid"
+        )
+    values["checksum_algorithm"] = algorithm
+    redirect = parse_str(p.get("redirectendpoint"))
+    if redirect and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]+/?$", redirect):
+        raise ConfigError(
+            f"the redirectendpoint parameter must be a URL with a scheme and a host and "
+            f"no path or query, {redirect!r} invalid"
+        )
+    values["redirectendpoint"] = redirect
+    return DriverParams(**values)
+
+
+def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
+    """Validate s3regfs's own options (raw values are strings, None for bare flags)."""
+    values: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(), "fsname": source}
+    for name, value in raw.items():
+        if name == "ro":
+            values["ro"] = value is None or parse_bool(name, value)
+        elif name == "rw":
+            values["ro"] = not (value is None or parse_bool(name, value))
+        elif name in ("allow_other", "default_permissions"):
+            values[name] = value is None or parse_bool(name, value)
+        elif name in ("uid", "gid"):
+            values[name] = parse_int(name, value, 0, 2**32 - 2)
+        elif name == "umask":
+            text = parse_str(value)
+            if not re.match(r"^0?[0-7]{1,4}$", text):
+                raise ConfigError(f"the umask option takes an octal mask such as 022, {text!r} invalid")
+            values["umask"] = int(text, 8) & 0o777
+        elif name in ("metadata_ttl", "connect_timeout", "read_timeout"):
+            values[name] = parse_seconds(name, value)
+        elif name in ("fsname", "subtype"):
+            text = parse_str(value)
+            if not text or "," in text:
+                raise ConfigError(f"the {name} option needs a value without commas")
+            values[name] = text
+        elif name in ("readahead", "readahead_total"):
+            values[name] = parse_size(name, value)
+        elif name == "max_connections":
+            values[name] = parse_int(name, value, 1, 1024)
+        else:
+            raise ConfigError(f"unknown option -o {name}")
+    if values.get("readahead", MiB) < 128 * KiB:
+        raise ConfigError("the readahead option must be at least 128K")
+    return MountOptions(**values)
+
+
+def build(
+    *,
+    source: str | None,
+    mountpoint: str,
+    mount_options: Sequence[tuple[str, str | None]] = (),
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    foreground: bool = False,
+    debug: bool = False,
+) -> Config:
+    """Merge every source (see the module docstring) into a validated Config.
+
+    Raises ConfigError, naming the parameter, on the first invalid value.
+    """
+    environ = os.environ if environ is None else environ
+    driver_opts: dict[str, Any] = {}
+    fs_opts: dict[str, Any] = {}
+    for key, value in mount_options:
+        if key == "config":
+            if not value:
+                raise ConfigError("the config option needs a file name: -o config=FILE")
+            config_file = value
+        elif key in DRIVER_PARAM_NAMES:
+            if key in SECRET_PARAMS and value:
+                log.warning(
+                    "-o %s on the command line is visible to every user in ps; prefer the "
+                    "config file or the environment",
+                    key,
+                )
+            driver_opts[key] = "true" if value is None else value
+        elif key in IGNORED_MOUNT_OPTIONS or key.startswith("x-systemd.") or key.startswith("comment="):
+            continue
+        elif key in FS_OPTION_HELP:
+            fs_opts[key] = value
+        else:
+            raise ConfigError(f"unknown option -o {key}")
+
+    settings = read_config_file(config_file) if config_file else FileSettings()
+    merged = _check_known(settings.params, f"config file {config_file}") if config_file else {}
+    driver_name, env_params = environment_overrides(environ, settings.driver_name)
+    merged.update(_check_known(env_params, f"REGISTRY_STORAGE_{driver_name.upper()}_*"))
+    if source:
+        bucket, root = parse_source(source)
+        merged["bucket"] = bucket
+        if root is not None:
+            merged["rootdirectory"] = root
+    merged.update(driver_opts)
+    driver = build_driver(merged)
+
+    file_fs_opts: dict[str, Any] = {}
+    for key, value in settings.options.items():
+        if key not in FS_OPTION_HELP or key == "config":
+            raise ConfigError(f"config file {config_file}: unknown s3regfs option {key!r}")
+        file_fs_opts[key] = None if value is True else ("false" if value is False else value)
+    file_fs_opts.update(fs_opts)
+    default_source = (
+        f"{driver.bucket}:/{driver.key_prefix.rstrip('/')}" if driver.key_prefix else driver.bucket
+    )
+    options = build_options(file_fs_opts, source=source or default_source)
+    return Config(
+        driver=driver,
+        options=options,
+        mountpoint=mountpoint,
+        foreground=foreground,
+        debug=debug,
+        config_file=config_file or "",
+        database_enabled=settings.database_enabled,
+    )

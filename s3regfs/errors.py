@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: MIT
+"""The s3regfs error tree.
+
+Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
+
+    S3RegFSError
+    ├── QuietError                user error: one line, an exit code, no traceback
+    │   ├── ConfigError           a bad parameter, option or config file (exit 2)
+    │   ├── StartupError          the bucket or endpoint cannot be used (exit 3)
+    │   └── MountpointError       the mount point cannot be used (exit 4)
+    └── StorageError              a failed S3 request, after retries
+        ├── NotFound              no such key (404 NoSuchKey)
+        │   └── NoSuchBucket
+        ├── AccessDenied          403: the credentials lack a permission
+        │   └── InvalidCredentials   unknown key id or bad signature
+        ├── PreconditionFailed    the object changed under an open reader (412)
+        ├── InvalidRange          a range past the end of the object (416)
+        ├── TemporaryFailure      5xx, 429/SlowDown, connection errors and timeouts
+        └── RequestFailed         any other refusal (4xx)
+
+The storage layer translates botocore's exceptions into this tree (and only it
+sees botocore); ``fs.py`` translates this tree into errno values; ``cli.py``
+turns a :class:`QuietError` into its one line and exit code.
+"""
+
+from __future__ import annotations
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+EXIT_MOUNTPOINT = 4
+
+
+class S3RegFSError(Exception):
+    """Base of every error s3regfs raises on purpose."""
+
+
+class QuietError(S3RegFSError):
+    """A user error: printed as one line, with *exitcode*, never a traceback."""
+
+    def __init__(self, message: str, exitcode: int = 1) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class ConfigError(QuietError):
+    """A parameter, option or configuration file is invalid."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_CONFIG)
+
+
+class StartupError(QuietError):
+    """The bucket, endpoint or credentials cannot be used to mount."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_STARTUP)
+
+
+class MountpointError(QuietError):
+    """The mount point is missing, not a directory, or already mounted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_MOUNTPOINT)
+
+
+class StorageError(S3RegFSError):
+    """An S3 request failed for good (after the retries it was allowed).
+
+    *code* is the S3 error code (``NoSuchKey``, ``SlowDown``…) or a short
+    description of a transport failure; *status* the HTTP status when known.
+    """
+
+    def __init__(self, message: str, *, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class NotFound(StorageError):
+    """The key (or bucket) does not exist."""
+
+
+class NoSuchBucket(NotFound):
+    """The bucket does not exist."""
+
+
+class AccessDenied(StorageError):
+    """The request was refused for lack of permission."""
+
+
+class InvalidCredentials(AccessDenied):
+    """The access key is unknown or the signature does not match."""
+
+
+class PreconditionFailed(StorageError):
+    """An ``If-Match`` condition failed: the object changed."""
+
+
+class InvalidRange(StorageError):
+    """The requested range starts past the end of the object."""
+
+
+class TemporaryFailure(StorageError):
+    """A failure that may go away: 5xx, 429, SlowDown, resets and timeouts."""
+
+
+class RequestFailed(StorageError):
+    """Any other refusal by the endpoint."""

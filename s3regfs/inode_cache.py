@@ -1,0 +1,327 @@
+# SPDX-License-Identifier: MIT
+"""The namespace: inodes, directories inferred from keys, listings with a TTL.
+
+A directory is *fresh* for ``metadata_ttl`` seconds after a listing told us
+all its children; lookups and readdir in a fresh directory cost no request.
+Listing directory D (see :func:`s3regfs.layout.flat_listing_pages`):
+
+1. up to N delimiter-less ListObjectsV2 pages of D's prefix, in key order;
+   each key fills the cache for every directory on its way down.  If the
+   subtree ends within N pages, D and every directory below it are fresh.
+2. Otherwise every directory whose key range lies wholly before the last key
+   seen is fresh too (keys come sorted, so nothing of it can follow), and a
+   delimited listing of D that starts after that key adds D's remaining
+   children; D is fresh, the directories beyond the cut are listed when
+   visited.
+
+So a registry subtree of deep, narrow digest directories costs about one
+request per 1,000 keys, instead of one per directory.
+
+Bookkeeping (pyfuse3's rules): every inode handed to the kernel by lookup,
+readdirplus or create counts one lookup; :meth:`Namespace.forget` gives them
+back.  A node that disappears from a listing is detached from the tree at
+once but stays in the inode table until its lookup count reaches zero.
+
+Concurrency: a listing holds its directory's lock across its requests; the
+ingestion of a page has no ``await`` in it, so readers never see half a page.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+
+import trio
+
+from s3regfs import layout
+from s3regfs.errors import NotFound
+from s3regfs.storage.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+
+
+class Node:
+    """One file or directory.  Directories have *children* (None for files)."""
+
+    __slots__ = (
+        "ino",
+        "name",
+        "parent",
+        "children",
+        "size",
+        "mtime_ns",
+        "etag",
+        "storage_class",
+        "seen_gen",
+        "fresh_at",
+        "nlookup",
+        "attached",
+        "cached_etag",
+        "lock",
+    )
+
+    def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
+        self.ino = ino
+        self.name = name
+        self.parent = parent
+        self.children: dict[str, Node] | None = {} if is_dir else None
+        self.size = 0
+        self.mtime_ns = 0
+        self.etag = ""
+        self.storage_class = ""
+        self.seen_gen = 0
+        #: Directories: when a listing last told all children (None: never).
+        #: Files: when the attributes were last seen in a listing or HEAD.
+        self.fresh_at: float | None = None
+        self.nlookup = 0
+        self.attached = True
+        #: ETag of the data the kernel page cache may hold for this file.
+        self.cached_etag = ""
+        self.lock: trio.Lock | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @property
+    def path(self) -> str:
+        parts: list[str] = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+    def __repr__(self) -> str:
+        return f"<Node {self.ino} {self.path!r}{'/' if self.is_dir else ''}>"
+
+
+class Namespace:
+    """The cached tree of one mount; see the module docstring."""
+
+    def __init__(self, store: ObjectStore, key_prefix: str, metadata_ttl: float) -> None:
+        self._store = store
+        self.key_prefix = key_prefix
+        self.ttl = metadata_ttl
+        self._inos = itertools.count(ROOT_INODE + 1)
+        self._gens = itertools.count(1)
+        self.root = Node(ROOT_INODE, "", None, True)
+        self.root.mtime_ns = time.time_ns()
+        self._inodes: dict[int, Node] = {ROOT_INODE: self.root}
+        self._warned: set[str] = set()
+
+    # -- inode table ----------------------------------------------------------
+
+    def get(self, ino: int) -> Node:
+        """The node of a live inode; KeyError if the kernel passed a stale one."""
+        return self._inodes[ino]
+
+    def key(self, node: Node) -> str:
+        return layout.key_of(self.key_prefix, node.path)
+
+    def remember(self, node: Node) -> None:
+        """Count one kernel lookup of *node*."""
+        node.nlookup += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._inodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.nlookup = max(0, node.nlookup - count)
+        if node.nlookup == 0 and not node.attached:
+            del self._inodes[ino]
+
+    def __len__(self) -> int:
+        return len(self._inodes)
+
+    # -- freshness ------------------------------------------------------------
+
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def is_fresh(self, node: Node) -> bool:
+        return node.fresh_at is not None and self._now() - node.fresh_at < self.ttl
+
+    def invalidate_all(self) -> None:
+        """Make every listing and attribute stale (SIGHUP)."""
+        for node in self._inodes.values():
+            node.fresh_at = None
+
+    # -- queries ----------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node:
+        """The child *name* of directory *parent*; NotFound if it has none."""
+        await self.ensure_listed(parent)
+        assert parent.children is not None
+        child = parent.children.get(name)
+        if child is None:
+            raise NotFound(f"{layout.join(parent.path, name)}: no such file or directory")
+        return child
+
+    async def list_children(self, directory: Node) -> list[Node]:
+        """The children of *directory*, sorted by name."""
+        await self.ensure_listed(directory)
+        assert directory.children is not None
+        return [directory.children[name] for name in sorted(directory.children)]
+
+    async def refresh_file(self, node: Node) -> None:
+        """Renew a file's stale attributes with one HEAD; NotFound if it is gone."""
+        if self.is_fresh(node):
+            return
+        try:
+            info = await self._store.head(self.key(node))
+        except NotFound:
+            if node.parent is not None and node.parent.children is not None:
+                if node.parent.children.get(node.name) is node:
+                    del node.parent.children[node.name]
+                    self._detach(node)
+            raise
+        self._set_file(node, info)
+
+    # -- listing ------------------------------------------------------------------
+
+    async def ensure_listed(self, directory: Node) -> None:
+        """Make *directory*'s children known and fresh (lists at most once at a time)."""
+        if self.is_fresh(directory):
+            return
+        if directory.lock is None:
+            directory.lock = trio.Lock()
+        async with directory.lock:
+            if self.is_fresh(directory) or not directory.attached:
+                return
+            await self._list(directory)
+
+    async def _list(self, directory: Node) -> None:
+        path = directory.path
+        prefix = layout.dir_prefix(self.key_prefix, path)
+        gen = next(self._gens)
+        started = self._now()
+        touched: dict[int, Node] = {}
+        cursor: str | None = None
+        token: str | None = None
+        for _ in range(layout.flat_listing_pages(path)):
+            page = await self._store.list_page(prefix, token=token)
+            for info in page.objects:
+                self._ingest(directory, prefix, info, gen, touched)
+            if page.objects:
+                cursor = page.objects[-1].key
+            token = page.next_token
+            if token is None:
+                for node in itertools.chain(touched.values(), (directory,)):
+                    self._mark_fresh(node, gen, started)
+                log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
+                return
+        if cursor is not None:
+            for node in touched.values():
+                node_prefix = layout.dir_prefix(self.key_prefix, node.path)
+                if cursor > node_prefix and not cursor.startswith(node_prefix):
+                    self._mark_fresh(node, gen, started)
+        # The rest of D's own children, one level only.
+        token = None
+        while True:
+            page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
+            for info in page.objects:
+                self._ingest(directory, prefix, info, gen, touched)
+            for child_prefix in page.prefixes:
+                self._ingest_prefix(directory, prefix, child_prefix, gen)
+            token = page.next_token
+            if token is None:
+                break
+        self._mark_fresh(directory, gen, started)
+
+    def _warn_once(self, key: str, problem: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("skipping key %r: %s cannot be a file name", key, problem)
+
+    def _child_dir(self, parent: Node, name: str, gen: int) -> Node | None:
+        assert parent.children is not None
+        child = parent.children.get(name)
+        if child is None or not child.is_dir:
+            if child is not None:
+                self._warn_once(self.key(child), "it is also a directory prefix; the directory is shown")
+                self._detach(child)
+            child = self._new_node(name, parent, True)
+            child.mtime_ns = parent.mtime_ns or time.time_ns()
+            parent.children[name] = child
+        child.seen_gen = gen
+        return child
+
+    def _ingest(
+        self, directory: Node, prefix: str, info: ObjectInfo, gen: int, touched: dict[int, Node]
+    ) -> None:
+        split = layout.split_key(info.key[len(prefix) :])
+        if isinstance(split, str):
+            self._warn_once(info.key, split)
+            return
+        parts, marker = split
+        node = directory
+        dirs = parts if marker else parts[:-1]
+        for name in dirs:
+            child = self._child_dir(node, name, gen)
+            assert child is not None
+            node = child
+            touched[node.ino] = node
+        if marker:
+            return
+        assert node.children is not None
+        name = parts[-1]
+        leaf = node.children.get(name)
+        if leaf is not None and leaf.is_dir:
+            self._warn_once(info.key, "it is also a directory prefix; the directory is shown")
+            leaf.seen_gen = gen
+            return
+        if leaf is None:
+            leaf = self._new_node(name, node, False)
+            node.children[name] = leaf
+        self._set_file(leaf, info)
+        leaf.seen_gen = gen
+
+    def _ingest_prefix(self, directory: Node, prefix: str, child_prefix: str, gen: int) -> None:
+        name = child_prefix[len(prefix) :].rstrip("/")
+        if "/" in name:
+            return
+        problem = layout.name_problem(name)
+        if problem:
+            self._warn_once(child_prefix, problem)
+            return
+        self._child_dir(directory, name, gen)
+
+    def _set_file(self, node: Node, info: ObjectInfo) -> None:
+        node.size = info.size
+        node.etag = info.etag
+        node.mtime_ns = info.mtime_ns
+        if info.storage_class:
+            node.storage_class = info.storage_class
+        node.fresh_at = self._now()
+
+    def _mark_fresh(self, directory: Node, gen: int, when: float) -> None:
+        """All children of *directory* were seen in listing *gen*: drop the rest."""
+        assert directory.children is not None
+        for name, child in list(directory.children.items()):
+            if child.seen_gen != gen:
+                del directory.children[name]
+                self._detach(child)
+        directory.fresh_at = when
+
+    def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
+        node = Node(next(self._inos), name, parent, is_dir)
+        self._inodes[node.ino] = node
+        return node
+
+    def _detach(self, node: Node) -> None:
+        for each in _walk(node):
+            each.attached = False
+            if each.nlookup == 0:
+                self._inodes.pop(each.ino, None)
+
+
+def _walk(node: Node) -> Iterator[Node]:
+    yield node
+    if node.children:
+        for child in node.children.values():
+            yield from _walk(child)

@@ -1,0 +1,89 @@
+# SPDX-License-Identifier: MIT
+"""Pure knowledge of keys and of the registry's layout; no I/O.
+
+Key mapping is the driver's: ``key = rootdirectory stripped of slashes + "/" +
+path`` (see :func:`s3regfs.config.normalize_root`).  Paths here are relative
+to the mount root, without leading or trailing slashes ("" is the root).
+
+The registry's tree (``docker/registry/v2/...``) is deep and narrow below a few
+wide directories: ``blobs/sha256/<2 hex>/<hex>/data`` and
+``repositories/<name>/_layers/sha256/<hex>/link`` put one object in each
+directory.  :func:`flat_listing_pages` says how many delimiter-less
+ListObjectsV2 pages (1,000 keys each) a directory listing may spend to fill
+the cache for its whole subtree before falling back to a delimited listing of
+its direct children.
+"""
+
+from __future__ import annotations
+
+REGISTRY_ROOT = "docker/registry/v2"
+
+#: Directories whose subtree is the whole registry (or all its blobs or all
+#: its repositories): a flat listing of them would read everything, so they
+#: are listed one level at a time.
+_WIDE_DIRECTORIES = frozenset(
+    {
+        "",
+        "docker",
+        "docker/registry",
+        REGISTRY_ROOT,
+        f"{REGISTRY_ROOT}/blobs",
+        f"{REGISTRY_ROOT}/repositories",
+    }
+)
+
+#: Pages a flat listing may take below any other directory: a repository of a
+#: few thousand link files, or blobs/sha256 of a small registry, in one go.
+FLAT_LISTING_PAGES = 8
+
+NAME_MAX = 255
+
+
+def flat_listing_pages(path: str) -> int:
+    """Delimiter-less pages to spend on listing directory *path* (0: none)."""
+    return 0 if path in _WIDE_DIRECTORIES else FLAT_LISTING_PAGES
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+def key_of(key_prefix: str, path: str) -> str:
+    """The S3 key of *path* under the root prefix ("" or "a/b/")."""
+    return key_prefix + path
+
+
+def dir_prefix(key_prefix: str, path: str) -> str:
+    """The listing prefix of directory *path*: its key plus "/" (root: the prefix)."""
+    return key_prefix + path + "/" if path else key_prefix
+
+
+def name_problem(name: str) -> str | None:
+    """Why *name* (one key component) cannot be a POSIX file name, or None."""
+    if name == "":
+        return "an empty component (//)"
+    if name in (".", ".."):
+        return f"a {name!r} component"
+    if "\0" in name:
+        return "a NUL byte"
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        return f"a component over {NAME_MAX} bytes"
+    return None
+
+
+def split_key(relative: str) -> tuple[list[str], bool] | str:
+    """Split a key relative to a listed prefix into components.
+
+    Returns (components, is_directory_marker) or, for a key POSIX cannot
+    name, the reason.  A key ending in "/" is a directory marker: it makes
+    its directories exist and is not a file.
+    """
+    marker = relative.endswith("/")
+    parts = (relative[:-1] if marker else relative).split("/")
+    if marker and parts == [""]:
+        return [], True
+    for part in parts:
+        problem = name_problem(part)
+        if problem:
+            return problem
+    return parts, marker

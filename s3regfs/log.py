@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: MIT
+"""Logging set-up: one logger per module, secrets redacted from every line.
+
+:func:`setup_logging` installs one handler on the root logger (stderr in the
+foreground or before the daemon detaches; syslog after) with
+:class:`RedactingFilter`, and maps the driver's ``loglevel`` values onto
+botocore's loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+_REDACTIONS = (
+    # Authorization headers (SigV4 and SigV2) and session tokens, in any quoting.
+    (
+        re.compile(r"(?i)(['\"]?authorization['\"]?\s*[:=]\s*['\"]?(?:b['\"])?)[^'\",}\r\n]+"),
+        r"\1<redacted>",
+    ),
+    (
+        re.compile(r"(?i)(['\"]?x-amz-security-token['\"]?\s*[:=]\s*['\"]?(?:b['\"])?)[^'\",}\r\n]+"),
+        r"\1<redacted>",
+    ),
+    # Presigned query strings.
+    (
+        re.compile(r"(?i)((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature)=)[^&\s'\"]+"),
+        r"\1<redacted>",
+    ),
+    # Parameters by name, in YAML, -o or repr form.
+    (
+        re.compile(
+            r"(?i)(['\"]?(?:secretkey|sessiontoken|aws_secret_access_key|aws_session_token)['\"]?\s*[:=]\s*['\"]?)[^'\",}\s]+"
+        ),
+        r"\1<redacted>",
+    ),
+)
+
+
+class RedactingFilter(logging.Filter):
+    """Removes credentials from a record's final message (and known secret values)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message, self._secrets)
+        if redacted != message:
+            record.msg = redacted
+            record.args = None
+        return True
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, debug: bool) -> None:
+        fmt = (
+            "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+            if debug
+            else "s3regfs: %(levelname)s: %(message)s"
+        )
+        super().__init__(fmt, datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def setup_logging(
+    *, debug: bool, loglevel: frozenset[str] = frozenset(), secrets: Iterable[str] = ()
+) -> None:
+    """Log to stderr: INFO and above (DEBUG with *debug*), secrets redacted."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(debug))
+    handler.addFilter(RedactingFilter(secrets))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # Third-party libraries stay at WARNING unless loglevel asks for more.
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    apply_loglevel(loglevel)
+    if not debug:
+        logging.getLogger("s3regfs").setLevel(logging.INFO)
+
+
+def apply_loglevel(flags: frozenset[str]) -> None:
+    """Map the driver's loglevel flags onto botocore's loggers."""
+    loggers: dict[str, tuple[str, ...]] = {
+        "debug": ("botocore.endpoint", "botocore.parsers"),
+        "signing": ("botocore.auth", "botocore.endpoint"),
+        "httpbody": ("botocore.parsers", "botocore.endpoint", "urllib3.connectionpool"),
+        "retries": ("botocore.retries", "botocore.retryhandler", "s3regfs.storage.s3"),
+        "requesterrors": ("botocore.endpoint", "s3regfs.storage.s3"),
+        "eventstreambody": ("botocore.eventstream",),
+    }
+    for flag in flags:
+        for name in loggers.get(flag, ()):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def detach_to_syslog(secrets: Iterable[str] = ()) -> None:
+    """After daemonizing: log to syslog if there is one, else nowhere."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    sink: logging.Handler
+    if os.path.exists("/dev/log"):
+        sink = logging.handlers.SysLogHandler(address="/dev/log")
+        sink.setFormatter(logging.Formatter("s3regfs[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        sink = logging.NullHandler()
+    sink.addFilter(RedactingFilter(secrets))
+    root.addHandler(sink)

@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+"""Mounting: checks before mounting, the FUSE session, signals, shutdown.
+
+:func:`run` is blocking and owns every lifetime: one ``trio.run`` whose
+nursery holds the FUSE workers (``pyfuse3.main``), the signal handler, the
+readiness probe and the readers' background tasks.  It returns 0 after a
+clean unmount (``fusermount3 -u``, ``umount``, SIGTERM or SIGINT) and
+raises QuietError for anything that stops it from mounting.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from s3regfs.config import Config
+from s3regfs.errors import (
+    AccessDenied,
+    InvalidCredentials,
+    MountpointError,
+    NoSuchBucket,
+    StartupError,
+    StorageError,
+    TemporaryFailure,
+)
+from s3regfs.fs import Operations
+from s3regfs.inode_cache import Namespace
+from s3regfs.storage import S3Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mount point, or MountpointError saying what is wrong with it."""
+    absolute = os.path.abspath(path)
+    try:
+        info = os.stat(absolute)
+    except FileNotFoundError:
+        raise MountpointError(f"mount point {absolute} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise MountpointError(
+                f"mount point {absolute} is a stale FUSE mount (Transport endpoint is not "
+                f"connected); clear it with: fusermount3 -uz {absolute}"
+            ) from None
+        raise MountpointError(f"mount point {absolute}: {exc.strerror}") from None
+    if not os.path.isdir(absolute) or not (info.st_mode & 0o040000):
+        raise MountpointError(f"mount point {absolute} is not a directory")
+    if os.path.ismount(absolute):
+        raise MountpointError(f"mount point {absolute} is already mounted")
+    return absolute
+
+
+async def probe_bucket(store: S3Store, config: Config) -> None:
+    """One cheap request: the bucket exists, the credentials work, it may be listed."""
+    driver = config.driver
+    where = f"bucket {driver.bucket!r} at {driver.endpoint_name}"
+    try:
+        probe = await store.probe(driver.key_prefix)
+    except NoSuchBucket:
+        raise StartupError(f"{where}: no such bucket") from None
+    except InvalidCredentials as exc:
+        raise StartupError(f"{where}: invalid credentials ({exc.code})") from None
+    except AccessDenied:
+        raise StartupError(
+            f"{where}: access denied (the credentials need s3:ListBucket on the bucket)"
+        ) from None
+    except TemporaryFailure as exc:
+        raise StartupError(f"{where}: endpoint unreachable or failing ({exc})") from None
+    except StorageError as exc:
+        raise StartupError(f"{where}: {exc}") from None
+    if probe.database_in_use or config.database_enabled:
+        log.warning(
+            "this registry uses GitLab's metadata database: tags and repository links live "
+            "in the database, not in the bucket, so _manifests and _layers may be missing here"
+        )
+
+
+def fuse_options(config: Config) -> set[str]:
+    options = config.options
+    result = {f"fsname={options.fsname}", f"subtype={options.subtype}", "noatime"}
+    if options.default_permissions:
+        result.add("default_permissions")
+    if options.allow_other:
+        result.add("allow_other")
+    if options.ro:
+        result.add("ro")
+    return result
+
+
+def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
+    """Mount, serve until unmounted or signalled, unmount; return the exit status.
+
+    *on_ready* is called once the mount answers requests.
+    """
+    mountpoint = check_mountpoint(config.mountpoint)
+    return trio.run(_main, config, mountpoint, on_ready)
+
+
+async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | None) -> int:
+    store = open_store(config)
+    await probe_bucket(store, config)
+    namespace = Namespace(store, config.driver.key_prefix, config.options.metadata_ttl)
+    operations = Operations(config, store, namespace)
+    try:
+        pyfuse3.init(operations, mountpoint, fuse_options(config))
+    except RuntimeError as exc:
+        raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
+    log.info("mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint)
+    try:
+        async with trio.open_nursery() as nursery:
+            operations.attach_nursery(nursery)
+            nursery.start_soon(_handle_signals, namespace)
+            nursery.start_soon(_announce_ready, mountpoint, on_ready)
+            await pyfuse3.main()
+            await operations.close_all()
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+    log.info(
+        "unmounted %s; S3 requests: %s",
+        mountpoint,
+        ", ".join(f"{k}={v}" for k, v in sorted(store.request_counts.items())) or "none",
+    )
+    return 0
+
+
+async def _announce_ready(mountpoint: str, on_ready: Callable[[], None] | None) -> None:
+    # A stat of the mount point goes through our own getattr: once it returns,
+    # the kernel has finished INIT and the mount answers.
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    log.debug("mount answers")
+    if on_ready is not None:
+        on_ready()
+
+
+async def _handle_signals(namespace: Namespace) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: dropping metadata caches")
+                namespace.invalidate_all()
+            else:
+                log.info("%s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()

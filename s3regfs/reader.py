@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: MIT
+"""Reading objects: streaming read-ahead for sequential readers, exact ranges
+for random ones, inside one global memory budget.
+
+One :class:`ObjectReader` serves one open file handle.  A sequential reader
+(its first read at offset 0, or a read that starts where the previous one
+ended) gets a *stream*: one GET of the rest of the object, read on a
+background task into a buffer of 1 MiB chunks that runs ahead of the reader
+by a *window*.  The window starts at 1 MiB and doubles (up to the
+``readahead`` option) each time the reader has to wait for data, so a slow
+consumer holds little memory and a fast one gets long requests.  A read
+elsewhere fetches just its range and leaves the stream alone.
+
+Memory: every buffered byte is taken from one :class:`ReadaheadBudget`
+shared by all readers (the ``readahead_total`` option).  A producer that
+finds the budget spent waits, unless its reader is blocked waiting for data;
+then it takes one chunk anyway, so a reader always progresses and the
+overshoot is at most one chunk per reader that is actually waiting.
+
+Concurrency: reads on one handle are serialised by a lock (the kernel sends
+several concurrently during its own read-ahead); data is kept 1 MiB behind
+the furthest read so slightly reordered requests still hit the buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from s3regfs.errors import StorageError
+from s3regfs.storage.base import ObjectStore, ObjectStream
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+INITIAL_WINDOW = 1024 * 1024
+KEEP_BEHIND = 1024 * 1024
+
+
+class ReadaheadBudget:
+    """Bytes of read-ahead buffer that all readers may hold together."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self._freed = trio.Event()
+
+    def try_take(self, size: int, *, force: bool = False) -> bool:
+        """Take *size* bytes if they fit (or regardless, with *force*)."""
+        if not force and self.used + size > self.total:
+            return False
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._freed.set()
+        self._freed = trio.Event()
+
+    async def wait_freed(self) -> None:
+        await self._freed.wait()
+
+
+class ObjectReader:
+    """Reads of one open file: see the module docstring.
+
+    *etag* pins the version: every GET sends If-Match, so a reader never mixes
+    bytes of two versions (a changed object fails with PreconditionFailed).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        size: int,
+        etag: str,
+        *,
+        budget: ReadaheadBudget,
+        nursery: trio.Nursery,
+        max_window: int,
+    ) -> None:
+        self.key = key
+        self.size = size
+        self._store = store
+        self._etag = etag or None
+        self._budget = budget
+        self._nursery = nursery
+        self._max_window = max(max_window, INITIAL_WINDOW)
+        self._lock = trio.Lock()
+        # The buffer: chunks (offset, data), contiguous, covering
+        # [self._buf_start, self._stream_pos).
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._buf_start = 0
+        self._buffered = 0
+        self._stream_pos = 0
+        self._streaming = False
+        self._window = INITIAL_WINDOW
+        self._furthest = 0
+        self._last_end = -1
+        self._waiting = False
+        self._error: StorageError | None = None
+        self._data_arrived = trio.Event()
+        self._consumer_moved = trio.Event()
+        self._producer_scope: trio.CancelScope | None = None
+        self._producer_done = trio.Event()
+        self._producer_done.set()
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of the object, short only at its end."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        async with self._lock:
+            while True:
+                if self._buf_start <= offset and end <= self._stream_pos:
+                    data = self._slice(offset, end)
+                    self._served(offset, end)
+                    return data
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    await self._stop_stream()
+                    raise error
+                if self._streaming and self._buf_start <= offset <= self._stream_pos + self._window:
+                    await self._wait_for_data()
+                    continue
+                if offset == 0 or offset == self._last_end:
+                    await self._start_stream(offset)
+                    continue
+                # A random read: fetch exactly this range, keep any stream.
+                data = await self._store.get_range(self.key, offset, end, self._etag)
+                self._last_end = end
+                return data
+
+    async def aclose(self) -> None:
+        """Stop read-ahead and give its memory back; idempotent."""
+        async with self._lock:
+            await self._stop_stream()
+
+    # -- consumer side ------------------------------------------------------
+
+    def _slice(self, start: int, end: int) -> bytes:
+        parts: list[bytes] = []
+        for chunk_start, chunk in self._chunks:
+            chunk_end = chunk_start + len(chunk)
+            if chunk_end <= start:
+                continue
+            if chunk_start >= end:
+                break
+            lo = max(start, chunk_start) - chunk_start
+            hi = min(end, chunk_end) - chunk_start
+            parts.append(chunk if lo == 0 and hi == len(chunk) else chunk[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _served(self, start: int, end: int) -> None:
+        self._last_end = end
+        self._furthest = max(self._furthest, end)
+        keep_from = self._furthest - KEEP_BEHIND
+        while self._chunks:
+            chunk_start, chunk = self._chunks[0]
+            if chunk_start + len(chunk) > keep_from:
+                break
+            self._chunks.popleft()
+            self._buf_start = chunk_start + len(chunk)
+            self._buffered -= len(chunk)
+            self._budget.give(len(chunk))
+        self._wake_producer()
+
+    def _wake_producer(self) -> None:
+        self._consumer_moved.set()
+        self._consumer_moved = trio.Event()
+
+    async def _wait_for_data(self) -> None:
+        # Having to wait means the window is too small for this reader.
+        self._window = min(self._window * 2, self._max_window)
+        self._waiting = True
+        self._wake_producer()
+        try:
+            await self._data_arrived.wait()
+        finally:
+            self._waiting = False
+
+    # -- producer side --------------------------------------------------------
+
+    async def _start_stream(self, offset: int) -> None:
+        await self._stop_stream()
+        self._buf_start = self._stream_pos = self._furthest = offset
+        self._streaming = True
+        self._error = None
+        self._producer_done = trio.Event()
+        self._producer_scope = trio.CancelScope()
+        self._nursery.start_soon(self._produce, offset, self._producer_scope, self._producer_done)
+
+    async def _stop_stream(self) -> None:
+        if self._producer_scope is not None:
+            self._producer_scope.cancel()
+            self._producer_scope = None
+        await self._producer_done.wait()
+        self._streaming = False
+        self._budget.give(self._buffered)
+        self._chunks.clear()
+        self._buffered = 0
+        self._buf_start = self._stream_pos = 0
+
+    def _publish(self) -> None:
+        self._data_arrived.set()
+        self._data_arrived = trio.Event()
+
+    async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
+        stream: ObjectStream | None = None
+        try:
+            with scope:
+                stream = await self._store.open_stream(self.key, start, self.size, self._etag)
+                while stream.position < self.size:
+                    ahead = stream.position - self._furthest
+                    if ahead >= self._window and not self._waiting:
+                        await self._consumer_moved.wait()
+                        continue
+                    want = min(CHUNK, self.size - stream.position)
+                    if not self._budget.try_take(want, force=self._waiting):
+                        await _first_of(self._budget.wait_freed, self._consumer_moved.wait)
+                        continue
+                    try:
+                        data = await stream.read(want)
+                    except BaseException:
+                        self._budget.give(want)
+                        raise
+                    self._budget.give(want - len(data))
+                    self._chunks.append((self._stream_pos, data))
+                    self._buffered += len(data)
+                    self._stream_pos += len(data)
+                    self._publish()
+        except StorageError as exc:
+            log.warning("read-ahead of %s stopped at %d: %s", self.key, self._stream_pos, exc)
+            self._error = exc
+            self._publish()
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            done.set()
+
+
+async def _first_of(*waiters: Callable[[], Awaitable[None]]) -> None:
+    """Return as soon as the first of the async callables returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def run(fn: Callable[[], Awaitable[None]]) -> None:
+            await fn()
+            nursery.cancel_scope.cancel()
+
+        for fn in waiters:
+            nursery.start_soon(run, fn)

@@ -1,0 +1,364 @@
+# SPDX-License-Identifier: MIT
+"""The S3 object store, on boto3.
+
+This is the only module that imports boto3 or botocore.  boto3 is
+synchronous: every call runs on a worker thread through
+``trio.to_thread.run_sync`` behind one CapacityLimiter, with one shared
+client (boto3 clients are thread-safe once created; sessions are not).
+
+Retries live here and only here: botocore's own retries are switched off
+(``total_max_attempts=1``), and :meth:`S3Store._call` makes at most
+``1 + maxretries`` attempts, with exponential backoff and jitter, on 5xx,
+429/SlowDown/RequestTimeout and connection errors, never on other 4xx.
+Every attempt first takes a token from the ``maxrequestspersecond`` limiter.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import trio
+import urllib3.exceptions
+
+from s3regfs.config import DriverParams, MountOptions
+from s3regfs.errors import (
+    AccessDenied,
+    InvalidCredentials,
+    InvalidRange,
+    NoSuchBucket,
+    NotFound,
+    PreconditionFailed,
+    RequestFailed,
+    StorageError,
+    TemporaryFailure,
+)
+from s3regfs.storage.base import BucketProbe, ListPage, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TEMPORARY_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "TooManyRequests",
+    }
+)
+_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+    }
+)
+
+#: Backoff before retry n (1-based): BACKOFF_BASE * 2**(n-1), capped, times a
+#: random factor in [0.5, 1] ("equal jitter").
+BACKOFF_BASE = 0.2
+BACKOFF_CAP = 20.0
+
+LOCKFILE_DIR = "docker/registry/lockfiles/"
+
+
+class RateLimiter:
+    """A token bucket with a burst of one, as GitLab's driver uses.
+
+    *rate* requests per second; 0 means no limit.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = trio.Lock()
+
+    async def acquire(self) -> None:
+        if not self._interval:
+            return
+        async with self._lock:
+            now = trio.current_time()
+            wait = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if wait > 0:
+            await trio.sleep(wait)
+
+
+def translate(exc: BaseException, what: str) -> StorageError:
+    """Map a botocore/urllib3 exception to the most specific StorageError."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = f"{what}: {code or status} {error.get('Message', '')}".rstrip()
+        if code == "NoSuchBucket":
+            return NoSuchBucket(message, code=code, status=status)
+        if code in ("NoSuchKey", "NotFound") or status == 404:
+            return NotFound(message, code=code, status=status)
+        if code in _CREDENTIAL_CODES:
+            return InvalidCredentials(message, code=code, status=status)
+        if code == "AccessDenied" or status == 403:
+            return AccessDenied(message, code=code, status=status)
+        if code == "PreconditionFailed" or status == 412:
+            return PreconditionFailed(message, code=code, status=status)
+        if code == "InvalidRange" or status == 416:
+            return InvalidRange(message, code=code, status=status)
+        if code in _TEMPORARY_CODES or status == 429 or status >= 500:
+            return TemporaryFailure(message, code=code, status=status)
+        return RequestFailed(message, code=code, status=status)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return InvalidCredentials(f"{what}: no usable credentials ({exc})", code="NoCredentials")
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectionError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.IncompleteReadError
+        | botocore.exceptions.ResponseStreamingError
+        | urllib3.exceptions.HTTPError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return TemporaryFailure(f"{what}: {exc}", code=type(exc).__name__)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return RequestFailed(f"{what}: {exc}", code=type(exc).__name__)
+    raise exc
+
+
+def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
+    modified = meta.get("LastModified")
+    mtime_ns = int(modified.timestamp() * 1e9) if modified is not None else 0
+    return ObjectInfo(
+        key=key,
+        size=int(meta.get("Size", meta.get("ContentLength", 0))),
+        etag=str(meta.get("ETag", "")).strip('"'),
+        mtime_ns=mtime_ns,
+        storage_class=str(meta.get("StorageClass", "") or ""),
+    )
+
+
+class S3Stream:
+    """A GET body read in order; resumes after a broken connection."""
+
+    def __init__(self, store: S3Store, key: str, start: int, end: int, etag: str | None, body: Any) -> None:
+        self._store = store
+        self._key = key
+        self._end = end
+        self._etag = etag
+        self._body: Any = body
+        self.position = start
+
+    async def read(self, size: int) -> bytes:
+        size = min(size, self._end - self.position)
+        if size <= 0:
+            return b""
+        failures = 0
+        while True:
+            if self._body is None:
+                self._body = await self._store._get_body(self._key, self.position, self._end, self._etag)
+            try:
+                data: bytes = await self._store._in_thread(self._body.read, size)
+            except Exception as exc:  # noqa: BLE001 - translated right below
+                error = translate(exc, f"reading s3://{self._store.bucket}/{self._key}")
+                await self._drop_body()
+                failures += 1
+                if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
+                    raise error from exc
+                log.info("%s; resuming at offset %d (retry %d)", error, self.position, failures)
+                await self._store._backoff(failures)
+                continue
+            if not data:
+                await self._drop_body()
+                raise TemporaryFailure(
+                    f"reading s3://{self._store.bucket}/{self._key}: body ended at "
+                    f"{self.position}, expected {self._end}"
+                )
+            self.position += len(data)
+            return data
+
+    async def _drop_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None:
+            await self._store._in_thread(body.close)
+
+    async def aclose(self) -> None:
+        await self._drop_body()
+
+
+class S3Store:
+    """The ObjectStore on one boto3 client.  Build it with :meth:`create`."""
+
+    bucket: str
+    maxretries: int
+    request_counts: collections.Counter[str]
+
+    def __init__(self, client: Any, driver: DriverParams, max_connections: int) -> None:
+        self._client = client
+        self.bucket = driver.bucket
+        self.maxretries = driver.maxretries
+        self._limiter = trio.CapacityLimiter(max_connections)
+        self._rate = RateLimiter(driver.maxrequestspersecond)
+        self.request_counts = collections.Counter()
+
+    @classmethod
+    def create(cls, driver: DriverParams, options: MountOptions) -> S3Store:
+        """Build the client from the driver parameters (no request is sent)."""
+        checksum: Literal["when_supported", "when_required"] = (
+            "when_supported"
+            if driver.checksum_algorithm and not driver.checksum_disabled
+            else "when_required"
+        )
+        s3_settings: dict[str, Any] = {
+            "addressing_style": "path" if driver.pathstyle else "auto",
+            "use_accelerate_endpoint": driver.accelerate,
+            "use_dualstack_endpoint": driver.usedualstack,
+        }
+        client_config = botocore.config.Config(
+            region_name=driver.region or "us-east-1",
+            signature_version="s3v4" if driver.v4auth else "s3",
+            user_agent_extra=f"s3regfs {driver.useragent}".strip(),
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=options.max_connections,
+            s3=s3_settings,  # type: ignore[arg-type]  # a plain dict is what botocore reads
+            use_fips_endpoint=driver.usefipsendpoint,
+            request_checksum_calculation=checksum,
+            response_checksum_validation=checksum,
+            tcp_keepalive=True,
+        )
+        if driver.accesskey and driver.secretkey:
+            session = boto3.session.Session(
+                aws_access_key_id=driver.accesskey,
+                aws_secret_access_key=driver.secretkey,
+                aws_session_token=driver.sessiontoken or None,
+            )
+        else:
+            session = boto3.session.Session()
+        client = session.client(
+            "s3",
+            endpoint_url=driver.endpoint_url,
+            use_ssl=driver.secure if driver.endpoint_url is None else None,
+            verify=False if driver.skipverify else None,
+            config=client_config,
+        )
+        return cls(client, driver, options.max_connections)
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
+
+    async def _backoff(self, failures: int) -> None:
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
+        await trio.sleep(delay * random.uniform(0.5, 1.0))
+
+    async def _call(self, operation: str, what: str, *, retries: int | None = None, **kwargs: Any) -> Any:
+        """One API call with the retry policy of the module docstring.
+
+        *retries* lowers the retry budget for this call (the mount-time probe
+        fails fast: at most two attempts).
+        """
+        method = getattr(self._client, operation)
+        retries = self.maxretries if retries is None else min(retries, self.maxretries)
+        failures = 0
+        while True:
+            await self._rate.acquire()
+            self.request_counts[operation] += 1
+            try:
+                return await self._in_thread(lambda: method(**kwargs))
+            except Exception as exc:  # noqa: BLE001 - translated right below
+                error = translate(exc, what)
+                failures += 1
+                if not isinstance(error, TemporaryFailure) or failures > retries:
+                    raise error from exc
+                log.info("%s (attempt %d of %d)", error, failures, 1 + retries)
+                await self._backoff(failures)
+
+    # -- ObjectStore ----------------------------------------------------------
+
+    async def list_page(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        token: str | None = None,
+    ) -> ListPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif start_after:
+            kwargs["StartAfter"] = start_after
+        response = await self._call("list_objects_v2", f"listing s3://{self.bucket}/{prefix}", **kwargs)
+        objects = [_object_info(item["Key"], item) for item in response.get("Contents", [])]
+        prefixes = [item["Prefix"] for item in response.get("CommonPrefixes", [])]
+        next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+        if response.get("IsTruncated") and not next_token:
+            raise TemporaryFailure(f"listing s3://{self.bucket}/{prefix}: truncated page without a token")
+        return ListPage(objects=objects, prefixes=prefixes, next_token=next_token)
+
+    async def head(self, key: str) -> ObjectInfo:
+        response = await self._call(
+            "head_object", f"HEAD s3://{self.bucket}/{key}", Bucket=self.bucket, Key=key
+        )
+        return _object_info(key, response)
+
+    async def _get_body(self, key: str, start: int, end: int, etag: str | None) -> Any:
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={start}-{end - 1}",
+        }
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        response = await self._call("get_object", f"GET s3://{self.bucket}/{key}", **kwargs)
+        return response["Body"]
+
+    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        if end <= start:
+            return b""
+        stream = S3Stream(self, key, start, end, etag, None)
+        chunks: list[bytes] = []
+        try:
+            while stream.position < end:
+                chunks.append(await stream.read(end - stream.position))
+        finally:
+            await stream.aclose()
+        return b"".join(chunks)
+
+    async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
+        body = await self._get_body(key, start, end, etag) if end > start else None
+        return S3Stream(self, key, start, end, etag, body)
+
+    async def probe(self, key_prefix: str) -> BucketProbe:
+        # One listing both proves the bucket and finds GitLab's lock files.
+        prefix = key_prefix + LOCKFILE_DIR
+        response = await self._call(
+            "list_objects_v2",
+            f"listing s3://{self.bucket}/{prefix}",
+            retries=1,
+            Bucket=self.bucket,
+            Prefix=prefix,
+            MaxKeys=10,
+        )
+        names = {item["Key"].rsplit("/", 1)[-1] for item in response.get("Contents", [])}
+        return BucketProbe(database_in_use="database-in-use" in names)
