@@ -78,6 +78,8 @@ def split_key(relative: str) -> tuple[list[str], bool] | str:
     name, the reason.  A key ending in "/" is a directory marker: it makes
     its directories exist and is not a file.
     """
+    if relative == "":
+        return [], True  # the listed directory's own marker
     marker = relative.endswith("/")
     parts = (relative[:-1] if marker else relative).split("/")
     if marker and parts == [""]:

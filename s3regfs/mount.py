@@ -36,6 +36,13 @@ from s3regfs.storage import S3Store, open_store
 log = logging.getLogger(__name__)
 
 
+def _stale_message(path: str) -> str:
+    return (
+        f"mount point {path} is a stale FUSE mount (Transport endpoint is not connected); "
+        f"clear it with: fusermount3 -uz {path}"
+    )
+
+
 def check_mountpoint(path: str) -> str:
     """The absolute mount point, or MountpointError saying what is wrong with it."""
     absolute = os.path.abspath(path)
@@ -45,14 +52,18 @@ def check_mountpoint(path: str) -> str:
         raise MountpointError(f"mount point {absolute} does not exist") from None
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            raise MountpointError(
-                f"mount point {absolute} is a stale FUSE mount (Transport endpoint is not "
-                f"connected); clear it with: fusermount3 -uz {absolute}"
-            ) from None
+            raise MountpointError(_stale_message(absolute)) from None
         raise MountpointError(f"mount point {absolute}: {exc.strerror}") from None
     if not os.path.isdir(absolute) or not (info.st_mode & 0o040000):
         raise MountpointError(f"mount point {absolute} is not a directory")
     if os.path.ismount(absolute):
+        # stat may be answered from the kernel's attribute cache; statfs always
+        # reaches the file system, so it tells a live mount from a dead one.
+        try:
+            os.statvfs(absolute)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                raise MountpointError(_stale_message(absolute)) from None
         raise MountpointError(f"mount point {absolute} is already mounted")
     return absolute
 
@@ -72,7 +83,13 @@ async def probe_bucket(store: S3Store, config: Config) -> None:
             f"{where}: access denied (the credentials need s3:ListBucket on the bucket)"
         ) from None
     except TemporaryFailure as exc:
-        raise StartupError(f"{where}: endpoint unreachable or failing ({exc})") from None
+        reasons = {
+            "EndpointConnectionError": "cannot connect",
+            "ConnectTimeoutError": f"no connection within {config.options.connect_timeout:g} s",
+            "ReadTimeoutError": f"no answer within {config.options.read_timeout:g} s",
+        }
+        reason = reasons.get(exc.code) or (f"HTTP {exc.status} {exc.code}".strip() if exc.status else exc.code)
+        raise StartupError(f"{where}: endpoint unreachable or failing ({reason})") from None
     except StorageError as exc:
         raise StartupError(f"{where}: {exc}") from None
     if probe.database_in_use or config.database_enabled:

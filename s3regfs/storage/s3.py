@@ -180,7 +180,7 @@ class S3Stream:
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
                     raise error from exc
-                log.info("%s; resuming at offset %d (retry %d)", error, self.position, failures)
+                log.debug("%s; resuming at offset %d (retry %d)", error, self.position, failures)
                 await self._store._backoff(failures)
                 continue
             if not data:
@@ -288,7 +288,7 @@ class S3Store:
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > retries:
                     raise error from exc
-                log.info("%s (attempt %d of %d)", error, failures, 1 + retries)
+                log.debug("%s (attempt %d of %d)", error, failures, 1 + retries)
                 await self._backoff(failures)
 
     # -- ObjectStore ----------------------------------------------------------

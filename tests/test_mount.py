@@ -1,0 +1,363 @@
+# SPDX-License-Identifier: MIT
+"""The real CLI, mounted through FUSE, against moto_server over HTTP."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.util import (
+    cleanup,
+    free_port,
+    fuse_test_marker,
+    mounted,
+    run_cli,
+    start_moto,
+    wait_for_mount,
+    spawn,
+)
+
+pytestmark = fuse_test_marker()
+
+
+def put_many(s3: Any, bucket: str, objects: dict[str, bytes]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1]), objects.items()))
+
+
+def find_files(root: Path) -> dict[str, int]:
+    """Every regular file below *root* (relative path -> size), via find(1)."""
+    out = subprocess.run(
+        ["find", str(root), "-type", "f", "-printf", "%P\\t%s\\n"], check=True, capture_output=True, text=True
+    ).stdout
+    return {line.split("\t")[0]: int(line.split("\t")[1]) for line in out.splitlines()}
+
+
+def digest_hex(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+REGISTRY_TREE = {
+    "docker/registry/v2/blobs/sha256/{p}/{h}/data".format(p=digest_hex(i)[:2], h=digest_hex(i)): f"blob {i}".encode()
+    for i in range(3)
+} | {
+    f"docker/registry/v2/repositories/library/app/_layers/sha256/{digest_hex(i)}/link": f"sha256:{digest_hex(i)}".encode()
+    for i in range(3)
+} | {
+    "docker/registry/v2/repositories/library/app/_manifests/tags/v1/current/link": f"sha256:{digest_hex(0)}".encode(),
+}
+
+
+@pytest.mark.parametrize("root", ["", "/", "/a/b/", "registry-root"])
+def test_find_shows_exactly_the_keys_under_the_root(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path, root: str) -> None:
+    prefix = root.strip("/") + "/" if root.strip("/") else ""
+    put_many(s3, bucket, {prefix + key: body for key, body in REGISTRY_TREE.items()})
+    # Keys outside the root must not show.
+    s3.put_object(Bucket=bucket, Key="outside/file", Body=b"no")
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", f"rootdirectory={root}", bucket]) as mount:
+        files = find_files(mount.path)
+        expected = {key: len(body) for key, body in REGISTRY_TREE.items()}
+        if not prefix:
+            expected["outside/file"] = 2
+        assert files == expected
+        for key, body in REGISTRY_TREE.items():
+            assert (mount.path / key).read_bytes() == body
+        tag = mount.path / "docker/registry/v2/repositories/library/app/_manifests/tags/v1/current/link"
+        assert tag.read_text() == f"sha256:{digest_hex(0)}"
+
+
+def test_source_argument_root_and_listing_details(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    objects = {
+        "r/a.a": b"1",
+        "r/_.abc": b"22",
+        "r/.abc": b"333",
+        "r/a--b": b"4",
+        "r/p/b/x": b"under b",
+        "r/p/bc": b"bc file",
+        "r/q/bc": b"only bc",
+        "r/marker-dir/": b"",
+        "r/empty": b"",
+    }
+    put_many(s3, bucket, objects)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/r"]) as mount:
+        m = mount.path
+        assert sorted(os.listdir(m)) == sorted([".abc", "_.abc", "a--b", "a.a", "empty", "marker-dir", "p", "q"])
+        assert (m / "a.a").read_bytes() == b"1" and (m / "_.abc").stat().st_size == 2
+        assert (m / "p/b").is_dir() and (m / "p/b/x").read_bytes() == b"under b"
+        assert (m / "p/bc").read_bytes() == b"bc file"
+        # The driver's Stat would call q/b a directory because q/bc exists; we do not.
+        assert not (m / "q/b").exists()
+        assert (m / "marker-dir").is_dir() and os.listdir(m / "marker-dir") == []
+        assert (m / "empty").stat().st_size == 0 and (m / "empty").read_bytes() == b""
+        st = (m / "p/bc").stat()
+        assert st.st_blocks == 1 and st.st_nlink == 1 and st.st_mode & 0o777 == 0o644
+        assert st.st_uid == os.getuid()
+        mtime = s3.head_object(Bucket=bucket, Key="r/p/bc")["LastModified"].timestamp()
+        assert abs(st.st_mtime - mtime) < 2
+        assert os.statvfs(m).f_namemax == 255
+
+
+def test_more_than_a_thousand_entries(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    objects = {f"many/f{i:05d}": b"x" for i in range(1100)}
+    objects |= {f"top{i:05d}": b"y" for i in range(1050)}  # the root is listed one level at a time
+    objects |= {f"deep/sha256/{digest_hex(i)}/link": b"z" for i in range(1200)}
+    put_many(s3, bucket, objects)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        assert len(os.listdir(mount.path / "many")) == 1100
+        assert len([n for n in os.listdir(mount.path) if n.startswith("top")]) == 1050
+        assert len(os.listdir(mount.path / "deep/sha256")) == 1200
+        assert len(find_files(mount.path)) == 3350
+
+
+def test_keys_posix_cannot_name_are_skipped_with_a_warning(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"x//y": b"1", "w/./z": b"2", "w/ok": b"3", "sp ace/%+#?\\": b"4"})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket], check_clean=False) as mount:
+        files = find_files(mount.path)
+        assert files == {"w/ok": 1, "sp ace/%+#?\\": 1}
+        assert (mount.path / "sp ace/%+#?\\").read_bytes() == b"4"
+    assert "skipping key 'x//y'" in mount.stderr and "skipping key 'w/./z'" in mount.stderr
+    assert "Traceback" not in mount.stderr
+
+
+def test_writes_are_refused_with_erofs(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"d/f": b"data"})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        m = mount.path
+        attempts = [
+            lambda: open(m / "d/f", "wb"),
+            lambda: open(m / "d/f", "ab"),
+            lambda: open(m / "d/new", "wb"),
+            lambda: os.mkdir(m / "d/sub"),
+            lambda: os.unlink(m / "d/f"),
+            lambda: os.rename(m / "d/f", m / "d/g"),
+            lambda: os.truncate(m / "d/f", 0),
+            lambda: os.chmod(m / "d/f", 0o600),
+            lambda: os.rmdir(m / "d"),
+            lambda: os.setxattr(m / "d/f", "user.x", b"1"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS, attempt
+        assert s3.get_object(Bucket=bucket, Key="d/f")["Body"].read() == b"data"
+
+
+def test_read_only_option_mounts_ro(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"f": b"data"})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "ro", bucket]) as mount:
+        options = subprocess.run(["findmnt", "-no", "OPTIONS,FSTYPE,SOURCE", str(mount.path)], capture_output=True, text=True).stdout
+        assert "ro" in options.split()[0].split(",")
+        assert "fuse.s3regfs" in options and bucket in options
+        with pytest.raises(OSError) as info:
+            open(mount.path / "f", "wb")
+        assert info.value.errno == errno.EROFS
+
+
+def test_extended_attributes(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"root/dir/file": b"payload"})
+    etag = s3.head_object(Bucket=bucket, Key="root/dir/file")["ETag"].strip('"')
+    with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/root"]) as mount:
+        path = mount.path / "dir/file"
+        assert os.getxattr(path, "user.s3.etag").decode() == etag
+        assert os.getxattr(path, "user.s3.key").decode() == "root/dir/file"
+        assert os.getxattr(path, "user.s3.storage_class").decode() == "STANDARD"
+        assert set(os.listxattr(path)) == {"user.s3.etag", "user.s3.key", "user.s3.storage_class"}
+        with pytest.raises(OSError) as info:
+            os.getxattr(path, "user.other")
+        assert info.value.errno == errno.ENODATA
+
+
+def test_sequential_and_random_reads_match(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    rng = random.Random(7)
+    body = rng.randbytes(24 * 1024 * 1024 + 12345)
+    s3.put_object(Bucket=bucket, Key="big", Body=body)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "readahead=4M", bucket]) as mount:
+        digest = hashlib.sha256()
+        with open(mount.path / "big", "rb") as f:
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(body).hexdigest()
+        fd = os.open(mount.path / "big", os.O_RDONLY)
+        try:
+            for _ in range(40):
+                offset = rng.randrange(0, len(body))
+                size = rng.choice([1, 100, 4096, 131072, 1 << 20])
+                assert os.pread(fd, size, offset) == body[offset : offset + size]
+            assert os.pread(fd, 10, len(body) + 5) == b""
+        finally:
+            os.close(fd)
+
+
+def test_changed_object_is_not_served_stale(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    key = "docker/registry/v2/repositories/app/_manifests/tags/latest/current/link"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"sha256:" + b"1" * 64)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
+        link = mount.path / key
+        assert link.read_bytes() == b"sha256:" + b"1" * 64
+        assert link.read_bytes() == b"sha256:" + b"1" * 64  # page cache may serve this
+        s3.put_object(Bucket=bucket, Key=key, Body=b"sha256:" + b"2" * 64)  # same size
+        time.sleep(1.5)
+        assert link.read_bytes() == b"sha256:" + b"2" * 64
+        s3.put_object(Bucket=bucket, Key=key, Body=b"sha256:" + b"3" * 10)  # other size
+        time.sleep(1.5)
+        assert link.read_bytes() == b"sha256:" + b"3" * 10
+        s3.delete_object(Bucket=bucket, Key=key)
+        time.sleep(1.5)
+        assert not link.exists()
+
+
+def test_find_over_digest_directories_costs_few_requests(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    count = 1500
+    objects = {
+        f"docker/registry/v2/repositories/app/_layers/sha256/{digest_hex(i)}/link": f"sha256:{digest_hex(i)}".encode()
+        for i in range(count)
+    }
+    put_many(s3, bucket, objects)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        listing = subprocess.run(["find", str(mount.path), "-type", "f", "-ls"], check=True, capture_output=True, text=True)
+        assert len(listing.stdout.splitlines()) == count
+    counts = mount.request_counts()
+    assert counts.get("head_object", 0) == 0 and counts.get("get_object", 0) == 0
+    assert counts["list_objects_v2"] <= 0.05 * count, counts
+
+
+def test_daemon_mode_returns_when_mounted(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"hello": b"world"})
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = run_cli([*endpoint_opts, bucket, str(mnt)])
+    try:
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mnt)  # mounted by the time the command returned
+        assert (mnt / "hello").read_bytes() == b"world"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _daemons_of(mnt):
+        time.sleep(0.1)
+    assert not _daemons_of(mnt)
+
+
+def _daemons_of(mountpoint: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"s3regfs" in cmdline and str(mountpoint).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_sigterm_unmounts_and_exits_zero(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    put_many(s3, bucket, {"f": b"1"})
+    mnt = tmp_path / "mnt"
+    with mounted(mnt, [*endpoint_opts, bucket]) as mount:
+        assert (mnt / "f").read_bytes() == b"1"
+        mount.process.send_signal(signal.SIGTERM)
+        assert mount.process.wait(20) == 0
+        assert not os.path.ismount(mnt)
+        # mounted() unmounts again: give it a mount to unmount.
+        spawn(mount, [*endpoint_opts, bucket])
+        wait_for_mount(mount)
+
+
+# -- failures before mounting: one line, an exit code, nothing mounted -----------
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("s3regfs: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("foreground", [True, False])
+def test_missing_mountpoint(endpoint_opts: list[str], bucket: str, tmp_path: Path, foreground: bool) -> None:
+    result = run_cli([*(["-f"] if foreground else []), *endpoint_opts, bucket, str(tmp_path / "nope")])
+    assert result.returncode == 4
+    assert str(tmp_path / "nope") in _one_error_line(result)
+
+
+def test_mountpoint_not_a_directory(endpoint_opts: list[str], bucket: str, tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("")
+    result = run_cli([*endpoint_opts, bucket, str(path)])
+    assert result.returncode == 4 and "not a directory" in _one_error_line(result)
+
+
+@pytest.mark.parametrize("foreground", [True, False])
+def test_no_such_bucket(endpoint_opts: list[str], tmp_path: Path, foreground: bool) -> None:
+    (tmp_path / "mnt").mkdir()
+    result = run_cli([*(["-f"] if foreground else []), *endpoint_opts, "no-such-bucket-here", str(tmp_path / "mnt")])
+    line = _one_error_line(result)
+    assert result.returncode == 3 and "no-such-bucket-here" in line and "no such bucket" in line
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    result = run_cli(["-o", f"regionendpoint=http://127.0.0.1:{port},region=us-east-1,connect_timeout=2", "b", str(tmp_path / "mnt")])
+    elapsed = time.monotonic() - started
+    line = _one_error_line(result)
+    assert result.returncode == 3 and f"127.0.0.1:{port}" in line and "unreachable" in line
+    assert elapsed < 15
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_bad_parameter_exits_2_naming_it(endpoint_opts: list[str], bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    env = {"REGISTRY_STORAGE_S3_SECRETKEY": "hush-hush-1", "REGISTRY_STORAGE_S3_ACCESSKEY": "AKIA"}
+    result = run_cli([*endpoint_opts, "-o", "storageclass=COLD", bucket, str(tmp_path / "mnt")], env=env)
+    assert result.returncode == 2 and "storageclass" in _one_error_line(result)
+    assert "hush-hush-1" not in result.stderr
+
+
+def test_already_mounted(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        result = run_cli([*endpoint_opts, bucket, str(mount.path)])
+        assert result.returncode == 4 and "already mounted" in _one_error_line(result)
+
+
+def test_invalid_credentials(tmp_path: Path) -> None:
+    server = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "1"})
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                     aws_access_key_id="x", aws_secret_access_key="y").create_bucket(Bucket="locked")
+        (tmp_path / "mnt").mkdir()
+        result = run_cli(["-o", f"regionendpoint={server.url},region=us-east-1", "locked", str(tmp_path / "mnt")])
+        line = _one_error_line(result)
+        assert result.returncode == 3 and "invalid credentials" in line and "locked" in line
+    finally:
+        server.stop()
+
+
+def test_stale_mount_is_explained(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with mounted(mnt, [*endpoint_opts, bucket], check_clean=False) as mount:
+        mount.process.kill()
+        mount.process.wait()
+        result = run_cli([*endpoint_opts, bucket, str(mnt)])
+        line = _one_error_line(result)
+        assert result.returncode == 4 and f"fusermount3 -uz {mnt}" in line and "stale" in line
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=True)
+        # A new mount starts cleanly on the cleared mount point (mounted() unmounts it).
+        spawn(mount, [*endpoint_opts, bucket])
+        wait_for_mount(mount)

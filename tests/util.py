@@ -1,0 +1,211 @@
+# SPDX-License-Identifier: MIT
+"""Helpers for tests that run real processes: moto_server, s3regfs mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+
+
+def fuse_test_marker() -> pytest.MarkDecorator:
+    """Skip when this machine cannot mount FUSE; else mark uses_fuse."""
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        return pytest.mark.skip(reason="FUSE is not available (no /dev/fuse or fusermount3)")
+    return pytest.mark.uses_fuse
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+@dataclass
+class MotoServer:
+    """A moto_server process on loopback; its stderr (one line a request) in *log_path*."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request_lines(self) -> list[str]:
+        return [line for line in self.log_path.read_text(errors="replace").splitlines() if '"' in line]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_moto(extra_env: dict[str, str] | None = None) -> MotoServer:
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
+    env = dict(os.environ, **(extra_env or {}))
+    moto = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [moto, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    server = MotoServer(port, process, log_path)
+    try:
+        wait_for_port(port, process)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def s3regfs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "s3regfs", *args]
+
+
+def mount_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env.update(CREDENTIALS)
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Mount:
+    """A running ``s3regfs -f`` process and its mount point."""
+
+    path: Path
+    process: subprocess.Popen[str]
+    stderr_path: Path
+    exit_code: int | None = None
+    stderr: str = field(default="", repr=False)
+
+    def read_stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def request_counts(self) -> dict[str, int]:
+        """The daemon's own count of S3 requests, logged when it unmounts."""
+        match = re.search(r"S3 requests: (.*)", self.stderr)
+        if not match or match.group(1).strip() == "none":
+            return {}
+        return {k: int(v) for k, v in (item.split("=") for item in match.group(1).split(", "))}
+
+
+def wait_for_mount(mount: Mount, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(mount.path):
+            return
+        if mount.process.poll() is not None:
+            pytest.fail(f"file system process terminated prematurely:\n{mount.read_stderr()}")
+        time.sleep(0.05)
+    pytest.fail(f"not mounted after {timeout} s:\n{mount.read_stderr()}")
+
+
+def unmount(mount: Mount, timeout: float = 30) -> None:
+    """fusermount3 -u, then the process must exit 0 without a traceback."""
+    subprocess.run(["fusermount3", "-u", str(mount.path)], check=True)
+    mount.exit_code = mount.process.wait(timeout)
+    mount.stderr = mount.read_stderr()
+    assert mount.exit_code == 0, mount.stderr
+    assert "Traceback" not in mount.stderr, mount.stderr
+
+
+def cleanup(mount: Mount) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], stderr=subprocess.DEVNULL, check=False)
+    if mount.process.poll() is None:
+        mount.process.send_signal(signal.SIGTERM)
+        try:
+            mount.process.wait(10)
+        except subprocess.TimeoutExpired:
+            mount.process.kill()
+            mount.process.wait()
+
+
+def spawn(mount: Mount, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    """Start ``s3regfs -f ARGS MOUNTPOINT`` for *mount* (its stderr appended to its log)."""
+    with open(mount.stderr_path, "a") as err:
+        mount.process = subprocess.Popen(
+            s3regfs_command("-f", *args, str(mount.path)),
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            env=mount_env(env),
+            text=True,
+            cwd=str(REPO),
+        )
+
+
+@contextlib.contextmanager
+def mounted(
+    mountpoint: Path,
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    check_clean: bool = True,
+) -> Iterator[Mount]:
+    """Run ``python -m s3regfs -f ARGS MOUNTPOINT``; unmount cleanly afterwards.
+
+    With *check_clean*, the daemon's stderr must hold no warning or error.
+    """
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    stderr_path = Path(tempfile.mkstemp(prefix="s3regfs-", suffix=".err")[1])
+    mount = Mount(mountpoint, None, stderr_path)  # type: ignore[arg-type]
+    spawn(mount, args, env)
+    try:
+        wait_for_mount(mount)
+        yield mount
+    except BaseException:
+        cleanup(mount)
+        print(mount.read_stderr(), file=sys.stderr)
+        raise
+    unmount(mount)
+    if check_clean:
+        bad = [line for line in mount.stderr.splitlines() if "warning:" in line or "error:" in line]
+        assert not bad, mount.stderr
+
+
+def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        s3regfs_command(*args),
+        capture_output=True,
+        text=True,
+        env=mount_env(env),
+        timeout=timeout,
+        cwd=str(REPO),
+        stdin=subprocess.DEVNULL,
+    )
