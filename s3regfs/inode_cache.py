@@ -175,10 +175,10 @@ class Namespace:
         try:
             info = await self._store.head(self.key(node))
         except NotFound:
-            if node.parent is not None and node.parent.children is not None:
-                if node.parent.children.get(node.name) is node:
-                    del node.parent.children[node.name]
-                    self._detach(node)
+            parent = node.parent
+            if parent is not None and parent.children and parent.children.get(node.name) is node:
+                del parent.children[node.name]
+                self._detach(node)
             raise
         self._set_file(node, info)
 

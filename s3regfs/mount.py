@@ -88,7 +88,9 @@ async def probe_bucket(store: S3Store, config: Config) -> None:
             "ConnectTimeoutError": f"no connection within {config.options.connect_timeout:g} s",
             "ReadTimeoutError": f"no answer within {config.options.read_timeout:g} s",
         }
-        reason = reasons.get(exc.code) or (f"HTTP {exc.status} {exc.code}".strip() if exc.status else exc.code)
+        reason = reasons.get(exc.code) or (
+            f"HTTP {exc.status} {exc.code}".strip() if exc.status else exc.code
+        )
         raise StartupError(f"{where}: endpoint unreachable or failing ({reason})") from None
     except StorageError as exc:
         raise StartupError(f"{where}: {exc}") from None

@@ -46,7 +46,16 @@ def test_defaults_are_the_drivers() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), (False, False), ("true", True), ("True", True), ("1", True), ("t", True), ("F", False), ("0", False)],
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("t", True),
+        ("F", False),
+        ("0", False),
+    ],
 )
 def test_bool_parsing(value: object, expected: bool) -> None:
     assert parse_bool("encrypt", value) is expected
@@ -58,7 +67,10 @@ def test_bool_refuses(value: object) -> None:
         parse_bool("encrypt", value)
 
 
-@pytest.mark.parametrize(("value", "expected"), [(5242880, 5242880), ("5242880", 5242880), ("0x500000", 0x500000), (" 6291456 ", 6291456)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(5242880, 5242880), ("5242880", 5242880), ("0x500000", 0x500000), (" 6291456 ", 6291456)],
+)
 def test_int_parsing(value: object, expected: int) -> None:
     assert parse_int("chunksize", value, 5 * MiB, 5 * GiB) == expected
 
@@ -71,7 +83,9 @@ def test_int_refuses_non_integers(value: object) -> None:
 
 @pytest.mark.parametrize("value", [5 * MiB - 1, 5 * GiB + 1])
 def test_chunksize_range(value: int) -> None:
-    with pytest.raises(ConfigError, match=r"the chunksize \d+ parameter should be a number between 5242880 and 5368709120"):
+    with pytest.raises(
+        ConfigError, match=r"the chunksize \d+ parameter should be a number between 5242880 and 5368709120"
+    ):
         driver(chunksize=value)
 
 
@@ -160,7 +174,15 @@ def test_checksum_and_redirect() -> None:
 
 @pytest.mark.parametrize(
     ("root", "prefix"),
-    [("", ""), ("/", ""), ("//", ""), ("/a/b/", "a/b/"), ("a/b", "a/b/"), ("/a/b", "a/b/"), ("/registry-v2", "registry-v2/")],
+    [
+        ("", ""),
+        ("/", ""),
+        ("//", ""),
+        ("/a/b/", "a/b/"),
+        ("a/b", "a/b/"),
+        ("/a/b", "a/b/"),
+        ("/registry-v2", "registry-v2/"),
+    ],
 )
 def test_root_directory_key_prefix(root: str, prefix: str) -> None:
     assert normalize_root(root) == prefix
@@ -210,7 +232,12 @@ def test_registry_config_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING):
         cfg = build(source=None, mountpoint="/mnt", config_file=str(path), environ={})
     d = cfg.driver
-    assert (d.bucket, d.region, d.accesskey, d.secretkey) == ("from-file", "eu-west-1", "AKIAFILE", "file-secret")
+    assert (d.bucket, d.region, d.accesskey, d.secretkey) == (
+        "from-file",
+        "eu-west-1",
+        "AKIAFILE",
+        "file-secret",
+    )
     assert d.key_prefix == "file-root/" and d.chunksize == 6291456 and d.secure is False
     assert d.checksum_disabled is True
     assert "somethingnew" in caplog.text and "file-secret" not in caplog.text
@@ -243,7 +270,11 @@ def test_precedence(tmp_path: Path) -> None:
 
 
 def test_environment_names_gitlab_s3_v2(tmp_path: Path) -> None:
-    environ = {"REGISTRY_STORAGE_S3_V2_BUCKET": "v2", "REGISTRY_STORAGE_S3_V2_CHECKSUM_DISABLED": "true", "REGISTRY_STORAGE_S3_V2_REGION": "us-east-1"}
+    environ = {
+        "REGISTRY_STORAGE_S3_V2_BUCKET": "v2",
+        "REGISTRY_STORAGE_S3_V2_CHECKSUM_DISABLED": "true",
+        "REGISTRY_STORAGE_S3_V2_REGION": "us-east-1",
+    }
     cfg = build(source=None, mountpoint="/m", environ=environ)
     assert cfg.driver.bucket == "v2" and cfg.driver.checksum_disabled is True
 
@@ -252,7 +283,9 @@ def test_environment_for_another_driver_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "config.yml"
     path.write_text(REGISTRY_CONFIG)
     with pytest.raises(ConfigError, match="exactly one storage type"):
-        build(source=None, mountpoint="/m", config_file=str(path), environ={"REGISTRY_STORAGE_S3_BUCKET": "x"})
+        build(
+            source=None, mountpoint="/m", config_file=str(path), environ={"REGISTRY_STORAGE_S3_BUCKET": "x"}
+        )
 
 
 def test_non_s3_driver_is_refused(tmp_path: Path) -> None:
@@ -276,24 +309,53 @@ def test_gitlab_database_mode_detected(tmp_path: Path) -> None:
 
 
 def test_mount_options() -> None:
-    opts = [("ro", None), ("uid", "1000"), ("gid", "1000"), ("umask", "027"), ("metadata_ttl", "2.5"),
-            ("_netdev", None), ("nofail", None), ("x-systemd.automount", None), ("dev", None), ("suid", None),
-            ("readahead", "4M"), ("allow_other", None), ("default_permissions", None)]
+    opts = [
+        ("ro", None),
+        ("uid", "1000"),
+        ("gid", "1000"),
+        ("umask", "027"),
+        ("metadata_ttl", "2.5"),
+        ("_netdev", None),
+        ("nofail", None),
+        ("x-systemd.automount", None),
+        ("dev", None),
+        ("suid", None),
+        ("readahead", "4M"),
+        ("allow_other", None),
+        ("default_permissions", None),
+    ]
     cfg = build(source="b", mountpoint="/m", mount_options=[*opts, ("region", "us-east-1")], environ={})
     o = cfg.options
-    assert (o.ro, o.uid, o.gid, o.umask, o.metadata_ttl, o.readahead) == (True, 1000, 1000, 0o027, 2.5, 4 * MiB)
+    assert (o.ro, o.uid, o.gid, o.umask, o.metadata_ttl, o.readahead) == (
+        True,
+        1000,
+        1000,
+        0o027,
+        2.5,
+        4 * MiB,
+    )
     assert o.fsname == "b" and o.subtype == "s3regfs" and o.allow_other
 
 
 @pytest.mark.parametrize("option", ["frobnicate", "bogus=1"])
 def test_unknown_option_is_named(option: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown option -o {option.split('=')[0]}"):
-        build(source="b", mountpoint="/m", mount_options=split_mount_options(option + ",region=us-east-1"), environ={})
+        build(
+            source="b",
+            mountpoint="/m",
+            mount_options=split_mount_options(option + ",region=us-east-1"),
+            environ={},
+        )
 
 
 def test_secret_on_command_line_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        build(source="b", mountpoint="/m", mount_options=[("region", "us-east-1"), ("secretkey", "s3cr3t-value")], environ={})
+        build(
+            source="b",
+            mountpoint="/m",
+            mount_options=[("region", "us-east-1"), ("secretkey", "s3cr3t-value")],
+            environ={},
+        )
     assert "visible to every user in ps" in caplog.text
     assert "s3cr3t-value" not in caplog.text
 
@@ -317,6 +379,14 @@ def test_cli_bad_value_is_one_line_without_secret(capsys: pytest.CaptureFixture[
 def test_cli_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("chunksize", "multipartcopythresholdsize", "objectownership", "maxretries", "metadata_ttl", "read_timeout", "fsname"):
+    for name in (
+        "chunksize",
+        "multipartcopythresholdsize",
+        "objectownership",
+        "maxretries",
+        "metadata_ttl",
+        "read_timeout",
+        "fsname",
+    ):
         assert f"-o {name}" in out
     assert "default: 10485760" in out

@@ -31,7 +31,13 @@ def test_split_key_refuses_what_posix_cannot_name(relative: str) -> None:
 
 
 def test_flat_listing_plan() -> None:
-    for wide in ("", "docker", "docker/registry/v2", "docker/registry/v2/repositories", "docker/registry/v2/blobs"):
+    for wide in (
+        "",
+        "docker",
+        "docker/registry/v2",
+        "docker/registry/v2/repositories",
+        "docker/registry/v2/blobs",
+    ):
         assert layout.flat_listing_pages(wide) == 0
     for narrow in ("docker/registry/v2/repositories/library/app", "docker/registry/v2/blobs/sha256", "data"):
         assert layout.flat_listing_pages(narrow) == layout.FLAT_LISTING_PAGES

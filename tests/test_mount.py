@@ -17,14 +17,13 @@ from typing import Any
 import pytest
 
 from tests.util import (
-    cleanup,
     free_port,
     fuse_test_marker,
     mounted,
     run_cli,
+    spawn,
     start_moto,
     wait_for_mount,
-    spawn,
 )
 
 pytestmark = fuse_test_marker()
@@ -47,19 +46,25 @@ def digest_hex(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-REGISTRY_TREE = {
-    "docker/registry/v2/blobs/sha256/{p}/{h}/data".format(p=digest_hex(i)[:2], h=digest_hex(i)): f"blob {i}".encode()
-    for i in range(3)
-} | {
-    f"docker/registry/v2/repositories/library/app/_layers/sha256/{digest_hex(i)}/link": f"sha256:{digest_hex(i)}".encode()
-    for i in range(3)
-} | {
-    "docker/registry/v2/repositories/library/app/_manifests/tags/v1/current/link": f"sha256:{digest_hex(0)}".encode(),
-}
+REGISTRY_TREE = (
+    {
+        f"docker/registry/v2/blobs/sha256/{digest_hex(i)[:2]}/{digest_hex(i)}/data": f"blob {i}".encode()
+        for i in range(3)
+    }
+    | {
+        f"docker/registry/v2/repositories/library/app/_layers/sha256/{digest_hex(i)}/link": f"sha256:{digest_hex(i)}".encode()
+        for i in range(3)
+    }
+    | {
+        "docker/registry/v2/repositories/library/app/_manifests/tags/v1/current/link": f"sha256:{digest_hex(0)}".encode(),
+    }
+)
 
 
 @pytest.mark.parametrize("root", ["", "/", "/a/b/", "registry-root"])
-def test_find_shows_exactly_the_keys_under_the_root(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path, root: str) -> None:
+def test_find_shows_exactly_the_keys_under_the_root(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path, root: str
+) -> None:
     prefix = root.strip("/") + "/" if root.strip("/") else ""
     put_many(s3, bucket, {prefix + key: body for key, body in REGISTRY_TREE.items()})
     # Keys outside the root must not show.
@@ -76,7 +81,9 @@ def test_find_shows_exactly_the_keys_under_the_root(s3: Any, bucket: str, endpoi
         assert tag.read_text() == f"sha256:{digest_hex(0)}"
 
 
-def test_source_argument_root_and_listing_details(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_source_argument_root_and_listing_details(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     objects = {
         "r/a.a": b"1",
         "r/_.abc": b"22",
@@ -91,7 +98,9 @@ def test_source_argument_root_and_listing_details(s3: Any, bucket: str, endpoint
     put_many(s3, bucket, objects)
     with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/r"]) as mount:
         m = mount.path
-        assert sorted(os.listdir(m)) == sorted([".abc", "_.abc", "a--b", "a.a", "empty", "marker-dir", "p", "q"])
+        assert sorted(os.listdir(m)) == sorted(
+            [".abc", "_.abc", "a--b", "a.a", "empty", "marker-dir", "p", "q"]
+        )
         assert (m / "a.a").read_bytes() == b"1" and (m / "_.abc").stat().st_size == 2
         assert (m / "p/b").is_dir() and (m / "p/b/x").read_bytes() == b"under b"
         assert (m / "p/bc").read_bytes() == b"bc file"
@@ -119,7 +128,9 @@ def test_more_than_a_thousand_entries(s3: Any, bucket: str, endpoint_opts: list[
         assert len(find_files(mount.path)) == 3350
 
 
-def test_keys_posix_cannot_name_are_skipped_with_a_warning(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_keys_posix_cannot_name_are_skipped_with_a_warning(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     put_many(s3, bucket, {"x//y": b"1", "w/./z": b"2", "w/ok": b"3", "sp ace/%+#?\\": b"4"})
     with mounted(tmp_path / "mnt", [*endpoint_opts, bucket], check_clean=False) as mount:
         files = find_files(mount.path)
@@ -129,7 +140,9 @@ def test_keys_posix_cannot_name_are_skipped_with_a_warning(s3: Any, bucket: str,
     assert "Traceback" not in mount.stderr
 
 
-def test_writes_are_refused_with_erofs(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_writes_are_refused_with_erofs(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     put_many(s3, bucket, {"d/f": b"data"})
     with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
         m = mount.path
@@ -155,7 +168,9 @@ def test_writes_are_refused_with_erofs(s3: Any, bucket: str, endpoint_opts: list
 def test_read_only_option_mounts_ro(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
     put_many(s3, bucket, {"f": b"data"})
     with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "ro", bucket]) as mount:
-        options = subprocess.run(["findmnt", "-no", "OPTIONS,FSTYPE,SOURCE", str(mount.path)], capture_output=True, text=True).stdout
+        options = subprocess.run(
+            ["findmnt", "-no", "OPTIONS,FSTYPE,SOURCE", str(mount.path)], capture_output=True, text=True
+        ).stdout
         assert "ro" in options.split()[0].split(",")
         assert "fuse.s3regfs" in options and bucket in options
         with pytest.raises(OSError) as info:
@@ -177,7 +192,9 @@ def test_extended_attributes(s3: Any, bucket: str, endpoint_opts: list[str], tmp
         assert info.value.errno == errno.ENODATA
 
 
-def test_sequential_and_random_reads_match(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_sequential_and_random_reads_match(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     rng = random.Random(7)
     body = rng.randbytes(24 * 1024 * 1024 + 12345)
     s3.put_object(Bucket=bucket, Key="big", Body=body)
@@ -198,7 +215,9 @@ def test_sequential_and_random_reads_match(s3: Any, bucket: str, endpoint_opts: 
             os.close(fd)
 
 
-def test_changed_object_is_not_served_stale(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_changed_object_is_not_served_stale(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     key = "docker/registry/v2/repositories/app/_manifests/tags/latest/current/link"
     s3.put_object(Bucket=bucket, Key=key, Body=b"sha256:" + b"1" * 64)
     with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
@@ -216,7 +235,9 @@ def test_changed_object_is_not_served_stale(s3: Any, bucket: str, endpoint_opts:
         assert not link.exists()
 
 
-def test_find_over_digest_directories_costs_few_requests(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_find_over_digest_directories_costs_few_requests(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     count = 1500
     objects = {
         f"docker/registry/v2/repositories/app/_layers/sha256/{digest_hex(i)}/link": f"sha256:{digest_hex(i)}".encode()
@@ -224,14 +245,18 @@ def test_find_over_digest_directories_costs_few_requests(s3: Any, bucket: str, e
     }
     put_many(s3, bucket, objects)
     with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
-        listing = subprocess.run(["find", str(mount.path), "-type", "f", "-ls"], check=True, capture_output=True, text=True)
+        listing = subprocess.run(
+            ["find", str(mount.path), "-type", "f", "-ls"], check=True, capture_output=True, text=True
+        )
         assert len(listing.stdout.splitlines()) == count
     counts = mount.request_counts()
     assert counts.get("head_object", 0) == 0 and counts.get("get_object", 0) == 0
     assert counts["list_objects_v2"] <= 0.05 * count, counts
 
 
-def test_daemon_mode_returns_when_mounted(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_daemon_mode_returns_when_mounted(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     put_many(s3, bucket, {"hello": b"world"})
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -261,7 +286,9 @@ def _daemons_of(mountpoint: Path) -> list[int]:
     return pids
 
 
-def test_sigterm_unmounts_and_exits_zero(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+def test_sigterm_unmounts_and_exits_zero(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
     put_many(s3, bucket, {"f": b"1"})
     mnt = tmp_path / "mnt"
     with mounted(mnt, [*endpoint_opts, bucket]) as mount:
@@ -302,7 +329,9 @@ def test_mountpoint_not_a_directory(endpoint_opts: list[str], bucket: str, tmp_p
 @pytest.mark.parametrize("foreground", [True, False])
 def test_no_such_bucket(endpoint_opts: list[str], tmp_path: Path, foreground: bool) -> None:
     (tmp_path / "mnt").mkdir()
-    result = run_cli([*(["-f"] if foreground else []), *endpoint_opts, "no-such-bucket-here", str(tmp_path / "mnt")])
+    result = run_cli(
+        [*(["-f"] if foreground else []), *endpoint_opts, "no-such-bucket-here", str(tmp_path / "mnt")]
+    )
     line = _one_error_line(result)
     assert result.returncode == 3 and "no-such-bucket-here" in line and "no such bucket" in line
     assert not os.path.ismount(tmp_path / "mnt")
@@ -312,7 +341,14 @@ def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
     (tmp_path / "mnt").mkdir()
     port = free_port()  # nothing listens there
     started = time.monotonic()
-    result = run_cli(["-o", f"regionendpoint=http://127.0.0.1:{port},region=us-east-1,connect_timeout=2", "b", str(tmp_path / "mnt")])
+    result = run_cli(
+        [
+            "-o",
+            f"regionendpoint=http://127.0.0.1:{port},region=us-east-1,connect_timeout=2",
+            "b",
+            str(tmp_path / "mnt"),
+        ]
+    )
     elapsed = time.monotonic() - started
     line = _one_error_line(result)
     assert result.returncode == 3 and f"127.0.0.1:{port}" in line and "unreachable" in line
@@ -339,10 +375,17 @@ def test_invalid_credentials(tmp_path: Path) -> None:
     try:
         import boto3
 
-        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
-                     aws_access_key_id="x", aws_secret_access_key="y").create_bucket(Bucket="locked")
+        boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+        ).create_bucket(Bucket="locked")
         (tmp_path / "mnt").mkdir()
-        result = run_cli(["-o", f"regionendpoint={server.url},region=us-east-1", "locked", str(tmp_path / "mnt")])
+        result = run_cli(
+            ["-o", f"regionendpoint={server.url},region=us-east-1", "locked", str(tmp_path / "mnt")]
+        )
         line = _one_error_line(result)
         assert result.returncode == 3 and "invalid credentials" in line and "locked" in line
     finally:

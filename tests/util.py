@@ -199,7 +199,9 @@ def mounted(
         assert not bad, mount.stderr
 
 
-def run_cli(args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         s3regfs_command(*args),
         capture_output=True,

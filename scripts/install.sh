@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install s3regfs and everything its tests and demo use, on Debian, as root:
+# Debian packages (FUSE 3 and its headers for pyfuse3, the registry and skopeo
+# for the end-to-end tests, attr for getfattr), a virtual environment in .venv,
+# and an `s3regfs` launcher in /usr/local/bin for mount(8) and systemd.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+python=${PYTHON:-python3}
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo findutils util-linux ca-certificates)
+if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
+    packages+=(python3-venv python3-dev)
+fi
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+launcher=/usr/local/bin/s3regfs
+cat > "$launcher.tmp" <<LAUNCHER
+#!/bin/sh
+# s3regfs launcher: mount(8), mount.fuse3 and systemd do not see a virtual environment.
+exec "$repo/.venv/bin/python" -m s3regfs "\$@"
+LAUNCHER
+chmod 755 "$launcher.tmp"
+mv "$launcher.tmp" "$launcher"
+echo "s3regfs installed: $("$launcher" --version) ($launcher -> $repo/.venv)"

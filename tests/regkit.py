@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: MIT
+"""A real registry (Debian's docker-registry, CNCF Distribution) on a moto bucket,
+and skopeo pushes of generated images; used by the end-to-end tests and the demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.oci import write_image
+from tests.util import CREDENTIALS, free_port, wait_for_port
+
+REGISTRY_BINARY = "docker-registry"
+
+
+def registry_available() -> bool:
+    return shutil.which(REGISTRY_BINARY) is not None and shutil.which("skopeo") is not None
+
+
+def go_env() -> dict[str, str]:
+    """The environment for Go programs: AWS_CA_BUNDLE makes the AWS SDK refuse to start."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")}
+    env.update(CREDENTIALS)
+    return env
+
+
+def registry_config(endpoint: str, bucket: str, rootdirectory: str, port: int) -> str:
+    return f"""\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: {CREDENTIALS["AWS_ACCESS_KEY_ID"]}
+    secretkey: {CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
+    region: us-east-1
+    regionendpoint: {endpoint}
+    bucket: {bucket}
+    rootdirectory: {rootdirectory}
+    secure: false
+    v4auth: true
+    chunksize: 5242880
+    storageclass: STANDARD
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+@dataclass
+class Registry:
+    process: subprocess.Popen[bytes]
+    port: int
+    config_path: Path
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_registry(
+    endpoint: str, bucket: str, rootdirectory: str, workdir: Path, *, detach: bool = False
+) -> Registry:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config_path = workdir / "config.yml"
+    config_path.write_text(registry_config(endpoint, bucket, rootdirectory, port))
+    log_path = workdir / "registry.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [REGISTRY_BINARY, "serve", str(config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=go_env(),
+            start_new_session=detach,
+        )
+    registry = Registry(process, port, config_path, log_path)
+    try:
+        wait_for_port(port, process)
+    except Exception:
+        registry.stop()
+        raise RuntimeError(f"docker-registry did not start:\n{log_path.read_text()}") from None
+    return registry
+
+
+def push_image(
+    registry: Registry, workdir: Path, repository: str, tag: str, *, seed: int, docker_format: bool = False
+) -> str:
+    """Generate an image and push it with skopeo; returns the pushed manifest's digest."""
+    layout = workdir / f"oci-{seed}"
+    write_image(layout, tag, seed=seed)
+    digest_file = workdir / f"digest-{seed}"
+    command = [
+        "skopeo",
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--digestfile",
+        str(digest_file),
+    ]
+    if docker_format:
+        command += ["--format", "v2s2"]
+    command += [f"oci:{layout}:{tag}", f"docker://{registry.address}/{repository}:{tag}"]
+    result = subprocess.run(command, capture_output=True, text=True, env=go_env(), timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"skopeo copy failed: {result.stderr}\n{registry.log_path.read_text()}")
+    return digest_file.read_text().strip()
