@@ -13,9 +13,11 @@ elsewhere fetches just its range and leaves the stream alone.
 
 Memory: every buffered byte is taken from one :class:`ReadaheadBudget`
 shared by all readers (the ``readahead_total`` option).  A producer that
-finds the budget spent waits, unless its reader is blocked waiting for data;
-then it takes one chunk anyway, so a reader always progresses and the
-overshoot is at most one chunk per reader that is actually waiting.
+finds the budget spent waits, unless its reader is blocked on the very next
+chunk; then it takes that chunk anyway, so a reader always progresses.  A
+blocked read further ahead is told the stream is stalled and fetches its own
+range.  So the budget is overshot by at most two chunks (2 MiB) per reader
+that is actually waiting, however many files are open.
 
 Concurrency: reads on one handle are serialised by a lock (the kernel sends
 several concurrently during its own read-ahead); data is kept 1 MiB behind
@@ -103,6 +105,8 @@ class ObjectReader:
         self._furthest = 0
         self._last_end = -1
         self._waiting = False
+        self._wait_offset = 0
+        self._stalled = False
         self._error: StorageError | None = None
         self._data_arrived = trio.Event()
         self._consumer_moved = trio.Event()
@@ -125,8 +129,12 @@ class ObjectReader:
                     error, self._error = self._error, None
                     await self._stop_stream()
                     raise error
-                if self._streaming and self._buf_start <= offset <= self._stream_pos + self._window:
-                    await self._wait_for_data()
+                # The kernel's own read-ahead sends reads ahead of the reader:
+                # anything within the largest window is the stream's to serve,
+                # unless the budget is spent and the read is not next in line.
+                in_stream = self._streaming and self._buf_start <= offset <= self._stream_pos + self._max_window
+                if in_stream and (offset < self._stream_pos + CHUNK or not self._stalled):
+                    await self._wait_for_data(offset)
                     continue
                 if offset == 0 or offset == self._last_end:
                     await self._start_stream(offset)
@@ -174,10 +182,11 @@ class ObjectReader:
         self._consumer_moved.set()
         self._consumer_moved = trio.Event()
 
-    async def _wait_for_data(self) -> None:
+    async def _wait_for_data(self, offset: int) -> None:
         # Having to wait means the window is too small for this reader.
         self._window = min(self._window * 2, self._max_window)
         self._waiting = True
+        self._wait_offset = offset
         self._wake_producer()
         try:
             await self._data_arrived.wait()
@@ -221,9 +230,19 @@ class ObjectReader:
                         await self._consumer_moved.wait()
                         continue
                     want = min(CHUNK, self.size - stream.position)
-                    if not self._budget.try_take(want, force=self._waiting):
-                        await _first_of(self._budget.wait_freed, self._consumer_moved.wait)
-                        continue
+                    if not self._budget.try_take(want):
+                        # Over budget, only a read that waits for the very next
+                        # chunk gets it; one further ahead is told to fetch its
+                        # own range instead of waiting.
+                        if self._waiting and self._wait_offset < stream.position + CHUNK:
+                            self._budget.try_take(want, force=True)
+                        else:
+                            if self._waiting and not self._stalled:
+                                self._stalled = True
+                                self._publish()
+                            await _first_of(self._budget.wait_freed, self._consumer_moved.wait)
+                            continue
+                    self._stalled = False
                     try:
                         data = await stream.read(want)
                     except BaseException:

@@ -404,3 +404,37 @@ def test_stale_mount_is_explained(s3: Any, bucket: str, endpoint_opts: list[str]
         # A new mount starts cleanly on the cleared mount point (mounted() unmounts it).
         spawn(mount, [*endpoint_opts, bucket])
         wait_for_mount(mount)
+
+
+def test_parallel_readers_share_one_readahead_budget(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    rng = random.Random(3)
+    bodies = {f"blob{i}": rng.randbytes(6 * 1024 * 1024 + i) for i in range(6)}
+    put_many(s3, bucket, bodies)
+    budget = 4 * 1024 * 1024
+    with mounted(
+        tmp_path / "mnt", [*endpoint_opts, "-o", f"readahead=2M,readahead_total={budget}", bucket]
+    ) as mount:
+
+        def digest(name: str) -> str:
+            h = hashlib.sha256()
+            with open(mount.path / name, "rb") as f:
+                while chunk := f.read(256 * 1024):
+                    h.update(chunk)
+            return h.hexdigest()
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            digests = dict(zip(bodies, pool.map(digest, bodies), strict=True))
+        assert digests == {name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
+    # Over budget by at most two 1 MiB chunks per reader that was waiting for data.
+    assert 0 < mount.readahead_peak() <= budget + 2 * len(bodies) * 1024 * 1024
+
+
+def test_gitlab_metadata_database_is_reported(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    put_many(s3, bucket, {"gl/docker/registry/lockfiles/database-in-use": b'{"version":1}'})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/gl"], check_clean=False) as mount:
+        assert os.listdir(mount.path / "docker/registry/lockfiles") == ["database-in-use"]
+    assert "uses GitLab's metadata database" in mount.stderr

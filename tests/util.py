@@ -118,6 +118,12 @@ class Mount:
     def read_stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
+    def readahead_peak(self) -> int:
+        """The most read-ahead memory the daemon held at once, logged when it unmounts."""
+        match = re.search(r"read-ahead peak: (\d+) bytes", self.stderr)
+        assert match, self.stderr
+        return int(match.group(1))
+
     def request_counts(self) -> dict[str, int]:
         """The daemon's own count of S3 requests, logged when it unmounts."""
         match = re.search(r"S3 requests: (.*)", self.stderr)

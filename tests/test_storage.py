@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: MIT
+"""The S3 store against a real moto_server over HTTP (no kernel involved)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import trio
+
+from s3regfs.config import build
+from s3regfs.errors import InvalidRange, NoSuchBucket, NotFound, PreconditionFailed, TemporaryFailure
+from s3regfs.inode_cache import Namespace
+from s3regfs.reader import ObjectReader, ReadaheadBudget
+from s3regfs.storage import S3Store, open_store
+from tests.util import CREDENTIALS, MotoServer, free_port
+
+
+def make_store(endpoint: str, bucket: str, **params: str) -> S3Store:
+    options = [("regionendpoint", endpoint), ("region", "us-east-1"), *params.items()]
+    environ = {
+        "REGISTRY_STORAGE_S3_ACCESSKEY": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "REGISTRY_STORAGE_S3_SECRETKEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    }
+    return open_store(build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ))
+
+
+async def test_listing_pages_prefixes_and_start_after(moto: MotoServer, s3: Any, bucket: str) -> None:
+    keys = [f"d/{i:04d}" for i in range(1005)] + ["d/sub/a", "d/sub/b", "e"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    store = make_store(moto.url, bucket)
+    first = await store.list_page("d/")
+    assert len(first.objects) == 1000 and first.truncated
+    second = await store.list_page("d/", token=first.next_token)
+    assert [o.key for o in first.objects + second.objects] == sorted(k for k in keys if k.startswith("d/"))
+    assert not second.truncated
+    delimited = await store.list_page("d/", delimiter="/", start_after="d/1000")
+    assert [o.key for o in delimited.objects] == ["d/1001", "d/1002", "d/1003", "d/1004"]
+    assert delimited.prefixes == ["d/sub/"]
+    assert store.request_counts["list_objects_v2"] == 3
+
+
+async def test_head_get_range_and_stream(moto: MotoServer, s3: Any, bucket: str) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    s3.put_object(Bucket=bucket, Key="obj", Body=body)
+    store = make_store(moto.url, bucket)
+    info = await store.head("obj")
+    assert info.size == len(body) and info.etag == hashlib.md5(body).hexdigest()
+    assert await store.get_range("obj", 10, 20) == body[10:20]
+    assert await store.get_range("obj", 5, 5) == b""
+    stream = await store.open_stream("obj", 1000, len(body), info.etag)
+    received = b""
+    while chunk := await stream.read(100_000):
+        received += chunk
+    await stream.aclose()
+    assert received == body[1000:]
+    with pytest.raises(NotFound):
+        await store.head("missing")
+    with pytest.raises(PreconditionFailed):
+        await store.get_range("obj", 0, 10, etag="0" * 32)
+    with pytest.raises(InvalidRange):
+        await store.get_range("obj", len(body) + 10, len(body) + 20)
+
+
+async def test_client_errors_are_not_retried(moto: MotoServer) -> None:
+    store = make_store(moto.url, "no-such-bucket-anywhere")
+    with pytest.raises(NoSuchBucket):
+        await store.list_page("")
+    assert store.request_counts["list_objects_v2"] == 1
+
+
+async def test_unreachable_endpoint_is_retried_maxretries_times() -> None:
+    store = make_store(f"http://127.0.0.1:{free_port()}", "bucket", maxretries="2")
+    started = trio.current_time()
+    with pytest.raises(TemporaryFailure):
+        await store.head("key")
+    assert store.request_counts["head_object"] == 3  # 1 + maxretries
+    assert trio.current_time() - started >= 0.2 * 0.5 + 0.4 * 0.5  # backoff slept between attempts
+
+
+async def test_request_rate_is_capped(moto: MotoServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    store = make_store(moto.url, bucket, maxrequestspersecond="20")
+    started = trio.current_time()
+    for _ in range(11):
+        await store.head("k")
+    assert trio.current_time() - started >= 10 / 20 * 0.95
+
+
+async def test_probe_sees_gitlab_database_lockfile(moto: MotoServer, s3: Any, bucket: str) -> None:
+    store = make_store(moto.url, bucket)
+    assert not (await store.probe("root/")).database_in_use
+    s3.put_object(Bucket=bucket, Key="root/docker/registry/lockfiles/database-in-use", Body=b'{"version":1}')
+    assert (await store.probe("root/")).database_in_use
+
+
+async def test_namespace_lists_a_subtree_in_few_requests(moto: MotoServer, s3: Any, bucket: str) -> None:
+    hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
+    for h in hexes:
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"r/docker/registry/v2/repositories/app/_layers/sha256/{h}/link",
+            Body=h.encode(),
+        )
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "r/", metadata_ttl=60)
+    node = namespace.root
+    for name in ["docker", "registry", "v2", "repositories", "app"]:
+        node = await namespace.lookup(node, name)
+    layers = await namespace.lookup(node, "_layers")
+    sha = await namespace.lookup(layers, "sha256")
+    children = await namespace.list_children(sha)
+    assert [c.name for c in children] == sorted(hexes)
+    for child in children:
+        link = await namespace.lookup(child, "link")
+        assert link.size == 64
+    # root, docker, registry, v2, repositories: one level each; app: one flat page.
+    assert store.request_counts["list_objects_v2"] == 6
+
+
+async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket: str) -> None:
+    data = bytes((i * 7) % 251 for i in range(5 * 1024 * 1024 + 17))
+    s3.put_object(Bucket=bucket, Key="blob", Body=data)
+    store = make_store(moto.url, bucket)
+    info = await store.head("blob")
+    budget = ReadaheadBudget(2 * 1024 * 1024)
+    async with trio.open_nursery() as nursery:
+        reader = ObjectReader(
+            store, "blob", info.size, info.etag, budget=budget, nursery=nursery, max_window=2 * 1024 * 1024
+        )
+        received = bytearray()
+        offset = 0
+        while chunk := await reader.read(offset, 131072):
+            received += chunk
+            offset += len(chunk)
+        assert bytes(received) == data
+        assert await reader.read(123, 456) == data[123:579]
+        await reader.aclose()
+    assert budget.used == 0
+    assert budget.peak <= 2 * 1024 * 1024 + 1024 * 1024
+    assert store.request_counts["get_object"] == 2  # one stream, one range
