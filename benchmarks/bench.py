@@ -1,17 +1,21 @@
 # SPDX-License-Identifier: MIT
 """s3regfs benchmarks against a local moto_server, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench.py [--size-mib 128] [--links 3000] [--rounds 3]
+    .venv/bin/python benchmarks/bench.py [--size-mib 128] [--links 3000] [--rounds 3] [--peers]
 
 Prints what it measured, every time:
 
 1. sequential read of one object through the mount vs boto3
    ``get_object()['Body'].read()`` of the same object (ratio of throughputs;
-   target >= 0.8), page cache dropped before every mount read;
+   target >= 0.8), the page cache dropped before every read through a mount;
 2. ``find MOUNT -type f -ls`` over a registry tree of N link files, each in its
-   own digest directory: S3 requests per file (target <= 0.05) and HEADs
-   (target 0), counted by the daemon and at the endpoint;
-3. peak RSS of the daemon (VmHWM) after the sequential reads (target <= 200 MiB).
+   own digest directory, on a fresh mount: S3 requests per file (target <= 0.05)
+   and HEADs (target 0), counted at the endpoint;
+3. peak RSS of the s3regfs daemon (VmHWM) after the sequential reads
+   (target <= 200 MiB).
+
+With ``--peers``, s3fs-fuse and rclone mount (Debian's packages, when
+installed) are measured the same way against the same endpoint in the same run.
 
 Only loopback traffic; everything it starts, it stops.
 """
@@ -22,12 +26,15 @@ import argparse
 import hashlib
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +43,79 @@ sys.path.insert(0, str(REPO))
 
 import boto3  # noqa: E402
 
-from tests.util import CREDENTIALS, Mount, cleanup, spawn, start_moto, unmount, wait_for_mount  # noqa: E402
+from tests.util import CREDENTIALS, MotoServer, mount_env, s3regfs_command, start_moto  # noqa: E402
 
 MiB = 1024 * 1024
+BUCKET = "bench"
+
+
+@dataclass
+class Running:
+    """A mounted file system of some tool."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    path: Path
+    unmount: list[str]
+
+    def stop(self) -> None:
+        subprocess.run([*self.unmount, str(self.path)], check=False, stderr=subprocess.DEVNULL)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_mounted(running: Running, timeout: float = 30) -> Running:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(running.path):
+            return running
+        if running.process.poll() is not None:
+            raise RuntimeError(f"{running.name} exited with {running.process.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{running.name} did not mount within {timeout} s")
+
+
+def mount_s3regfs(moto: MotoServer, path: Path, log: Path) -> Running:
+    with open(log, "ab") as err:
+        process = subprocess.Popen(
+            s3regfs_command("-f", "-o", f"regionendpoint={moto.url},region=us-east-1", BUCKET, str(path)),
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            env=mount_env(),
+        )
+    return wait_mounted(Running("s3regfs", process, path, ["fusermount3", "-u"]))
+
+
+def mount_s3fs(moto: MotoServer, path: Path, log: Path) -> Running:
+    passwd = log.with_suffix(".passwd")
+    passwd.write_text(f"{CREDENTIALS['AWS_ACCESS_KEY_ID']}:{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
+    passwd.chmod(0o600)
+    command = [
+        "s3fs", BUCKET, str(path), "-f", "-o", f"url={moto.url}", "-o", "use_path_request_style",
+        "-o", f"passwd_file={passwd}", "-o", "endpoint=us-east-1", "-o", "ro",
+    ]  # fmt: skip
+    with open(log, "ab") as err:
+        process = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
+    return wait_mounted(Running("s3fs-fuse", process, path, ["fusermount", "-u"]))
+
+
+def mount_rclone(moto: MotoServer, path: Path, log: Path) -> Running:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env |= {
+        "RCLONE_CONFIG_MOTO_TYPE": "s3",
+        "RCLONE_CONFIG_MOTO_PROVIDER": "Other",
+        "RCLONE_CONFIG_MOTO_ENDPOINT": moto.url,
+        "RCLONE_CONFIG_MOTO_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "RCLONE_CONFIG_MOTO_FORCE_PATH_STYLE": "true",
+    }
+    command = ["rclone", "mount", f"moto:{BUCKET}", str(path), "--read-only"]
+    with open(log, "ab") as err:
+        process = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT, env=env)
+    return wait_mounted(Running("rclone mount", process, path, ["fusermount", "-u"]))
 
 
 def drop_page_cache() -> bool:
@@ -76,6 +153,27 @@ def machine() -> str:
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} cores ({cpu}), {mem} GiB, Python {platform.python_version()}"
 
 
+def fill_bucket(s3: Any, size_mib: int, links: int) -> str:
+    s3.create_bucket(Bucket=BUCKET)
+    body = os.urandom(size_mib * MiB)
+    digest = hashlib.sha256(body).hexdigest()
+    big_key = f"docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data"
+    s3.put_object(Bucket=BUCKET, Key=big_key, Body=body)
+    hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(links)]
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda h: s3.put_object(
+                    Bucket=BUCKET,
+                    Key=f"docker/registry/v2/repositories/library/app/_layers/sha256/{h}/link",
+                    Body=f"sha256:{h}".encode(),
+                ),
+                hexes,
+            )
+        )
+    return big_key
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,13 +181,21 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=128)
     parser.add_argument("--links", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", action="store_true", help="also measure s3fs-fuse and rclone mount")
     args = parser.parse_args()
 
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"machine: {machine()}")
     moto = start_moto()
     workdir = Path(tempfile.mkdtemp(prefix="s3regfs-bench-"))
-    mount: Mount | None = None
+    tools: list[tuple[str, Callable[[MotoServer, Path, Path], Running]]] = [("s3regfs", mount_s3regfs)]
+    if args.peers:
+        for binary, starter in (("s3fs", mount_s3fs), ("rclone", mount_rclone)):
+            if shutil.which(binary):
+                tools.append((binary, starter))
+            else:
+                print(f"({binary} is not installed: skipped)")
+    running: Running | None = None
     try:
         s3: Any = boto3.client(
             "s3",
@@ -98,96 +204,75 @@ def main() -> int:
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
-        bucket = "bench"
-        s3.create_bucket(Bucket=bucket)
-        body = os.urandom(args.size_mib * MiB)
-        big_key = (
-            "docker/registry/v2/blobs/sha256/"
-            + hashlib.sha256(body).hexdigest()[:2]
-            + "/"
-            + hashlib.sha256(body).hexdigest()
-            + "/data"
-        )
-        s3.put_object(Bucket=bucket, Key=big_key, Body=body)
-        del body
-        hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(args.links)]
-        with ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda h: s3.put_object(
-                        Bucket=bucket,
-                        Key=f"docker/registry/v2/repositories/library/app/_layers/sha256/{h}/link",
-                        Body=f"sha256:{h}".encode(),
-                    ),
-                    hexes,
-                )
-            )
+        big_key = fill_bucket(s3, args.size_mib, args.links)
+        size = args.size_mib * MiB
 
-        # 1. Sequential read: boto3 vs the mount, alternating, same object.
-        mount = Mount(workdir / "mnt", None, workdir / "daemon.log")  # type: ignore[arg-type]
-        mount.path.mkdir()
-        spawn(mount, ["-o", f"regionendpoint={moto.url},region=us-east-1", bucket])
-        wait_for_mount(mount)
-        dropped = drop_page_cache()
         boto_times: list[float] = []
-        mount_times: list[float] = []
-        for _ in range(args.rounds):
-            started = time.perf_counter()
-            data = s3.get_object(Bucket=bucket, Key=big_key)["Body"].read()
-            boto_times.append(time.perf_counter() - started)
-            assert len(data) == args.size_mib * MiB
-            del data
-            drop_page_cache()
-            total, elapsed = read_file(mount.path / big_key)
-            assert total == args.size_mib * MiB
-            mount_times.append(elapsed)
-        boto_best, mount_best = statistics.median(boto_times), statistics.median(mount_times)
-        rss = peak_rss_mib(mount.process.pid)
-        print(
-            f"\n1. sequential read of {args.size_mib} MiB (median of {args.rounds}; page cache dropped: {dropped})"
-        )
-        print(
-            f"   boto3 get_object().read(): {args.size_mib / boto_best:8.1f} MiB/s  ({', '.join(f'{t:.2f}' for t in boto_times)} s)"
-        )
-        print(
-            f"   through the mount:         {args.size_mib / mount_best:8.1f} MiB/s  ({', '.join(f'{t:.2f}' for t in mount_times)} s)"
-        )
-        print(f"   ratio mount/boto3: {boto_best / mount_best:.2f}  (target >= 0.8)")
-        print(f"\n3. daemon peak RSS (VmHWM) after the reads: {rss:.0f} MiB  (target <= 200)")
-        unmount(mount)
-        before = mount.request_counts()
+        read_times: dict[str, list[float]] = {name: [] for name, _ in tools}
+        rss: float = float("nan")
+        mounted = {}
+        for name, starter in tools:
+            path = workdir / f"mnt-{name}"
+            path.mkdir()
+            mounted[name] = starter(moto, path, workdir / f"{name}.log")
+        try:
+            dropped = drop_page_cache()
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                data = s3.get_object(Bucket=BUCKET, Key=big_key)["Body"].read()
+                boto_times.append(time.perf_counter() - started)
+                assert len(data) == size
+                del data
+                for name, _ in tools:
+                    drop_page_cache()
+                    total, elapsed = read_file(mounted[name].path / big_key)
+                    assert total == size, (name, total)
+                    read_times[name].append(elapsed)
+            rss = peak_rss_mib(mounted["s3regfs"].process.pid)
+        finally:
+            for each in mounted.values():
+                each.stop()
 
-        # 2. find over the link tree, on a fresh mount (cold caches).
-        lines_before = len(moto.request_lines())
-        mount = Mount(workdir / "mnt", None, workdir / "daemon2.log")  # type: ignore[arg-type]
-        spawn(mount, ["-o", f"regionendpoint={moto.url},region=us-east-1", bucket])
-        wait_for_mount(mount)
-        started = time.perf_counter()
-        out = subprocess.run(
-            ["find", str(mount.path), "-type", "f", "-ls"], check=True, capture_output=True, text=True
-        ).stdout
-        elapsed = time.perf_counter() - started
-        files = len(out.splitlines())
-        unmount(mount)
-        counts = mount.request_counts()
-        endpoint_lines = moto.request_lines()[lines_before:]
-        heads = sum(1 for line in endpoint_lines if '"HEAD ' in line)
-        requests = sum(counts.values())
-        probe = 1  # the mount-time bucket check
+        boto = statistics.median(boto_times)
         print(
-            f"\n2. find -type f -ls over {args.links} link files in digest directories ({files} files listed)"
+            f"\n1. sequential read of {args.size_mib} MiB, median of {args.rounds} (page cache dropped: {dropped})"
         )
-        print(f"   time: {elapsed:.2f} s; S3 requests by the daemon: {counts} (includes {probe} mount check)")
-        print(f"   requests at the endpoint: {len(endpoint_lines)}, of them HEAD: {heads}")
+        print(f"   {'boto3 get_object().read()':28} {args.size_mib / boto:8.1f} MiB/s")
+        for name, _ in tools:
+            t = statistics.median(read_times[name])
+            print(
+                f"   {mounted[name].name:28} {args.size_mib / t:8.1f} MiB/s   ratio to boto3: {boto / t:.2f}"
+            )
+        print("   (target for s3regfs: ratio >= 0.8)")
+
         print(
-            f"   requests per file: {(requests - probe) / max(files, 1):.4f}  (target <= 0.05, HEAD target 0)"
+            f"\n2. find MOUNT -type f -ls over {args.links} link files, each in its own digest directory (fresh mount)"
         )
-        print(f"\n(first mount's requests: {before})")
-        mount = None
+        for name, starter in tools:
+            path = workdir / f"mnt-{name}"
+            running = starter(moto, path, workdir / f"{name}.log")
+            time.sleep(0.5)  # let start-up requests finish before counting
+            before = len(moto.request_lines())
+            started = time.perf_counter()
+            out = subprocess.run(
+                ["find", str(path), "-type", "f", "-ls"], check=True, capture_output=True, text=True
+            ).stdout
+            elapsed = time.perf_counter() - started
+            lines = moto.request_lines()[before:]
+            running.stop()
+            running = None
+            files = len(out.splitlines())
+            heads = sum(1 for line in lines if '"HEAD ' in line)
+            print(
+                f"   {mounted[name].name:14} {elapsed:7.2f} s  {files} files  {len(lines):6d} requests "
+                f"({len(lines) / max(files, 1):.4f} per file), HEAD: {heads}"
+            )
+        print("   (targets for s3regfs: <= 0.05 requests per file, 0 HEAD)")
+        print(f"\n3. s3regfs daemon peak RSS (VmHWM) after the reads: {rss:.0f} MiB  (target <= 200)")
         return 0
     finally:
-        if mount is not None and mount.process is not None:
-            cleanup(mount)
+        if running is not None:
+            running.stop()
         moto.stop()
 
 
