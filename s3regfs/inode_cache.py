@@ -61,6 +61,7 @@ class Node:
         "nlookup",
         "attached",
         "cached_etag",
+        "list_cost",
         "lock",
     )
 
@@ -81,6 +82,8 @@ class Node:
         self.attached = True
         #: ETag of the data the kernel page cache may hold for this file.
         self.cached_etag = ""
+        #: Directories: how many requests the last listing took.
+        self.list_cost = 0
         self.lock: trio.Lock | None = None
 
     @property
@@ -154,13 +157,61 @@ class Namespace:
     # -- queries ----------------------------------------------------------------
 
     async def lookup(self, parent: Node, name: str) -> Node:
-        """The child *name* of directory *parent*; NotFound if it has none."""
+        """The child *name* of directory *parent*; NotFound if it has none.
+
+        In a fresh directory this costs nothing.  In a stale one whose last
+        listing took more than one request, only *name* is checked again (a
+        HEAD, then a one-key listing for a directory), as the driver's Stat
+        does; otherwise the directory is listed again.
+        """
+        if (
+            parent.fresh_at is not None
+            and parent.list_cost > 1
+            and parent.attached
+            and not self.is_fresh(parent)
+        ):
+            return await self._check_child(parent, name)
         await self.ensure_listed(parent)
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None:
             raise NotFound(f"{layout.join(parent.path, name)}: no such file or directory")
         return child
+
+    async def _check_child(self, parent: Node, name: str) -> Node:
+        assert parent.children is not None
+        path = layout.join(parent.path, name)
+        problem = layout.name_problem(name)
+        if problem:
+            raise NotFound(f"{path}: {problem} cannot be a key")
+        child = parent.children.get(name)
+        if child is not None and not child.is_dir and self.is_fresh(child):
+            return child
+        key = layout.key_of(self.key_prefix, path)
+        if child is None or not child.is_dir:
+            try:
+                info = await self._store.head(key)
+            except NotFound:
+                pass
+            else:
+                if child is None:
+                    child = self._new_node(name, parent, False)
+                    parent.children[name] = child
+                self._set_file(child, info)
+                return child
+        page = await self._store.list_page(key + "/", max_keys=1)
+        if page.objects or page.prefixes:
+            if child is None or not child.is_dir:
+                if child is not None:
+                    self._detach(child)
+                child = self._new_node(name, parent, True)
+                child.mtime_ns = parent.mtime_ns
+                parent.children[name] = child
+            return child
+        if child is not None:
+            del parent.children[name]
+            self._detach(child)
+        raise NotFound(f"{path}: no such file or directory")
 
     async def list_children(self, directory: Node) -> list[Node]:
         """The children of *directory*, sorted by name."""
@@ -203,8 +254,10 @@ class Namespace:
         touched: dict[int, Node] = {}
         cursor: str | None = None
         token: str | None = None
+        cost = 0
         for _ in range(layout.flat_listing_pages(path)):
             page = await self._store.list_page(prefix, token=token)
+            cost += 1
             for info in page.objects:
                 self._ingest(directory, prefix, info, gen, touched)
             if page.objects:
@@ -213,6 +266,7 @@ class Namespace:
             if token is None:
                 for node in itertools.chain(touched.values(), (directory,)):
                     self._mark_fresh(node, gen, started)
+                directory.list_cost = cost
                 log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
                 return
         if cursor is not None:
@@ -224,6 +278,7 @@ class Namespace:
         token = None
         while True:
             page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
+            cost += 1
             for info in page.objects:
                 self._ingest(directory, prefix, info, gen, touched)
             for child_prefix in page.prefixes:
@@ -232,6 +287,7 @@ class Namespace:
             if token is None:
                 break
         self._mark_fresh(directory, gen, started)
+        directory.list_cost = cost
 
     def _warn_once(self, key: str, problem: str) -> None:
         if key not in self._warned:

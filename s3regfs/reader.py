@@ -132,7 +132,9 @@ class ObjectReader:
                 # The kernel's own read-ahead sends reads ahead of the reader:
                 # anything within the largest window is the stream's to serve,
                 # unless the budget is spent and the read is not next in line.
-                in_stream = self._streaming and self._buf_start <= offset <= self._stream_pos + self._max_window
+                in_stream = (
+                    self._streaming and self._buf_start <= offset <= self._stream_pos + self._max_window
+                )
                 if in_stream and (offset < self._stream_pos + CHUNK or not self._stalled):
                     await self._wait_for_data(offset)
                     continue

@@ -392,6 +392,33 @@ def test_invalid_credentials(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_access_denied(tmp_path: Path) -> None:
+    server = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+    try:
+        import boto3
+
+        admin = {
+            "endpoint_url": server.url,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "x",
+            "aws_secret_access_key": "y",
+        }
+        boto3.client("s3", **admin).create_bucket(Bucket="guarded")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="nobody")
+        key = iam.create_access_key(UserName="nobody")["AccessKey"]  # a user with no policy at all
+        (tmp_path / "mnt").mkdir()
+        env = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        result = run_cli(
+            ["-o", f"regionendpoint={server.url},region=us-east-1", "guarded", str(tmp_path / "mnt")], env=env
+        )
+        line = _one_error_line(result)
+        assert result.returncode == 3 and "access denied" in line and "guarded" in line
+        assert key["SecretAccessKey"] not in result.stderr
+    finally:
+        server.stop()
+
+
 def test_stale_mount_is_explained(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     with mounted(mnt, [*endpoint_opts, bucket], check_clean=False) as mount:

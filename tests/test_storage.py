@@ -141,3 +141,53 @@ async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket
     assert budget.used == 0
     assert budget.peak <= 2 * 1024 * 1024 + 1024 * 1024
     assert store.request_counts["get_object"] == 2  # one stream, one range
+
+
+async def test_stale_lookup_in_a_large_directory_checks_one_name(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    for i in range(1200):
+        s3.put_object(Bucket=bucket, Key=f"big/f{i:04d}", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="big/sub/inner", Body=b"y")
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=0.2)
+    big = await namespace.lookup(namespace.root, "big")
+    assert len(await namespace.list_children(big)) == 1201
+    assert big.list_cost == 2
+    lists = store.request_counts["list_objects_v2"]
+    await trio.sleep(0.3)
+    s3.delete_object(Bucket=bucket, Key="big/f0001")
+    node = await namespace.lookup(big, "f0000")
+    assert node.size == 1 and store.request_counts["head_object"] == 1
+    with pytest.raises(NotFound):
+        await namespace.lookup(big, "f0001")
+    assert "f0001" not in big.children
+    sub = await namespace.lookup(big, "sub")
+    assert sub.is_dir
+    assert store.request_counts["list_objects_v2"] == lists + 2  # f0001 and sub: one-key listings
+
+
+async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="d/a", Body=b"1")
+    s3.put_object(Bucket=bucket, Key="d/b", Body=b"2")
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=0)
+    d = await namespace.lookup(namespace.root, "d")
+    a = await namespace.lookup(d, "a")
+    b = await namespace.lookup(d, "b")
+    namespace.remember(a)
+    namespace.remember(a)
+    s3.delete_object(Bucket=bucket, Key="d/a")
+    s3.delete_object(Bucket=bucket, Key="d/b")
+    assert await namespace.list_children(d) == []
+    assert not a.attached and not b.attached
+    assert namespace.get(a.ino) is a  # the kernel still holds two lookups
+    with pytest.raises(KeyError):
+        namespace.get(b.ino)  # never handed out: dropped at once
+    namespace.forget(a.ino, 1)
+    assert namespace.get(a.ino) is a
+    namespace.forget(a.ino, 1)
+    with pytest.raises(KeyError):
+        namespace.get(a.ino)

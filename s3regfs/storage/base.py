@@ -73,8 +73,9 @@ class ObjectStore(Protocol):
         delimiter: str | None = None,
         start_after: str | None = None,
         token: str | None = None,
+        max_keys: int = 1000,
     ) -> ListPage:
-        """One ListObjectsV2 page (up to 1,000 keys), in key order."""
+        """One ListObjectsV2 page (up to *max_keys*, at most 1,000 keys), in key order."""
         ...
 
     async def head(self, key: str) -> ObjectInfo:

@@ -300,8 +300,9 @@ class S3Store:
         delimiter: str | None = None,
         start_after: str | None = None,
         token: str | None = None,
+        max_keys: int = 1000,
     ) -> ListPage:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if delimiter:
             kwargs["Delimiter"] = delimiter
         if token:
