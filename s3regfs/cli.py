@@ -10,6 +10,7 @@ QuietError becomes one line on stderr and its exit code, never a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -195,6 +196,8 @@ def _run_daemon(config: Config) -> int:
     """Fork; the parent waits for the child's word on the mount (see module docstring)."""
     from s3regfs import mount
 
+    # Paths are resolved before the child leaves the working directory.
+    config = dataclasses.replace(config, mountpoint=os.path.abspath(config.mountpoint))
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid > 0:
@@ -206,23 +209,29 @@ def _run_daemon(config: Config) -> int:
         if not word:
             _, status = os.waitpid(pid, 0)
             print("s3regfs: error: the file system process ended before mounting", file=sys.stderr)
-            return os.waitstatus_to_exitcode(status) or 1
+            status = os.waitstatus_to_exitcode(status)
+            return 128 - status if status < 0 else (status or 1)
         code, _, message = word.partition(" ")
         print(f"s3regfs: error: {message}", file=sys.stderr)
         os.waitpid(pid, 0)
         return int(code) if code.isdigit() else 1
 
-    # The child: a new session, so the mount outlives the caller's terminal.
+    # The child: a new session, so the mount outlives the caller's terminal, and
+    # the root as working directory, so it keeps no directory of the caller busy.
     os.close(read_end)
     os.setsid()
+    os.chdir("/")
     reported = False
 
     def report(text: str) -> None:
         nonlocal reported
         if not reported:
             reported = True
-            os.write(write_end, text.encode("utf-8"))
-            os.close(write_end)
+            try:
+                os.write(write_end, text.encode("utf-8"))
+                os.close(write_end)
+            except OSError:
+                pass  # the caller is gone; the mount stays
 
     def ready() -> None:
         report("ok")

@@ -127,8 +127,11 @@ class Namespace:
         return layout.key_of(self.key_prefix, node.path)
 
     def remember(self, node: Node) -> None:
-        """Count one kernel lookup of *node*."""
+        """Count one kernel lookup of *node* (which keeps it in the inode table)."""
         node.nlookup += 1
+        # A node detached between listing and reply (readdir snapshot) still
+        # reaches the kernel: keep it until the kernel forgets it.
+        self._inodes.setdefault(node.ino, node)
 
     def forget(self, ino: int, count: int) -> None:
         node = self._inodes.get(ino)
@@ -164,12 +167,9 @@ class Namespace:
         HEAD, then a one-key listing for a directory), as the driver's Stat
         does; otherwise the directory is listed again.
         """
-        if (
-            parent.fresh_at is not None
-            and parent.list_cost > 1
-            and parent.attached
-            and not self.is_fresh(parent)
-        ):
+        if not parent.attached:
+            raise NotFound(f"{layout.join(parent.path, name)}: the directory was removed")
+        if parent.fresh_at is not None and parent.list_cost > 1 and not self.is_fresh(parent):
             return await self._check_child(parent, name)
         await self.ensure_listed(parent)
         assert parent.children is not None
@@ -304,7 +304,7 @@ class Namespace:
             child = self._new_node(name, parent, True)
             child.mtime_ns = parent.mtime_ns or time.time_ns()
             parent.children[name] = child
-        child.seen_gen = gen
+        child.seen_gen = max(child.seen_gen, gen)
         return child
 
     def _ingest(
@@ -329,13 +329,13 @@ class Namespace:
         leaf = node.children.get(name)
         if leaf is not None and leaf.is_dir:
             self._warn_once(info.key, "it is also a directory prefix; the directory is shown")
-            leaf.seen_gen = gen
+            leaf.seen_gen = max(leaf.seen_gen, gen)
             return
         if leaf is None:
             leaf = self._new_node(name, node, False)
             node.children[name] = leaf
         self._set_file(leaf, info)
-        leaf.seen_gen = gen
+        leaf.seen_gen = max(leaf.seen_gen, gen)
 
     def _ingest_prefix(self, directory: Node, prefix: str, child_prefix: str, gen: int) -> None:
         name = child_prefix[len(prefix) :].rstrip("/")
@@ -359,7 +359,9 @@ class Namespace:
         """All children of *directory* were seen in listing *gen*: drop the rest."""
         assert directory.children is not None
         for name, child in list(directory.children.items()):
-            if child.seen_gen != gen:
+            # "<": a newer listing (of an ancestor, at the same time) that saw
+            # the child wins over this one.
+            if child.seen_gen < gen:
                 del directory.children[name]
                 self._detach(child)
         directory.fresh_at = when

@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pyfuse3
 import trio
@@ -127,21 +127,24 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
     await probe_bucket(store, config)
     namespace = Namespace(store, config.driver.key_prefix, config.options.metadata_ttl)
     operations = Operations(config, store, namespace)
-    try:
-        pyfuse3.init(operations, mountpoint, fuse_options(config))
-    except RuntimeError as exc:
-        raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
-    log.info("mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint)
-    try:
-        async with trio.open_nursery() as nursery:
-            operations.attach_nursery(nursery)
-            nursery.start_soon(_handle_signals, namespace)
-            nursery.start_soon(_announce_ready, mountpoint, on_ready)
-            await pyfuse3.main()
-            await operations.close_all()
-            nursery.cancel_scope.cancel()
-    finally:
-        pyfuse3.close(unmount=True)
+    # Signals are caught from before the mount exists: a SIGTERM at any moment
+    # ends in a clean unmount, never in a stale mount.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        try:
+            pyfuse3.init(operations, mountpoint, fuse_options(config))
+        except RuntimeError as exc:
+            raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
+        log.info("mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint)
+        try:
+            async with trio.open_nursery() as nursery:
+                operations.attach_nursery(nursery)
+                nursery.start_soon(_handle_signals, signals, namespace)
+                nursery.start_soon(_announce_ready, mountpoint, on_ready)
+                await pyfuse3.main()
+                await operations.close_all()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
     log.info(
         "unmounted %s; read-ahead peak: %d bytes; S3 requests: %s",
         mountpoint,
@@ -173,19 +176,20 @@ def raise_kernel_readahead(device: int) -> None:
 async def _announce_ready(mountpoint: str, on_ready: Callable[[], None] | None) -> None:
     # A stat of the mount point goes through our own getattr: once it returns,
     # the kernel has finished INIT and the mount answers.
-    info = await trio.to_thread.run_sync(os.stat, mountpoint)
+    # abandon_on_cancel: if the mount stops before it answers, do not wait for
+    # a stat that will never return.
+    info = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     raise_kernel_readahead(info.st_dev)
     log.debug("mount answers")
     if on_ready is not None:
         on_ready()
 
 
-async def _handle_signals(namespace: Namespace) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP: dropping metadata caches")
-                namespace.invalidate_all()
-            else:
-                log.info("%s: unmounting", signal.Signals(signum).name)
-                pyfuse3.terminate()
+async def _handle_signals(signals: AsyncIterator[int], namespace: Namespace) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP: dropping metadata caches")
+            namespace.invalidate_all()
+        else:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()

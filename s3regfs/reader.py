@@ -64,8 +64,9 @@ class ReadaheadBudget:
         self._freed.set()
         self._freed = trio.Event()
 
-    async def wait_freed(self) -> None:
-        await self._freed.wait()
+    def freed_event(self) -> trio.Event:
+        """The event the next :meth:`give` sets (take it before any checkpoint)."""
+        return self._freed
 
 
 class ObjectReader:
@@ -201,23 +202,28 @@ class ObjectReader:
         await self._stop_stream()
         self._buf_start = self._stream_pos = self._furthest = offset
         self._streaming = True
+        self._stalled = False
         self._error = None
         self._producer_done = trio.Event()
         self._producer_scope = trio.CancelScope()
         self._nursery.start_soon(self._produce, offset, self._producer_scope, self._producer_done)
 
     async def _stop_stream(self) -> None:
+        self._streaming = False
         if self._producer_scope is not None:
             self._producer_scope.cancel()
             self._producer_scope = None
-        await self._producer_done.wait()
-        self._streaming = False
+        with trio.CancelScope(shield=True):
+            await self._producer_done.wait()
         self._budget.give(self._buffered)
         self._chunks.clear()
         self._buffered = 0
         self._buf_start = self._stream_pos = 0
 
     def _publish(self) -> None:
+        # The waiting read has its answer (data, stall or error); until it waits
+        # again the producer must not treat it as waiting (no forced chunks).
+        self._waiting = False
         self._data_arrived.set()
         self._data_arrived = trio.Event()
 
@@ -242,7 +248,9 @@ class ObjectReader:
                             if self._waiting and not self._stalled:
                                 self._stalled = True
                                 self._publish()
-                            await _first_of(self._budget.wait_freed, self._consumer_moved.wait)
+                            # Both events are taken now, before any checkpoint, so
+                            # a give() or a read in between cannot be missed.
+                            await _first_of(self._budget.freed_event().wait, self._consumer_moved.wait)
                             continue
                     self._stalled = False
                     try:
@@ -258,6 +266,11 @@ class ObjectReader:
         except StorageError as exc:
             log.warning("read-ahead of %s stopped at %d: %s", self.key, self._stream_pos, exc)
             self._error = exc
+            self._publish()
+        except Exception as exc:
+            # A bug here must fail this file's reads, not the whole mount.
+            log.exception("read-ahead of %s failed", self.key)
+            self._error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
             self._publish()
         finally:
             if stream is not None:

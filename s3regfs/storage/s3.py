@@ -110,6 +110,8 @@ def translate(exc: BaseException, what: str) -> StorageError:
             return NoSuchBucket(message, code=code, status=status)
         if code in ("NoSuchKey", "NotFound") or status == 404:
             return NotFound(message, code=code, status=status)
+        if code in _TEMPORARY_CODES or status == 429 or status >= 500:
+            return TemporaryFailure(message, code=code, status=status)
         if code in _CREDENTIAL_CODES:
             return InvalidCredentials(message, code=code, status=status)
         if code == "AccessDenied" or status == 403:
@@ -168,27 +170,28 @@ class S3Stream:
         size = min(size, self._end - self.position)
         if size <= 0:
             return b""
+        what = f"reading s3://{self._store.bucket}/{self._key}"
+        # One retry budget for the whole read: re-opening the body after a
+        # break is an attempt of this budget, not a call with its own retries.
         failures = 0
         while True:
-            if self._body is None:
-                self._body = await self._store._get_body(self._key, self.position, self._end, self._etag)
             try:
+                if self._body is None:
+                    self._body = await self._store._get_body(
+                        self._key, self.position, self._end, self._etag, retries=0
+                    )
                 data: bytes = await self._store._in_thread(self._body.read, size)
+                if not data:
+                    raise TemporaryFailure(f"{what}: body ended at {self.position}, expected {self._end}")
             except Exception as exc:  # noqa: BLE001 - translated right below
-                error = translate(exc, f"reading s3://{self._store.bucket}/{self._key}")
                 await self._drop_body()
+                error = translate(exc, what)
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
                     raise error from exc
                 log.debug("%s; resuming at offset %d (retry %d)", error, self.position, failures)
                 await self._store._backoff(failures)
                 continue
-            if not data:
-                await self._drop_body()
-                raise TemporaryFailure(
-                    f"reading s3://{self._store.bucket}/{self._key}: body ended at "
-                    f"{self.position}, expected {self._end}"
-                )
             self.position += len(data)
             return data
 
@@ -266,7 +269,7 @@ class S3Store:
         return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
 
     async def _backoff(self, failures: int) -> None:
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (failures - 1))
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
         await trio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _call(self, operation: str, what: str, *, retries: int | None = None, **kwargs: Any) -> Any:
@@ -323,7 +326,9 @@ class S3Store:
         )
         return _object_info(key, response)
 
-    async def _get_body(self, key: str, start: int, end: int, etag: str | None) -> Any:
+    async def _get_body(
+        self, key: str, start: int, end: int, etag: str | None, *, retries: int | None = None
+    ) -> Any:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -331,7 +336,7 @@ class S3Store:
         }
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
-        response = await self._call("get_object", f"GET s3://{self.bucket}/{key}", **kwargs)
+        response = await self._call("get_object", f"GET s3://{self.bucket}/{key}", retries=retries, **kwargs)
         return response["Body"]
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
