@@ -132,6 +132,10 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "readahead": ("16M", "largest read-ahead window of one open file"),
     "readahead_total": ("128M", "memory for read-ahead across all open files"),
     "max_connections": ("32", "S3 requests in flight at once (and the connection pool size)"),
+    "spooldir": ("the system temp dir", "where files being written are spooled"),
+    "spoolmax": ("0 (the disk's limit)", "most bytes spooled at once; past it writes answer ENOSPC"),
+    "write_memory": ("256M", "memory for part uploads across all files being written"),
+    "commit_timeout": ("300", "seconds to commit open files when unmounting"),
     "config": ("none", "the registry's config.yml (same as --config)"),
 }
 
@@ -352,6 +356,10 @@ class MountOptions:
     readahead: int = 16 * MiB
     readahead_total: int = 128 * MiB
     max_connections: int = 32
+    spooldir: str = ""
+    spoolmax: int = 0
+    write_memory: int = 256 * MiB
+    commit_timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -649,6 +657,15 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values[name] = parse_size(name, value)
         elif name == "max_connections":
             values[name] = parse_int(name, value, 1, 1024)
+        elif name in ("spoolmax", "write_memory"):
+            values[name] = parse_size(name, value)
+        elif name == "commit_timeout":
+            values[name] = parse_seconds(name, value)
+        elif name == "spooldir":
+            text = parse_str(value)
+            if not text or not os.path.isdir(text):
+                raise ConfigError(f"the spooldir option needs an existing directory, {text!r} invalid")
+            values[name] = os.path.abspath(text)
         else:
             raise ConfigError(f"unknown option -o {name}")
     if values.get("readahead", MiB) < 128 * KiB:

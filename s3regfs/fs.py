@@ -1,13 +1,16 @@
 # SPDX-License-Identifier: MIT
-"""The FUSE operations: thin handlers over the namespace and the readers.
+"""The FUSE operations: thin handlers over the namespace, readers and writers.
 
 This is the only module that raises ``FUSEError``: every handler runs inside
 :func:`errors_to_errno`, which maps the s3regfs error tree to errno values
-(NotFound -> ENOENT, AccessDenied -> EACCES, anything else that failed in S3
--> EIO) and logs what it maps.  Nothing else leaves a handler.
+(NotFound -> ENOENT, AccessDenied -> EACCES, a full spool -> ENOSPC, anything
+else that failed in S3 -> EIO) and logs what it maps.  Nothing else leaves a
+handler.
 
-The mount is read-only for now: every operation that would change the bucket
-answers EROFS (the write path is a later piece of work).
+Changes become S3 calls the way the registry's S3 driver makes them (see
+:mod:`s3regfs.writer` for files; unlink is DeleteObject; rename is a copy by the
+driver's rules, then a delete; mkdir lives in memory until a file is stored
+below it).  With ``-o ro`` every change answers EROFS.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import errno
 import logging
 import os
 import stat
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from s3regfs import layout
 from s3regfs.config import Config
 from s3regfs.errors import (
     AccessDenied,
@@ -33,7 +39,9 @@ from s3regfs.errors import (
 )
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget
-from s3regfs.storage.base import ObjectStore
+from s3regfs.storage.base import ObjectInfo
+from s3regfs.storage.s3 import S3Store
+from s3regfs.writer import FileWriter, SpoolFull, SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +49,12 @@ XATTR_ETAG = b"user.s3.etag"
 XATTR_KEY = b"user.s3.key"
 XATTR_STORAGE_CLASS = b"user.s3.storage_class"
 
-#: st_blksize: a large value makes cp and friends read in big requests.
+#: st_blksize: a large value makes cp and friends read and write in big requests.
 BLOCK_SIZE = 1024 * 1024
+#: S3's limit on a key's length, in bytes.
+KEY_MAX = 1024
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
 def _errno_for(exc: StorageError) -> int:
@@ -73,8 +83,14 @@ def errors_to_errno(what: str) -> Iterator[None]:
         else:
             log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(code) from exc
+    except SpoolFull as exc:
+        log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(errno.ENOSPC) from exc
     except trio.Cancelled:
         raise
+    except OSError as exc:
+        log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
     except Exception as exc:
         log.exception("%s: unexpected error", what)
         raise pyfuse3.FUSEError(errno.EIO) from exc
@@ -88,6 +104,15 @@ class DirHandle:
     entries: list[Node]
 
 
+@dataclass
+class FileHandle:
+    """An open file: a reader for its committed data, the inode's writer if writable."""
+
+    node: Node
+    reader: ObjectReader | None
+    writer: FileWriter | None
+
+
 class Operations(pyfuse3.Operations):
     """Request handlers of one mount.  Dependencies are injected, not built."""
 
@@ -96,23 +121,27 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     namespace: Namespace
-    store: ObjectStore
+    store: S3Store
     budget: ReadaheadBudget
+    write_memory: WriteMemory
 
-    def __init__(self, config: Config, store: ObjectStore, namespace: Namespace) -> None:
+    def __init__(self, config: Config, store: S3Store, namespace: Namespace) -> None:
         super().__init__()
         self._options = config.options
         self._config = config
         self.store = store
         self.namespace = namespace
         self.budget = ReadaheadBudget(config.options.readahead_total)
+        self.write_memory = WriteMemory(config.options.write_memory)
+        self._spool = SpoolSpace(config.options.spooldir or _default_spooldir(), config.options.spoolmax)
         self._nursery: trio.Nursery | None = None
-        self._handles: dict[int, ObjectReader] = {}
+        self._handles: dict[int, FileHandle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
+        self._writers: dict[int, FileWriter] = {}
         self._next_fh = 1
         umask = config.options.umask
-        self._dir_mode = stat.S_IFDIR | (0o777 & ~umask)
-        self._file_mode = stat.S_IFREG | (0o666 & ~umask)
+        self._dir_mode = 0o777 & ~umask
+        self._file_mode = 0o666 & ~umask
 
     def attach_nursery(self, nursery: trio.Nursery) -> None:
         """Give the handlers the mount's nursery for background tasks."""
@@ -137,17 +166,19 @@ class Operations(pyfuse3.Operations):
         attrs.entry_timeout = self._options.metadata_ttl
         attrs.attr_timeout = self._options.metadata_ttl
         if node.is_dir:
-            attrs.st_mode = pyfuse3.ModeT(self._dir_mode)
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | (self._dir_mode if node.mode is None else node.mode))
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            attrs.st_mode = pyfuse3.ModeT(self._file_mode)
+            attrs.st_mode = pyfuse3.ModeT(
+                stat.S_IFREG | (self._file_mode if node.mode is None else node.mode)
+            )
             attrs.st_nlink = 1
             attrs.st_size = node.size
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_blksize = BLOCK_SIZE
-        attrs.st_uid = self._options.uid
-        attrs.st_gid = self._options.gid
+        attrs.st_uid = self._options.uid if node.uid is None else node.uid
+        attrs.st_gid = self._options.gid if node.gid is None else node.gid
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = node.mtime_ns
         return attrs
 
@@ -163,6 +194,82 @@ class Operations(pyfuse3.Operations):
         except UnicodeDecodeError:
             # Not valid UTF-8, so it cannot be an S3 key: nothing by that name.
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _check_writable(self) -> None:
+        if self._options.ro:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _new_name(self, parent: Node, name: bytes) -> str:
+        """A name a new entry may take in *parent*, or the errno why not."""
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if len(name) > layout.NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.EILSEQ) from None  # S3 keys are UTF-8
+        if layout.name_problem(text):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        key = layout.key_of(self.namespace.key_prefix, layout.join(parent.path, text))
+        if len(key.encode("utf-8")) > KEY_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        return text
+
+    async def _existing(self, parent: Node, name: str) -> Node | None:
+        try:
+            return await self.namespace.lookup(parent, name)
+        except NotFound:
+            return None
+
+    # -- writers ------------------------------------------------------------------
+
+    def _writer_for(self, node: Node) -> FileWriter:
+        """The inode's writer (made on first use); counts one more user."""
+        writer = self._writers.get(node.ino)
+        if writer is None:
+            assert self._nursery is not None, "attach_nursery() before serving requests"
+            key = self.namespace.key(node)
+            base = None if node.local else ObjectInfo(key, node.size, node.etag, node.mtime_ns)
+            writer = FileWriter(
+                self.store,
+                key,
+                base,
+                chunksize=self._config.driver.chunksize,
+                space=self._spool,
+                memory=self.write_memory,
+                nursery=self._nursery,
+            )
+            self._writers[node.ino] = writer
+            node.writing = True
+        writer.refs += 1
+        return writer
+
+    async def _commit(self, node: Node, writer: FileWriter) -> None:
+        if await writer.commit():
+            self.namespace.stored(node, size=writer.size, etag=writer.etag)
+            # The kernel's page cache holds what was written: it may stay.
+            node.cached_etag = writer.etag
+
+    async def _drop_writer(self, node: Node, writer: FileWriter) -> None:
+        """One user fewer; the last one commits (or discards) and closes."""
+        writer.refs -= 1
+        if writer.refs > 0:
+            return
+        try:
+            if writer.unlinked:
+                await writer.discard()
+            else:
+                try:
+                    await self._commit(node, writer)
+                except Exception as exc:
+                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+                    await writer.discard()
+        finally:
+            writer.close()
+            if self._writers.get(node.ino) is writer:
+                del self._writers[node.ino]
+            node.writing = False
 
     # -- metadata -------------------------------------------------------------------
 
@@ -197,7 +304,43 @@ class Operations(pyfuse3.Operations):
         fh: pyfuse3.FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(inode)
+        self._check_writable()
+        with errors_to_errno(f"setattr {node.path!r}"):
+            if fields.update_size:
+                if node.is_dir:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                await self._truncate(node, attr.st_size)
+            # Modes, owners and times are kept in memory for the mount's life:
+            # S3 objects of the registry carry none (see the README).
+            if fields.update_mode:
+                node.mode = attr.st_mode & 0o7777
+            if fields.update_uid:
+                node.uid = attr.st_uid
+            if fields.update_gid:
+                node.gid = attr.st_gid
+            if fields.update_mtime:
+                node.mtime_ns = attr.st_mtime_ns
+            return self._attrs(node)
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        writer = self._writers.get(node.ino)
+        if writer is not None:
+            # An open file: takes effect at its next commit (never an emptied
+            # object in between).
+            await writer.truncate(size)
+            node.size = writer.size
+            return
+        # truncate(2) of a file nobody has open: takes effect now.
+        if not node.local:
+            await self.namespace.refresh_file(node)
+        writer = self._writer_for(node)
+        try:
+            await writer.truncate(size)
+            node.size = writer.size
+            await self._commit(node, writer)
+        finally:
+            await self._drop_writer(node, writer)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # S3 has no capacity; report a large, constant free space so tools
@@ -240,51 +383,319 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._dir_handles.pop(fh, None)
 
+    async def mkdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        with errors_to_errno(f"mkdir {parent.path!r}/{name!r}"):
+            text = self._new_name(parent, name)
+            if await self._existing(parent, text) is not None:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            # In memory only: a "dir/" marker object would show up in the
+            # registry driver's listings.
+            node = self.namespace.add_local(parent, text, is_dir=True)
+            node.mode = mode & 0o7777 & ~ctx.umask
+            self.namespace.remember(node)
+            return self._attrs(node)
+
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        with errors_to_errno(f"rmdir {parent.path!r}/{name!r}"):
+            node = await self.namespace.lookup(parent, self._decode(name))
+            if not node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            if not node.local:
+                await self.namespace.ensure_listed(node)
+            if node.children:
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            if not node.local:
+                # Only a "dir/" marker (written by some other tool) can remain.
+                await self.store.delete(self.namespace.key(node) + "/")
+            self.namespace.remove(node)
+
     # -- files --------------------------------------------------------------------------
 
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
+        writing = bool(flags & _WRITE_FLAGS)
+        if writing or flags & os.O_TRUNC:
+            self._check_writable()
         with errors_to_errno(f"open {node.path!r}"):
-            await self.namespace.refresh_file(node)
-        assert self._nursery is not None, "attach_nursery() before serving requests"
-        reader = ObjectReader(
-            self.store,
-            self.namespace.key(node),
-            node.size,
-            node.etag,
-            budget=self.budget,
-            nursery=self._nursery,
-            max_window=self._options.readahead,
-        )
+            if not node.local and not node.writing:
+                await self.namespace.refresh_file(node)
+            writer = self._writer_for(node) if writing else None
+            if writer is not None and flags & os.O_TRUNC:
+                await writer.truncate(0)  # takes effect at the next commit
+                node.size = 0
+        reader = None
+        if not writing or flags & os.O_RDWR:
+            assert self._nursery is not None, "attach_nursery() before serving requests"
+            reader = ObjectReader(
+                self.store,
+                self.namespace.key(node),
+                node.size,
+                node.etag,
+                budget=self.budget,
+                nursery=self._nursery,
+                max_window=self._options.readahead,
+            )
         # The page cache may stay only while it holds this very version.
-        keep_cache = bool(node.etag) and node.cached_etag == node.etag
+        keep_cache = bool(node.etag) and node.cached_etag == node.etag and not writing
         node.cached_etag = node.etag
         fh = self._new_fh()
-        self._handles[fh] = reader
+        self._handles[fh] = FileHandle(node, reader, writer)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        with errors_to_errno(f"create {parent.path!r}/{name!r}"):
+            text = self._new_name(parent, name)
+            existing = await self._existing(parent, text)
+            if existing is not None and existing.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if existing is not None and flags & os.O_EXCL:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if existing is not None:
+                writer = self._writers.get(existing.ino)
+                if writer is not None:
+                    writer.unlinked = True  # replaced: its data must not come back
+            # Nothing is sent now: the object is written at the first commit,
+            # and a file created and closed is an empty object.
+            node = self.namespace.add_local(parent, text, is_dir=False)
+            node.mode = mode & 0o7777 & ~ctx.umask
+            writer = self._writer_for(node)
+            writer.dirty = True
+            self.namespace.remember(node)
+            fh = self._new_fh()
+            self._handles[fh] = FileHandle(node, None, writer)
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), self._attrs(node)
+
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # S3 holds no devices, FIFOs or sockets
+        info, attrs = await self.create(parent_inode, name, mode, os.O_WRONLY | os.O_EXCL, ctx)
+        await self.release(info.fh)
+        return self._attrs(self._node(attrs.st_ino))
+
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        reader = self._handles[fh]
-        with errors_to_errno(f"read {reader.key!r} at {off}"):
-            return await reader.read(off, size)
+        handle = self._handles[fh]
+        node = handle.node
+        with errors_to_errno(f"read {node.path!r} at {off}"):
+            writer = self._writers.get(node.ino)
+            if writer is not None:
+                # Being written here: committed data from S3, the rest from the spool.
+                return await writer.read(off, size)
+            if handle.reader is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            return await handle.reader.read(off, size)
+
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if handle.writer is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        node = handle.node
+        with errors_to_errno(f"write {node.path!r} at {off}"):
+            written = await handle.writer.write(off, buf)
+            node.size = handle.writer.size
+            node.mtime_ns = time.time_ns()
+            return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        handle = self._handles[fh]
+        if handle.writer is not None:
+            with errors_to_errno(f"storing {handle.node.path!r}"):
+                await self._commit(handle.node, handle.writer)
+
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        await self.flush(fh)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        reader = self._handles.pop(fh, None)
-        if reader is not None:
-            with errors_to_errno(f"release {reader.key!r}"):
-                await reader.aclose()
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        with errors_to_errno(f"release {handle.node.path!r}"):
+            if handle.reader is not None:
+                await handle.reader.aclose()
+            if handle.writer is not None:
+                await self._drop_writer(handle.node, handle.writer)
 
     async def close_all(self) -> None:
-        """Stop every reader (at unmount)."""
-        for fh in list(self._handles):
-            await self.release(pyfuse3.FileHandleT(fh))
+        """At unmount: stop readers; commit open writers within commit_timeout.
+
+        Every file whose data could not be stored is logged by name.
+        """
+        for handle in list(self._handles.values()):
+            if handle.reader is not None:
+                await handle.reader.aclose()
+        pending = dict(self._writers)
+        with trio.move_on_after(self._options.commit_timeout):
+            for ino, writer in list(pending.items()):
+                node = self.namespace.get(ino)
+                try:
+                    await self._commit(node, writer)
+                    del pending[ino]
+                except Exception as exc:
+                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+        for ino, writer in pending.items():
+            if writer.dirty and not writer.unlinked:
+                log.error(
+                    "%s: the data written was NOT stored (unmounted before it was)",
+                    self.namespace.get(ino).path,
+                )
+            await writer.discard()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        self._handles.clear()
+
+    # -- removing and renaming ----------------------------------------------------------
+
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_writable()
+        parent = self._node(parent_inode)
+        with errors_to_errno(f"unlink {parent.path!r}/{name!r}"):
+            node = await self.namespace.lookup(parent, self._decode(name))
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            writer = self._writers.get(node.ino)
+            if writer is not None:
+                writer.unlinked = True
+            if not node.local:
+                await self.store.delete(self.namespace.key(node))
+            self.namespace.remove(node)
+
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
+        old_parent = self._node(parent_inode_old)
+        new_parent = self._node(parent_inode_new)
+        with errors_to_errno(f"rename {old_parent.path!r}/{name_old!r} -> {new_parent.path!r}/{name_new!r}"):
+            node = await self.namespace.lookup(old_parent, self._decode(name_old))
+            new_name = self._new_name(new_parent, name_new)
+            target = await self._existing(new_parent, new_name)
+            if target is node:
+                return
+            if target is not None:
+                if flags & pyfuse3.RENAME_NOREPLACE:
+                    raise pyfuse3.FUSEError(errno.EEXIST)
+                if node.is_dir and not target.is_dir:
+                    raise pyfuse3.FUSEError(errno.ENOTDIR)
+                if target.is_dir and not node.is_dir:
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if target.is_dir:
+                    if not target.local:
+                        await self.namespace.ensure_listed(target)
+                    if target.children:
+                        raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            ancestor: Node | None = new_parent
+            while ancestor is not None:
+                if ancestor is node:
+                    raise pyfuse3.FUSEError(errno.EINVAL)  # into itself
+                ancestor = ancestor.parent
+            new_path = layout.join(new_parent.path, new_name)
+            if node.is_dir:
+                await self._rename_directory(node, new_path)
+            else:
+                await self._rename_file(node, new_path)
+            if target is not None:
+                replaced = self._writers.get(target.ino)
+                if replaced is not None:
+                    replaced.unlinked = True
+            self.namespace.move(node, new_parent, new_name)
+
+    async def _rename_file(self, node: Node, new_path: str) -> None:
+        writer = self._writers.get(node.ino)
+        if writer is not None:
+            await self._commit(node, writer)
+        if node.local:
+            return  # nothing stored yet
+        source = self.namespace.key(node)
+        dest = layout.key_of(self.namespace.key_prefix, new_path)
+        node.etag = await self.store.copy(source, dest, node.size, node.etag or None)
+        await self.store.delete(source)
+        if writer is not None:
+            writer.rename(dest)
+
+    async def _rename_directory(self, node: Node, new_path: str) -> None:
+        """Copy every object below, then delete the sources: not atomic (README)."""
+        prefix = self.namespace.key(node) + "/"
+        dest_prefix = layout.key_of(self.namespace.key_prefix, new_path) + "/"
+        for ino, writer in list(self._writers.items()):
+            inner = self.namespace.get(ino)
+            if inner.path.startswith(node.path + "/"):
+                await self._commit(inner, writer)
+        sources: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(prefix, token=token)
+            sources.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        limiter = trio.CapacityLimiter(max(1, self._options.max_connections // 2))
+
+        async def copy_one(info: ObjectInfo) -> None:
+            async with limiter:
+                await self.store.copy(info.key, dest_prefix + info.key[len(prefix) :], info.size, info.etag)
+
+        async with trio.open_nursery() as nursery:
+            for info in sources:
+                nursery.start_soon(copy_one, info)
+        await self.store.delete_many([info.key for info in sources])
+        for ino, writer in self._writers.items():
+            inner = self.namespace.get(ino)
+            if inner.path.startswith(node.path + "/"):
+                writer.rename(dest_prefix + inner.path[len(node.path) + 1 :])
+
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS if self._options.ro else errno.EPERM)
+
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS if self._options.ro else errno.EPERM)
 
     # -- extended attributes ---------------------------------------------------------------
 
@@ -317,82 +728,15 @@ class Operations(pyfuse3.Operations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self._check_writable()
+        raise pyfuse3.FUSEError(errno.ENOTSUP)  # the registry's objects carry no metadata
 
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self._check_writable()
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
-    # -- changes: not yet supported ---------------------------------------------------------
 
-    async def create(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mknod(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        rdev: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mkdir(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        mode: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def unlink(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rmdir(
-        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
-    ) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rename(
-        self,
-        parent_inode_old: pyfuse3.InodeT,
-        name_old: pyfuse3.FileNameT,
-        parent_inode_new: pyfuse3.InodeT,
-        name_new: pyfuse3.FileNameT,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def symlink(
-        self,
-        parent_inode: pyfuse3.InodeT,
-        name: pyfuse3.FileNameT,
-        target: pyfuse3.FileNameT,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def link(
-        self,
-        inode: pyfuse3.InodeT,
-        new_parent_inode: pyfuse3.InodeT,
-        new_name: pyfuse3.FileNameT,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        raise pyfuse3.FUSEError(errno.EROFS)
+def _default_spooldir() -> str:
+    return tempfile.gettempdir()

@@ -63,6 +63,11 @@ class Node:
         "cached_etag",
         "list_cost",
         "lock",
+        "local",
+        "writing",
+        "mode",
+        "uid",
+        "gid",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -85,6 +90,16 @@ class Node:
         #: Directories: how many requests the last listing took.
         self.list_cost = 0
         self.lock: trio.Lock | None = None
+        #: Exists only in this mount, not (yet) as keys in S3: made by mkdir or
+        #: create, or a directory whose last object was deleted here.  Listings
+        #: never drop such a node (nor any directory holding one).
+        self.local = False
+        #: Open for writing: the writer owns the size; listings do not touch it.
+        self.writing = False
+        #: chmod/chown made through this mount (kept for the mount's life).
+        self.mode: int | None = None
+        self.uid: int | None = None
+        self.gid: int | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -233,6 +248,61 @@ class Namespace:
             raise
         self._set_file(node, info)
 
+    # -- changes made through the mount -------------------------------------------
+
+    def add_local(self, parent: Node, name: str, *, is_dir: bool) -> Node:
+        """A new file or directory that exists only here until something is stored."""
+        assert parent.children is not None
+        old = parent.children.get(name)
+        if old is not None:
+            self._detach(old)
+        node = self._new_node(name, parent, is_dir)
+        node.local = True
+        node.mtime_ns = time.time_ns()
+        node.fresh_at = self._now()
+        parent.children[name] = node
+        return node
+
+    def stored(self, node: Node, *, size: int, etag: str) -> None:
+        """*node*'s object was written: it and its directories now exist in S3."""
+        node.size = size
+        node.etag = etag
+        node.mtime_ns = time.time_ns()
+        node.fresh_at = self._now()
+        each: Node | None = node
+        while each is not None:
+            each.local = False
+            each = each.parent
+
+    def remove(self, node: Node) -> None:
+        """*node* was deleted here; a directory left empty stays (as on a local disk)."""
+        parent = node.parent
+        if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            if not parent.children and parent.parent is not None:
+                parent.local = True
+        self._detach(node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str) -> None:
+        """Rename *node* (keeping its inode); a node it replaces is detached."""
+        assert new_parent.children is not None
+        old_parent = node.parent
+        assert old_parent is not None and old_parent.children is not None
+        if old_parent.children.get(node.name) is node:
+            del old_parent.children[node.name]
+            if not old_parent.children and old_parent.parent is not None:
+                old_parent.local = True
+        replaced = new_parent.children.get(new_name)
+        if replaced is not None and replaced is not node:
+            self._detach(replaced)
+        node.parent = new_parent
+        node.name = new_name
+        new_parent.children[new_name] = node
+        node.seen_gen = max(node.seen_gen, next(self._gens))
+
+    def is_empty(self, directory: Node) -> bool:
+        return not directory.children
+
     # -- listing ------------------------------------------------------------------
 
     async def ensure_listed(self, directory: Node) -> None:
@@ -348,6 +418,8 @@ class Namespace:
         self._child_dir(directory, name, gen)
 
     def _set_file(self, node: Node, info: ObjectInfo) -> None:
+        if node.writing:
+            return  # the writer knows better than any listing
         node.size = info.size
         node.etag = info.etag
         node.mtime_ns = info.mtime_ns
@@ -361,7 +433,7 @@ class Namespace:
         for name, child in list(directory.children.items()):
             # "<": a newer listing (of an ancestor, at the same time) that saw
             # the child wins over this one.
-            if child.seen_gen < gen:
+            if child.seen_gen < gen and not _pinned(child):
                 del directory.children[name]
                 self._detach(child)
         directory.fresh_at = when
@@ -376,6 +448,11 @@ class Namespace:
             each.attached = False
             if each.nlookup == 0:
                 self._inodes.pop(each.ino, None)
+
+
+def _pinned(node: Node) -> bool:
+    """Whether a listing must keep *node* although S3 does not show it."""
+    return any(each.local or each.writing for each in _walk(node))
 
 
 def _walk(node: Node) -> Iterator[Node]:

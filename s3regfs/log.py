@@ -67,6 +67,22 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
+class _QuietReleaseReplies(logging.Filter):
+    """Demote pyfuse3's "fuse_release(): fuse_reply_* failed with No such file or
+    directory" to debug: the kernel no longer waits for that (empty) reply, for
+    example because the process that closed the file has moved on; nothing is lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "fuse_reply_" in message and "No such file or directory" in message and (
+            message.startswith("fuse_release") or message.startswith("fuse_releasedir")
+        ):
+            record.levelno = logging.DEBUG
+            record.levelname = "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, debug: bool) -> None:
         fmt = (
@@ -93,6 +109,9 @@ def setup_logging(
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    if not any(isinstance(f, _QuietReleaseReplies) for f in pyfuse3_log.filters):
+        pyfuse3_log.addFilter(_QuietReleaseReplies())
     # Third-party libraries stay at WARNING unless loglevel asks for more.
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)

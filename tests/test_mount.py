@@ -140,11 +140,11 @@ def test_keys_posix_cannot_name_are_skipped_with_a_warning(
     assert "Traceback" not in mount.stderr
 
 
-def test_writes_are_refused_with_erofs(
+def test_read_only_mount_refuses_every_change_with_erofs(
     s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
 ) -> None:
     put_many(s3, bucket, {"d/f": b"data"})
-    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "ro", bucket]) as mount:
         m = mount.path
         attempts = [
             lambda: open(m / "d/f", "wb"),

@@ -16,6 +16,7 @@ Every attempt first takes a token from the ``maxrequestspersecond`` limiter.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -204,6 +205,22 @@ class S3Stream:
         await self._drop_body()
 
 
+def object_headers(driver: DriverParams) -> dict[str, Any]:
+    """The headers the registry's driver sends on every request that creates an object."""
+    headers: dict[str, Any] = {"ContentType": "application/octet-stream"}
+    if not driver.objectownership:
+        headers["ACL"] = driver.objectacl
+    if driver.encrypt:
+        headers["ServerSideEncryption"] = "aws:kms" if driver.keyid else "AES256"
+        if driver.keyid:
+            headers["SSEKMSKeyId"] = driver.keyid
+    if driver.storageclass != "NONE":
+        headers["StorageClass"] = driver.storageclass
+    if driver.checksum_algorithm and not driver.checksum_disabled:
+        headers["ChecksumAlgorithm"] = driver.checksum_algorithm
+    return headers
+
+
 class S3Store:
     """The ObjectStore on one boto3 client.  Build it with :meth:`create`."""
 
@@ -213,6 +230,8 @@ class S3Store:
 
     def __init__(self, client: Any, driver: DriverParams, max_connections: int) -> None:
         self._client = client
+        self._driver = driver
+        self._headers = object_headers(driver)
         self.bucket = driver.bucket
         self.maxretries = driver.maxretries
         self._limiter = trio.CapacityLimiter(max_connections)
@@ -368,3 +387,159 @@ class S3Store:
         )
         names = {item["Key"].rsplit("/", 1)[-1] for item in response.get("Contents", [])}
         return BucketProbe(database_in_use="database-in-use" in names)
+
+    # -- writing ------------------------------------------------------------------
+
+    async def put(self, key: str, data: bytes) -> str:
+        """PutObject with the driver's headers; returns the ETag."""
+        response = await self._call(
+            "put_object",
+            f"PUT s3://{self.bucket}/{key}",
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            **self._headers,
+        )
+        return str(response.get("ETag", "")).strip('"')
+
+    async def create_multipart(self, key: str) -> str:
+        """CreateMultipartUpload with the driver's headers; returns the upload id."""
+        response = await self._call(
+            "create_multipart_upload",
+            f"CreateMultipartUpload s3://{self.bucket}/{key}",
+            Bucket=self.bucket,
+            Key=key,
+            **self._headers,
+        )
+        return str(response["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        extra = (
+            {"ChecksumAlgorithm": self._headers["ChecksumAlgorithm"]}
+            if "ChecksumAlgorithm" in self._headers
+            else {}
+        )
+        response = await self._call(
+            "upload_part",
+            f"UploadPart {number} of s3://{self.bucket}/{key}",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            **extra,
+        )
+        return str(response["ETag"]).strip('"')
+
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: str,
+        start: int,
+        end: int,
+        source_etag: str | None = None,
+    ) -> str:
+        """UploadPartCopy of bytes [start, end) of *source* as part *number*."""
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "CopySource": {"Bucket": self.bucket, "Key": source},
+            "CopySourceRange": f"bytes={start}-{end - 1}",
+        }
+        if source_etag:
+            kwargs["CopySourceIfMatch"] = f'"{source_etag}"'
+        response = await self._call(
+            "upload_part_copy", f"UploadPartCopy {number} of s3://{self.bucket}/{key}", **kwargs
+        )
+        return str(response["CopyPartResult"]["ETag"]).strip('"')
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """CompleteMultipartUpload with the parts sorted by number; returns the ETag."""
+        response = await self._call(
+            "complete_multipart_upload",
+            f"CompleteMultipartUpload s3://{self.bucket}/{key}",
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in sorted(parts)]},
+        )
+        return str(response.get("ETag", "")).strip('"')
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload; only ever called for uploads s3regfs created."""
+        with contextlib.suppress(NotFound):
+            await self._call(
+                "abort_multipart_upload",
+                f"AbortMultipartUpload s3://{self.bucket}/{key}",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject (a missing key is no error, as in S3)."""
+        await self._call("delete_object", f"DELETE s3://{self.bucket}/{key}", Bucket=self.bucket, Key=key)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects in batches of at most 1,000; raises on any key that failed."""
+        for start in range(0, len(keys), 1000):
+            batch = keys[start : start + 1000]
+            response = await self._call(
+                "delete_objects",
+                f"DeleteObjects ({len(batch)} keys) in s3://{self.bucket}",
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise RequestFailed(
+                    f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')!r}: {first.get('Code')}",
+                    code=str(first.get("Code", "")),
+                )
+
+    async def copy(self, source: str, dest: str, size: int, source_etag: str | None = None) -> str:
+        """Copy an object as the driver does: CopyObject up to
+        multipartcopythresholdsize, else a multipart copy in
+        multipartcopychunksize parts, at most multipartcopymaxconcurrency at once.
+        The copy carries the driver's headers.  Returns the new ETag."""
+        driver = self._driver
+        if size <= driver.multipartcopythresholdsize:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": dest,
+                "CopySource": {"Bucket": self.bucket, "Key": source},
+                "MetadataDirective": "REPLACE",
+                **self._headers,
+            }
+            if source_etag:
+                kwargs["CopySourceIfMatch"] = f'"{source_etag}"'
+            response = await self._call(
+                "copy_object", f"CopyObject s3://{self.bucket}/{source} -> {dest}", **kwargs
+            )
+            return str(response["CopyObjectResult"]["ETag"]).strip('"')
+        upload_id = await self.create_multipart(dest)
+        chunk = driver.multipartcopychunksize
+        parts: list[tuple[int, str]] = []
+        limiter = trio.CapacityLimiter(driver.multipartcopymaxconcurrency)
+
+        async def copy_part(number: int, start: int) -> None:
+            async with limiter:
+                etag = await self.upload_part_copy(
+                    dest, upload_id, number, source, start, min(start + chunk, size), source_etag
+                )
+            parts.append((number, etag))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, start in enumerate(range(0, size, chunk)):
+                    nursery.start_soon(copy_part, index + 1, start)
+            return await self.complete_multipart(dest, upload_id, parts)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.abort_multipart(dest, upload_id)
+            raise
