@@ -79,13 +79,40 @@ class Registry:
                 self.process.wait()
 
 
+def filesystem_registry_config(rootdirectory: Path, port: int) -> str:
+    """A registry that stores on a plain directory (here: an s3regfs mount)."""
+    return f"""\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {rootdirectory}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
 def start_registry(
     endpoint: str, bucket: str, rootdirectory: str, workdir: Path, *, detach: bool = False
 ) -> Registry:
-    workdir.mkdir(parents=True, exist_ok=True)
+    """A registry with its S3 driver on *bucket* at *endpoint*."""
     port = free_port()
+    return run_registry(registry_config(endpoint, bucket, rootdirectory, port), port, workdir, detach=detach)
+
+
+def run_registry(config_text: str, port: int, workdir: Path, *, detach: bool = False) -> Registry:
+    """Start docker-registry with *config_text* (written to WORKDIR/config.yml)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yml"
-    config_path.write_text(registry_config(endpoint, bucket, rootdirectory, port))
+    config_path.write_text(config_text)
     log_path = workdir / "registry.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
@@ -104,26 +131,35 @@ def start_registry(
     return registry
 
 
+def skopeo(*args: str, timeout: float = 300) -> str:
+    """Run skopeo (without AWS_CA_BUNDLE, with no policy file); its stdout."""
+    result = subprocess.run(
+        ["skopeo", "--insecure-policy", *args], capture_output=True, text=True, env=go_env(), timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"skopeo {' '.join(args)} failed: {result.stderr}")
+    return result.stdout
+
+
 def push_image(
-    registry: Registry, workdir: Path, repository: str, tag: str, *, seed: int, docker_format: bool = False
+    registry: Registry,
+    workdir: Path,
+    repository: str,
+    tag: str,
+    *,
+    seed: int,
+    docker_format: bool = False,
+    layer_sizes: tuple[int, ...] = (2048, 300_000),
 ) -> str:
     """Generate an image and push it with skopeo; returns the pushed manifest's digest."""
     layout = workdir / f"oci-{seed}"
-    write_image(layout, tag, seed=seed)
+    write_image(layout, tag, seed=seed, layer_sizes=layer_sizes)
     digest_file = workdir / f"digest-{seed}"
-    command = [
-        "skopeo",
-        "--insecure-policy",
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        str(digest_file),
-    ]
+    options = ["--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file)]
     if docker_format:
-        command += ["--format", "v2s2"]
-    command += [f"oci:{layout}:{tag}", f"docker://{registry.address}/{repository}:{tag}"]
-    result = subprocess.run(command, capture_output=True, text=True, env=go_env(), timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"skopeo copy failed: {result.stderr}\n{registry.log_path.read_text()}")
+        options += ["--format", "v2s2"]
+    try:
+        skopeo("copy", *options, f"oci:{layout}:{tag}", f"docker://{registry.address}/{repository}:{tag}")
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{registry.log_path.read_text()}") from None
     return digest_file.read_text().strip()

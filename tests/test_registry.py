@@ -5,15 +5,26 @@ generated images, and s3regfs mounts the bucket with the registry's own config.y
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.regkit import Registry, push_image, registry_available, start_registry
-from tests.util import MotoServer, fuse_test_marker, mounted
+from tests.regkit import (
+    Registry,
+    filesystem_registry_config,
+    go_env,
+    push_image,
+    registry_available,
+    run_registry,
+    skopeo,
+    start_registry,
+)
+from tests.util import MotoServer, free_port, fuse_test_marker, mounted
 
 pytestmark = [
     fuse_test_marker(),
@@ -69,3 +80,75 @@ def test_mount_what_the_registry_wrote(s3: Any, bucket: str, registry: Registry,
                 digest = link.read_text()
                 assert digest == "sha256:" + link.parent.name
                 assert (v2 / "blobs/sha256" / digest[7:9] / digest[7:] / "data").is_file()
+
+
+def test_registry_writes_through_the_mount(moto: MotoServer, s3: Any, bucket: str, tmp_path: Path) -> None:
+    """A registry with the filesystem driver on the mount writes the layout the S3 driver reads."""
+    chunk = 5 * 1024 * 1024
+    opts = ["-o", f"regionendpoint={moto.url},region=us-east-1,chunksize={chunk}", f"{bucket}:{ROOT}"]
+    with mounted(tmp_path / "mnt", opts) as mount:
+        port = free_port()
+        writer = run_registry(filesystem_registry_config(mount.path, port), port, tmp_path / "fs-registry")
+        try:
+            big = push_image(
+                writer, tmp_path, "library/app", "v1", seed=11, layer_sizes=(2 * chunk + 12345, 4096)
+            )
+            doomed = push_image(writer, tmp_path, "library/old", "v0", seed=12, layer_sizes=(70_000,))
+            pulled = tmp_path / "pulled"
+            skopeo(
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                f"docker://{writer.address}/library/app:v1",
+                f"dir:{pulled}",
+            )
+            assert "sha256:" + hashlib.sha256((pulled / "manifest.json").read_bytes()).hexdigest() == big
+
+            # A second registry, with its S3 driver on the same bucket and root, reads it all.
+            reader = start_registry(moto.url, bucket, ROOT, tmp_path / "s3-registry")
+            try:
+                again = tmp_path / "again"
+                skopeo(
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    f"docker://{reader.address}/library/app:v1",
+                    f"dir:{again}",
+                )
+                assert (again / "manifest.json").read_bytes() == (pulled / "manifest.json").read_bytes()
+                for layer in json.loads((again / "manifest.json").read_text())["layers"]:
+                    data = (again / layer["digest"].split(":")[1]).read_bytes()
+                    assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+                    assert len(data) == layer["size"]
+            finally:
+                reader.stop()
+
+            # Delete a manifest, stop the registry, collect garbage through the mount.
+            request = urllib.request.Request(
+                f"http://{writer.address}/v2/library/old/manifests/{doomed}", method="DELETE"
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == 202
+        finally:
+            writer.stop()
+        doomed_blobs = json.loads((tmp_path / "oci-12" / "blobs/sha256" / doomed.split(":")[1]).read_text())
+        doomed_digests = [doomed_blobs["config"]["digest"], *(layer["digest"] for layer in doomed_blobs["layers"])]
+
+        def blob_key(digest: str) -> str:
+            return f"{ROOT.strip('/')}/docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data"
+
+        assert all(s3.head_object(Bucket=bucket, Key=blob_key(d)) for d in doomed_digests)
+        gc = subprocess.run(
+            ["docker-registry", "garbage-collect", str(writer.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=go_env(),
+        )
+        assert gc.returncode == 0, gc.stdout + gc.stderr
+    remaining = set(bucket_keys(s3, bucket, ROOT.strip("/") + "/"))
+    for digest in doomed_digests:
+        assert blob_key(digest)[len(ROOT.strip("/")) + 1 :] not in remaining
+    for layer in json.loads((pulled / "manifest.json").read_text())["layers"]:
+        assert blob_key(layer["digest"])[len(ROOT.strip("/")) + 1 :] in remaining
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
