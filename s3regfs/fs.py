@@ -259,6 +259,11 @@ class Operations(pyfuse3.Operations):
         try:
             if writer.unlinked:
                 await writer.discard()
+            elif writer.failed and writer.dirty:
+                # close() already returned that error; retrying now, after the
+                # caller moved on, could leave an upload behind its back.
+                log.error("%s: the data written was NOT stored (the commit failed)", node.path)
+                await writer.discard()
             else:
                 try:
                     await self._commit(node, writer)

@@ -74,8 +74,10 @@ class _QuietReleaseReplies(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "fuse_reply_" in message and "No such file or directory" in message and (
-            message.startswith("fuse_release") or message.startswith("fuse_releasedir")
+        if (
+            "fuse_reply_" in message
+            and "No such file or directory" in message
+            and (message.startswith("fuse_release") or message.startswith("fuse_releasedir"))
         ):
             record.levelno = logging.DEBUG
             record.levelname = "DEBUG"

@@ -198,6 +198,9 @@ class FileWriter:
         self.refs = 0
         self.unlinked = False
         self.dirty = False
+        #: The last commit failed and nothing was written since (its caller
+        #: got the error): the release does not try again.
+        self.failed = False
         self.etag = base.etag if base else ""
         self.size = base.size if base else 0
         self._base_key = key
@@ -261,6 +264,7 @@ class FileWriter:
                 await self._fetch_base(0, self._base_keep)
                 self._base_keep = 0
             self._pwrite(offset, data)
+            self.failed = False
             end = offset + len(data)
             self._extents.add(offset, end)
             self.size = max(self.size, end)
@@ -322,9 +326,11 @@ class FileWriter:
                 else:
                     etag = await self._commit_stream()
             except BaseException:
+                self.failed = True
                 with trio.CancelScope(shield=True):
                     await self._abort_upload()
                 raise
+            self.failed = False
             self.etag = etag
             self._base_key = self.key
             self._base_etag = etag

@@ -132,7 +132,10 @@ def test_registry_writes_through_the_mount(moto: MotoServer, s3: Any, bucket: st
         finally:
             writer.stop()
         doomed_blobs = json.loads((tmp_path / "oci-12" / "blobs/sha256" / doomed.split(":")[1]).read_text())
-        doomed_digests = [doomed_blobs["config"]["digest"], *(layer["digest"] for layer in doomed_blobs["layers"])]
+        doomed_digests = [
+            doomed_blobs["config"]["digest"],
+            *(layer["digest"] for layer in doomed_blobs["layers"]),
+        ]
 
         def blob_key(digest: str) -> str:
             return f"{ROOT.strip('/')}/docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data"

@@ -387,3 +387,30 @@ def test_sigterm_commits_open_files(s3: Any, bucket: str, endpoint_opts: list[st
         spawn(mount, [*endpoint_opts, bucket])
         wait_for_mount(mount)
     assert body(s3, bucket, "pending") == b"written but not closed"
+
+
+def test_failed_upload_part_fails_close_and_leaves_nothing(
+    moto: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    from tests.faultproxy import FaultProxy, Rule, upload_part
+
+    proxy = FaultProxy(moto.port, rules=[Rule(upload_part, status=500)]).start()
+    try:
+        options = f"regionendpoint={proxy.url},region=us-east-1,chunksize=5242880,maxretries=1"
+        with mounted(tmp_path / "mnt", ["-o", options, bucket], check_clean=False) as mount:
+            with pytest.raises(OSError) as info, open(mount.path / "big", "wb") as f:
+                f.write(rng_bytes(12 * MiB))
+            assert info.value.errno == errno.EIO
+            assert keys(s3, bucket) == []
+            assert open_uploads(s3, bucket) == []  # ours, aborted
+            # A PutObject failing once is retried and succeeds.
+            proxy.rules = [
+                Rule(lambda m, p: m == "PUT" and "uploadId" not in p, status=503, code="SlowDown", count=1)
+            ]
+            (mount.path / "small").write_bytes(b"ok")
+        assert "the data written was NOT stored" in mount.stderr
+        assert body(s3, bucket, "small") == b"ok"
+        attempts = proxy.count(upload_part)
+        assert attempts >= 2 and attempts % 2 == 0  # 1 + maxretries for every part tried
+    finally:
+        proxy.stop()
