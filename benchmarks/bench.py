@@ -89,14 +89,16 @@ def mount_s3regfs(moto: MotoServer, path: Path, log: Path) -> Running:
     return wait_mounted(Running("s3regfs", process, path, ["fusermount3", "-u"]))
 
 
-def mount_s3fs(moto: MotoServer, path: Path, log: Path) -> Running:
+def mount_s3fs(moto: MotoServer, path: Path, log: Path, *, read_only: bool = True) -> Running:
     passwd = log.with_suffix(".passwd")
     passwd.write_text(f"{CREDENTIALS['AWS_ACCESS_KEY_ID']}:{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
     passwd.chmod(0o600)
     command = [
         "s3fs", BUCKET, str(path), "-f", "-o", f"url={moto.url}", "-o", "use_path_request_style",
-        "-o", f"passwd_file={passwd}", "-o", "endpoint=us-east-1", "-o", "ro",
+        "-o", f"passwd_file={passwd}", "-o", "endpoint=us-east-1",
     ]  # fmt: skip
+    if read_only:
+        command += ["-o", "ro"]
     with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
     return wait_mounted(Running("s3fs-fuse", process, path, ["fusermount", "-u"]))
@@ -172,6 +174,108 @@ def fill_bucket(s3: Any, size_mib: int, links: int) -> str:
             )
         )
     return big_key
+
+
+def write_benchmarks(moto: MotoServer, workdir: Path, args: argparse.Namespace, peers: list[str]) -> None:
+    """4. cp of a big file into the mount vs boto3 upload_file; 5. RSS while copying
+    1 GiB in; 6. cp -r and rm -r of 1,000 small files, next to s3fs."""
+    import botocore.config
+    from boto3.s3.transfer import TransferConfig
+
+    from s3regfs.writer import PARTS_IN_FLIGHT
+
+    chunk = 10 * MiB  # the driver's default chunksize
+    source = workdir / "upload.bin"
+    with open(source, "wb") as f:
+        f.write(os.urandom(args.size_mib * MiB))
+    # Same client settings as s3regfs (checksums only when required, as the
+    # registry sends none), same part size and concurrency.
+    client: Any = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        config=botocore.config.Config(
+            request_checksum_calculation="when_required", response_checksum_validation="when_required"
+        ),
+    )
+    transfer = TransferConfig(
+        multipart_threshold=chunk, multipart_chunksize=chunk, max_concurrency=PARTS_IN_FLIGHT
+    )
+    (workdir / "mnt-write").mkdir()
+    running = mount_s3regfs(moto, workdir / "mnt-write", workdir / "write.log")
+    (running.path / "upload").mkdir()
+    boto_times: list[float] = []
+    cp_times: list[float] = []
+    try:
+        for round_ in range(args.rounds):
+            started = time.perf_counter()
+            client.upload_file(str(source), BUCKET, f"upload/boto-{round_}", Config=transfer)
+            boto_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            subprocess.run(["cp", str(source), str(running.path / f"upload/cp-{round_}")], check=True)
+            cp_times.append(time.perf_counter() - started)
+            head = client.head_object(Bucket=BUCKET, Key=f"upload/cp-{round_}")
+            assert head["ContentLength"] == args.size_mib * MiB
+    finally:
+        running.stop()
+    boto, cp = statistics.median(boto_times), statistics.median(cp_times)
+    print(
+        f"\n4. cp of {args.size_mib} MiB into the mount (until close() returns) vs boto3 upload_file, median of {args.rounds}"
+    )
+    print(
+        f"   boto3 upload_file ({chunk // MiB} MiB parts, {PARTS_IN_FLIGHT} at once): {args.size_mib / boto:7.1f} MiB/s  ({', '.join(f'{t:.2f}' for t in boto_times)} s)"
+    )
+    print(
+        f"   cp into s3regfs:                              {args.size_mib / cp:7.1f} MiB/s  ({', '.join(f'{t:.2f}' for t in cp_times)} s)"
+    )
+    print(f"   ratio: {boto / cp:.2f}  (target >= 0.8)")
+
+    # 5. Peak RSS of a fresh daemon while copying 1 GiB in.
+    gib = workdir / "gib.bin"
+    with open(gib, "wb") as f:
+        for _ in range(1024 // 64):
+            f.write(os.urandom(64 * MiB))
+    (workdir / "mnt-gib").mkdir()
+    running = mount_s3regfs(moto, workdir / "mnt-gib", workdir / "gib.log")
+    try:
+        started = time.perf_counter()
+        subprocess.run(["cp", str(gib), str(running.path / "gib")], check=True)
+        elapsed = time.perf_counter() - started
+        rss = peak_rss_mib(running.process.pid)
+    finally:
+        running.stop()
+    gib.unlink()
+    print(
+        f"\n5. cp of 1 GiB into the mount: {elapsed:.1f} s; daemon peak RSS (VmHWM): {rss:.0f} MiB  (target <= 250)"
+    )
+
+    # 6. Many small files.
+    tree = workdir / "tree"
+    tree.mkdir()
+    for i in range(1000):
+        (tree / f"f{i:04d}").write_bytes(os.urandom(200))
+    print("\n6. cp -r of 1,000 small files into the mount, then rm -r")
+    starters: list[tuple[str, Callable[[MotoServer, Path, Path], Running]]] = [("s3regfs", mount_s3regfs)]
+    if "s3fs" in peers:
+        starters.append(("s3fs", lambda m, p, log: mount_s3fs(m, p, log, read_only=False)))
+    for name, starter in starters:
+        path = workdir / f"mnt-small-{name}"
+        path.mkdir()
+        running = starter(moto, path, workdir / f"small-{name}.log")
+        try:
+            started = time.perf_counter()
+            subprocess.run(["cp", "-r", str(tree), str(path / "tree")], check=True)
+            copy = time.perf_counter() - started
+            started = time.perf_counter()
+            subprocess.run(["rm", "-r", str(path / "tree")], check=True)
+            remove = time.perf_counter() - started
+        finally:
+            running.stop()
+        print(
+            f"   {running.name:10} cp -r: {1000 / copy:7.1f} files/s ({copy:.2f} s)   rm -r: {1000 / remove:7.1f} files/s ({remove:.2f} s)"
+        )
 
 
 def main() -> int:
@@ -269,6 +373,7 @@ def main() -> int:
             )
         print("   (targets for s3regfs: <= 0.05 requests per file, 0 HEAD)")
         print(f"\n3. s3regfs daemon peak RSS (VmHWM) after the reads: {rss:.0f} MiB  (target <= 200)")
+        write_benchmarks(moto, workdir, args, peers=[name for name, _ in tools if name != "s3regfs"])
         return 0
     finally:
         if running is not None:

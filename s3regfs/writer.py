@@ -52,9 +52,8 @@ log = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
+#: Parts of one file uploading at once; a writer that gets further ahead waits.
 PARTS_IN_FLIGHT = 4
-#: Parts scheduled but not yet uploaded before write() waits.
-MAX_PENDING_PARTS = 2 * PARTS_IN_FLIGHT
 FETCH_CHUNK = 8 * 1024 * 1024
 
 
@@ -77,6 +76,14 @@ class WriteMemory:
             await self._freed.wait()
         self.used += size
         self.peak = max(self.peak, self.used)
+
+    def try_take(self, size: int) -> bool:
+        """Take *size* bytes only if they fit now."""
+        if self.used + size > self.total:
+            return False
+        self.used += size
+        self.peak = max(self.peak, self.used)
+        return True
 
     def give(self, size: int) -> None:
         self.used -= size
@@ -212,6 +219,13 @@ class FileWriter:
         self._fd = -1
         self._reserved = 0
         self._upload: _Upload | None = None
+        #: The bytes appended since the upload cursor, kept in memory (at most
+        #: one part) so a streamed part is uploaded without reading it back.
+        #: None once a write breaks the pure append (the spool serves then).
+        self._tail: bytearray | None = bytearray()
+        self._tail_start = self.size
+        #: The tail holds a chunksize reservation of the write memory.
+        self._tail_reserved = False
 
     # -- the spool --------------------------------------------------------------------
 
@@ -246,7 +260,8 @@ class FileWriter:
         return data + bytes(end - start - len(data))
 
     def close(self) -> None:
-        """Drop the spool (after the last handle is released)."""
+        """Drop the spool and the tail (after the last handle is released)."""
+        self._drop_tail()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -263,6 +278,15 @@ class FileWriter:
                 # Too small to copy server-side as part 1: read it into the spool.
                 await self._fetch_base(0, self._base_keep)
                 self._base_keep = 0
+            if self._tail is not None and offset == self.size == self._tail_start + len(self._tail):
+                if not self._tail_reserved:
+                    self._tail_reserved = self._memory.try_take(self._chunksize)
+                if self._tail_reserved:
+                    self._tail += data
+                else:
+                    self._drop_tail()  # no memory to spare: parts are read back from the spool
+            else:
+                self._drop_tail()
             self._pwrite(offset, data)
             self.failed = False
             end = offset + len(data)
@@ -294,6 +318,10 @@ class FileWriter:
                 os.ftruncate(self._fd, size)
             self.size = size
             self.dirty = True
+            if size == 0:
+                self._restart_tail()
+            else:
+                self._drop_tail()
 
     async def read(self, offset: int, size: int) -> bytes:
         async with self.lock:
@@ -331,6 +359,7 @@ class FileWriter:
                     await self._abort_upload()
                 raise
             self.failed = False
+            self._restart_tail()
             self.etag = etag
             self._base_key = self.key
             self._base_etag = etag
@@ -344,6 +373,7 @@ class FileWriter:
         async with self.lock:
             with trio.CancelScope(shield=True):
                 await self._abort_upload()
+            self._drop_tail()
             self.dirty = False
 
     def rename(self, key: str) -> None:
@@ -351,6 +381,18 @@ class FileWriter:
         self.key = key
         if not self.dirty:
             self._base_key = key
+
+    def _drop_tail(self) -> None:
+        self._tail = None
+        if self._tail_reserved:
+            self._memory.give(self._chunksize)
+            self._tail_reserved = False
+
+    def _restart_tail(self) -> None:
+        """A fresh append region starts at the current size (after a commit or truncate(0))."""
+        self._drop_tail()
+        self._tail = bytearray()
+        self._tail_start = self.size
 
     # -- streaming ----------------------------------------------------------------
 
@@ -366,16 +408,26 @@ class FileWriter:
             if upload is None:
                 upload = await self._start_upload()
                 continue
-            while upload.pending >= MAX_PENDING_PARTS and upload.error is None:
+            while upload.pending >= PARTS_IN_FLIGHT and upload.error is None:
                 await upload.changed.wait()
             if upload.error is not None:
+                self._drop_tail()
                 return  # reported at commit
             end = min(start + chunk, self.size)
             number = upload.next_number
             upload.next_number += 1
             upload.cursor = end
             upload.pending += 1
-            self._nursery.start_soon(self._upload_part, upload, number, start, end)
+            data: bytes | None = None
+            if self._tail is not None and self._tail_start == start and len(self._tail) >= end - start:
+                # The part leaves with the tail's memory reservation.
+                data = bytes(self._tail[: end - start])
+                del self._tail[: end - start]
+                self._tail_start = end
+                self._tail_reserved = False
+            else:
+                self._drop_tail()
+            self._nursery.start_soon(self._upload_part, upload, number, start, end, data)
 
     async def _start_upload(self) -> _Upload:
         upload = _Upload(await self._store.create_multipart(self.key))
@@ -400,14 +452,20 @@ class FileWriter:
         upload.cursor = keep
         return upload
 
-    async def _upload_part(self, upload: _Upload, number: int, start: int, end: int) -> None:
+    async def _upload_part(
+        self, upload: _Upload, number: int, start: int, end: int, data: bytes | None
+    ) -> None:
+        # A part cut from the tail already holds a chunksize reservation.
+        reserved = self._chunksize if data is not None else end - start
         try:
-            await self._memory.take(end - start)
+            if data is None:
+                await self._memory.take(reserved)
             try:
-                data = await trio.to_thread.run_sync(self._pread, start, end)
+                if data is None:
+                    data = await trio.to_thread.run_sync(self._pread, start, end)
                 etag = await self._store.upload_part(self.key, upload.upload_id, number, data)
             finally:
-                self._memory.give(end - start)
+                self._memory.give(reserved)
             upload.parts[number] = etag
         except Exception as exc:  # noqa: BLE001 - reported by the commit, never lost
             upload.error = exc
