@@ -326,6 +326,7 @@ class Operations(pyfuse3.Operations):
                 node.gid = attr.st_gid
             if fields.update_mtime:
                 node.mtime_ns = attr.st_mtime_ns
+                node.mtime_fixed = True
             return self._attrs(node)
 
     async def _truncate(self, node: Node, size: int) -> None:
@@ -524,6 +525,7 @@ class Operations(pyfuse3.Operations):
             written = await handle.writer.write(off, buf)
             node.size = handle.writer.size
             node.mtime_ns = time.time_ns()
+            node.mtime_fixed = False
             return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:

@@ -68,6 +68,7 @@ class Node:
         "mode",
         "uid",
         "gid",
+        "mtime_fixed",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -100,6 +101,8 @@ class Node:
         self.mode: int | None = None
         self.uid: int | None = None
         self.gid: int | None = None
+        #: utimens set the mtime here: listings keep it.
+        self.mtime_fixed = False
 
     @property
     def is_dir(self) -> bool:
@@ -267,7 +270,8 @@ class Namespace:
         """*node*'s object was written: it and its directories now exist in S3."""
         node.size = size
         node.etag = etag
-        node.mtime_ns = time.time_ns()
+        if not node.mtime_fixed:
+            node.mtime_ns = time.time_ns()
         node.fresh_at = self._now()
         each: Node | None = node
         while each is not None:
@@ -422,7 +426,8 @@ class Namespace:
             return  # the writer knows better than any listing
         node.size = info.size
         node.etag = info.etag
-        node.mtime_ns = info.mtime_ns
+        if not node.mtime_fixed:
+            node.mtime_ns = info.mtime_ns
         if info.storage_class:
             node.storage_class = info.storage_class
         node.fresh_at = self._now()

@@ -146,9 +146,10 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
         finally:
             pyfuse3.close(unmount=True)
     log.info(
-        "unmounted %s; read-ahead peak: %d bytes; S3 requests: %s",
+        "unmounted %s; read-ahead peak: %d bytes; write-memory peak: %d bytes; S3 requests: %s",
         mountpoint,
         operations.budget.peak,
+        operations.write_memory.peak,
         ", ".join(f"{k}={v}" for k, v in sorted(store.request_counts.items())) or "none",
     )
     return 0

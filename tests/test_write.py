@@ -350,10 +350,13 @@ def test_attributes_links_and_cp_archive(
     assert body(s3, bucket, "copy/sub/file") == b"content"
 
 
+@pytest.mark.parametrize("keyid", ["", "arn:aws:kms:us-east-1:123456789012:key/s3regfs-test"])
 def test_headers_on_written_appended_and_copied_objects(
-    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path, keyid: str
 ) -> None:
     options = "encrypt=true,storageclass=STANDARD_IA,objectacl=public-read,chunksize=5242880,multipartcopythresholdsize=5242880,multipartcopychunksize=5242880"
+    if keyid:
+        options += f",keyid={keyid}"
     with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", options, bucket]) as mount:
         (mount.path / "small").write_bytes(b"x")
         (mount.path / "multi").write_bytes(rng_bytes(11 * MiB))
@@ -364,7 +367,9 @@ def test_headers_on_written_appended_and_copied_objects(
     for key in ("small-copied", "multi-copied"):
         head = s3.head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == "application/octet-stream", key
-        assert head["ServerSideEncryption"] == "AES256", key
+        assert head["ServerSideEncryption"] == ("aws:kms" if keyid else "AES256"), key
+        if keyid:
+            assert head["SSEKMSKeyId"] == keyid, key
         assert head["StorageClass"] == "STANDARD_IA", key
         grants = s3.get_object_acl(Bucket=bucket, Key=key)["Grants"]
         assert any(
@@ -414,3 +419,39 @@ def test_failed_upload_part_fails_close_and_leaves_nothing(
         assert attempts >= 2 and attempts % 2 == 0  # 1 + maxretries for every part tried
     finally:
         proxy.stop()
+
+
+def test_full_spool_answers_enospc(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with mounted(
+        tmp_path / "mnt", [*endpoint_opts, "-o", f"spooldir={spool},spoolmax=1M", bucket], check_clean=False
+    ) as mount:
+        with pytest.raises(OSError) as info, open(mount.path / "too-big", "wb") as f:
+            f.write(rng_bytes(2 * MiB))
+        assert info.value.errno == errno.ENOSPC
+        (mount.path / "fits").write_bytes(rng_bytes(512 * 1024))  # the space came back
+        assert os.listdir(spool) == []  # spool files are unlinked at once
+    assert body(s3, bucket, "fits") == rng_bytes(512 * 1024)
+    # As on a full disk, what was written before ENOSPC is kept: a prefix of the data.
+    if "too-big" in keys(s3, bucket):
+        assert rng_bytes(2 * MiB).startswith(body(s3, bucket, "too-big"))
+
+
+def test_many_writers_share_one_write_memory_budget(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    payloads = {f"p{i}": rng_bytes(16 * MiB + i, i) for i in range(4)}
+    budget = 12 * MiB
+    with mounted(
+        tmp_path / "mnt", [*endpoint_opts, *SMALL_CHUNKS, "-o", f"write_memory={budget}", bucket]
+    ) as mount:
+
+        def write(item: tuple[str, bytes]) -> None:
+            (mount.path / item[0]).write_bytes(item[1])
+
+        with ThreadPoolExecutor(len(payloads)) as pool:
+            list(pool.map(write, payloads.items()))
+    for key, data in payloads.items():
+        assert body(s3, bucket, key) == data
+    assert 0 < mount.write_memory_peak() <= budget

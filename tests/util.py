@@ -124,6 +124,12 @@ class Mount:
         assert match, self.stderr
         return int(match.group(1))
 
+    def write_memory_peak(self) -> int:
+        """The most part-buffer memory the daemon held at once, logged when it unmounts."""
+        match = re.search(r"write-memory peak: (\d+) bytes", self.stderr)
+        assert match, self.stderr
+        return int(match.group(1))
+
     def request_counts(self) -> dict[str, int]:
         """The daemon's own count of S3 requests, logged when it unmounts."""
         match = re.search(r"S3 requests: (.*)", self.stderr)
