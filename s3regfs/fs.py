@@ -70,10 +70,30 @@ def _errno_for(exc: StorageError) -> int:
 
 
 @contextmanager
+def collapse_exception_groups() -> Iterator[None]:
+    """Re-raise the first error of a nursery's exception group as itself, so it
+    maps to its own errno (trio groups every error of a nursery)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+        stack: list[BaseException] = [group]
+        while stack:
+            each = stack.pop()
+            if isinstance(each, BaseExceptionGroup):
+                stack.extend(reversed(each.exceptions))
+            else:
+                leaves.append(each)
+        first = next((e for e in leaves if isinstance(e, StorageError)), leaves[0])
+        raise first from group
+
+
+@contextmanager
 def errors_to_errno(what: str) -> Iterator[None]:
     """Translate whatever escapes a handler into FUSEError (see module docstring)."""
     try:
-        yield
+        with collapse_exception_groups():
+            yield
     except pyfuse3.FUSEError:
         raise
     except StorageError as exc:
@@ -256,6 +276,7 @@ class Operations(pyfuse3.Operations):
         writer.refs -= 1
         if writer.refs > 0:
             return
+        stored = True
         try:
             if writer.unlinked:
                 await writer.discard()
@@ -264,17 +285,23 @@ class Operations(pyfuse3.Operations):
                 # caller moved on, could leave an upload behind its back.
                 log.error("%s: the data written was NOT stored (the commit failed)", node.path)
                 await writer.discard()
+                stored = False
             else:
                 try:
                     await self._commit(node, writer)
                 except Exception as exc:
                     log.error("%s: the data written was NOT stored: %s", node.path, exc)
                     await writer.discard()
+                    stored = False
         finally:
-            writer.close()
-            if self._writers.get(node.ino) is writer:
-                del self._writers[node.ino]
-            node.writing = False
+            # Opened again while this commit was awaited: the writer lives on.
+            if writer.refs == 0:
+                writer.close()
+                if self._writers.get(node.ino) is writer:
+                    del self._writers[node.ino]
+                node.writing = False
+                if not stored and node.local and not node.is_dir:
+                    self.namespace.remove(node)  # never stored: no ghost entry
 
     # -- metadata -------------------------------------------------------------------
 
@@ -558,6 +585,8 @@ class Operations(pyfuse3.Operations):
         pending = dict(self._writers)
         with trio.move_on_after(self._options.commit_timeout):
             for ino, writer in list(pending.items()):
+                if writer.unlinked:
+                    continue  # discarded below: its upload must be aborted
                 node = self.namespace.get(ino)
                 try:
                     await self._commit(node, writer)
@@ -588,10 +617,16 @@ class Operations(pyfuse3.Operations):
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             writer = self._writers.get(node.ino)
-            if writer is not None:
-                writer.unlinked = True
-            if not node.local:
-                await self.store.delete(self.namespace.key(node))
+            if writer is None:
+                if not node.local:
+                    await self.store.delete(self.namespace.key(node))
+            else:
+                # Under the writer's lock: a commit in flight finishes first,
+                # and none can follow the delete and bring the object back.
+                async with writer.lock:
+                    if not node.local:
+                        await self.store.delete(self.namespace.key(node))
+                    writer.unlinked = True
             self.namespace.remove(node)
 
     async def rename(
@@ -644,25 +679,39 @@ class Operations(pyfuse3.Operations):
 
     async def _rename_file(self, node: Node, new_path: str) -> None:
         writer = self._writers.get(node.ino)
-        if writer is not None:
-            await self._commit(node, writer)
+        if writer is None:
+            await self._move_object(node, new_path)
+            return
+        # Under the writer's lock from commit to delete: no write or commit can
+        # land on the old key in between.
+        async with writer.lock:
+            if await writer.commit_locked():
+                self.namespace.stored(node, size=writer.size, etag=writer.etag)
+                node.cached_etag = writer.etag
+            await self._move_object(node, new_path)
+            if not node.local:
+                writer.rename(layout.key_of(self.namespace.key_prefix, new_path), node.etag)
+
+    async def _move_object(self, node: Node, new_path: str) -> None:
         if node.local:
             return  # nothing stored yet
         source = self.namespace.key(node)
         dest = layout.key_of(self.namespace.key_prefix, new_path)
         node.etag = await self.store.copy(source, dest, node.size, node.etag or None)
+        node.cached_etag = node.etag
         await self.store.delete(source)
-        if writer is not None:
-            writer.rename(dest)
+        for handle in self._handles.values():
+            if handle.node is node and handle.reader is not None:
+                handle.reader.relocate(dest, node.etag)
 
     async def _rename_directory(self, node: Node, new_path: str) -> None:
         """Copy every object below, then delete the sources: not atomic (README)."""
         prefix = self.namespace.key(node) + "/"
         dest_prefix = layout.key_of(self.namespace.key_prefix, new_path) + "/"
-        for ino, writer in list(self._writers.items()):
+        for ino, open_writer in list(self._writers.items()):
             inner = self.namespace.get(ino)
             if inner.path.startswith(node.path + "/"):
-                await self._commit(inner, writer)
+                await self._commit(inner, open_writer)
         sources: list[ObjectInfo] = []
         token: str | None = None
         while True:
@@ -673,18 +722,30 @@ class Operations(pyfuse3.Operations):
                 break
         limiter = trio.CapacityLimiter(max(1, self._options.max_connections // 2))
 
-        async def copy_one(info: ObjectInfo) -> None:
-            async with limiter:
-                await self.store.copy(info.key, dest_prefix + info.key[len(prefix) :], info.size, info.etag)
+        new_etags: dict[str, str] = {}
 
-        async with trio.open_nursery() as nursery:
-            for info in sources:
-                nursery.start_soon(copy_one, info)
+        async def copy_one(info: ObjectInfo) -> None:
+            relative = info.key[len(prefix) :]
+            async with limiter:
+                new_etags[relative] = await self.store.copy(
+                    info.key, dest_prefix + relative, info.size, info.etag
+                )
+
+        with collapse_exception_groups():
+            async with trio.open_nursery() as nursery:
+                for info in sources:
+                    nursery.start_soon(copy_one, info)
         await self.store.delete_many([info.key for info in sources])
-        for ino, writer in self._writers.items():
-            inner = self.namespace.get(ino)
-            if inner.path.startswith(node.path + "/"):
-                writer.rename(dest_prefix + inner.path[len(node.path) + 1 :])
+        for inner in self.namespace.descendants(node):
+            relative = inner.path[len(node.path) + 1 :]
+            if relative in new_etags:
+                inner.etag = inner.cached_etag = new_etags[relative]
+            writer = self._writers.get(inner.ino)
+            if writer is not None and not inner.local:
+                writer.rename(dest_prefix + relative, inner.etag)
+            for handle in self._handles.values():
+                if handle.node is inner and handle.reader is not None:
+                    handle.reader.relocate(dest_prefix + relative, inner.etag)
 
     async def symlink(
         self,

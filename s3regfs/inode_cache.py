@@ -203,8 +203,8 @@ class Namespace:
         if problem:
             raise NotFound(f"{path}: {problem} cannot be a key")
         child = parent.children.get(name)
-        if child is not None and not child.is_dir and self.is_fresh(child):
-            return child
+        if child is not None and (_pinned(child) or (not child.is_dir and self.is_fresh(child))):
+            return child  # made or being written here: S3 may not know it yet
         key = layout.key_of(self.key_prefix, path)
         if child is None or not child.is_dir:
             try:
@@ -273,9 +273,12 @@ class Namespace:
         if not node.mtime_fixed:
             node.mtime_ns = time.time_ns()
         node.fresh_at = self._now()
+        # Newer than any listing in flight, which could not have seen it.
+        gen = next(self._gens)
         each: Node | None = node
         while each is not None:
             each.local = False
+            each.seen_gen = max(each.seen_gen, gen)
             each = each.parent
 
     def remove(self, node: Node) -> None:
@@ -304,8 +307,9 @@ class Namespace:
         new_parent.children[new_name] = node
         node.seen_gen = max(node.seen_gen, next(self._gens))
 
-    def is_empty(self, directory: Node) -> bool:
-        return not directory.children
+    def descendants(self, directory: Node) -> list[Node]:
+        """Every node below *directory* (not itself)."""
+        return list(_walk(directory))[1:]
 
     # -- listing ------------------------------------------------------------------
 

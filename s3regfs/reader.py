@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from s3regfs.budget import MemoryBudget
 from s3regfs.errors import StorageError
 from s3regfs.storage.base import ObjectStore, ObjectStream
 
@@ -42,31 +43,8 @@ INITIAL_WINDOW = 1024 * 1024
 KEEP_BEHIND = 1024 * 1024
 
 
-class ReadaheadBudget:
-    """Bytes of read-ahead buffer that all readers may hold together."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.used = 0
-        self.peak = 0
-        self._freed = trio.Event()
-
-    def try_take(self, size: int, *, force: bool = False) -> bool:
-        """Take *size* bytes if they fit (or regardless, with *force*)."""
-        if not force and self.used + size > self.total:
-            return False
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= size
-        self._freed.set()
-        self._freed = trio.Event()
-
-    def freed_event(self) -> trio.Event:
-        """The event the next :meth:`give` sets (take it before any checkpoint)."""
-        return self._freed
+#: Read-ahead memory of all open files (the ``readahead_total`` option).
+ReadaheadBudget = MemoryBudget
 
 
 class ObjectReader:
@@ -146,6 +124,15 @@ class ObjectReader:
                 data = await self._store.get_range(self.key, offset, end, self._etag)
                 self._last_end = end
                 return data
+
+    def relocate(self, key: str, etag: str) -> None:
+        """The object was renamed to *key* (a copy with *etag*): read from there.
+
+        A stream in flight keeps its open GET of the old key, whose bytes are
+        the same.
+        """
+        self.key = key
+        self._etag = etag or None
 
     async def aclose(self) -> None:
         """Stop read-ahead and give its memory back; idempotent."""

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from s3regfs.budget import MemoryBudget
 from s3regfs.errors import S3RegFSError, StorageError
 from s3regfs.storage.base import ObjectInfo
 from s3regfs.storage.s3 import S3Store
@@ -61,34 +62,8 @@ class SpoolFull(S3RegFSError):
     """The spool has no room (spoolmax reached, or the disk is full)."""
 
 
-class WriteMemory:
-    """Bytes of part buffers all writers may hold together; takers wait for room."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.used = 0
-        self.peak = 0
-        self._freed = trio.Event()
-
-    async def take(self, size: int) -> None:
-        # A part larger than the whole budget still goes, alone.
-        while self.used and self.used + size > self.total:
-            await self._freed.wait()
-        self.used += size
-        self.peak = max(self.peak, self.used)
-
-    def try_take(self, size: int) -> bool:
-        """Take *size* bytes only if they fit now."""
-        if self.used + size > self.total:
-            return False
-        self.used += size
-        self.peak = max(self.peak, self.used)
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= size
-        self._freed.set()
-        self._freed = trio.Event()
+#: Part-buffer memory of all files being written (the ``write_memory`` option).
+WriteMemory = MemoryBudget
 
 
 class SpoolSpace:
@@ -167,6 +142,8 @@ class _Upload:
     """One multipart upload of a streamed commit."""
 
     upload_id: str
+    #: The key the upload was created for (a rename cannot change it).
+    key: str = ""
     parts: dict[int, str] = field(default_factory=dict)
     next_number: int = 1
     #: Spool offset up to which parts have been scheduled.
@@ -208,6 +185,8 @@ class FileWriter:
         #: The last commit failed and nothing was written since (its caller
         #: got the error): the release does not try again.
         self.failed = False
+        #: close() ran: the spool is gone and the writer must not be used.
+        self.closed = False
         self.etag = base.etag if base else ""
         self.size = base.size if base else 0
         self._base_key = key
@@ -260,7 +239,9 @@ class FileWriter:
         return data + bytes(end - start - len(data))
 
     def close(self) -> None:
-        """Drop the spool and the tail (after the last handle is released)."""
+        """Drop the spool and the tail (after the last handle is released); final."""
+        self.closed = True
+        self._extents.clear()
         self._drop_tail()
         if self._fd >= 0:
             os.close(self._fd)
@@ -279,7 +260,9 @@ class FileWriter:
                 await self._fetch_base(0, self._base_keep)
                 self._base_keep = 0
             if self._tail is not None and offset == self.size == self._tail_start + len(self._tail):
-                if not self._tail_reserved:
+                if not self._tail_reserved and self._memory.used + self._chunksize <= self._memory.total // 2:
+                    # Tails may hold at most half the budget: part uploads
+                    # read back from the spool always find room.
                     self._tail_reserved = self._memory.try_take(self._chunksize)
                 if self._tail_reserved:
                     self._tail += data
@@ -296,12 +279,20 @@ class FileWriter:
             if self._upload is not None and offset < self._upload.cursor:
                 self._upload.stale = True  # an uploaded part changed: start over at commit
             if not self._general:
-                await self._schedule_parts(final=False)
+                try:
+                    await self._schedule_parts(final=False)
+                except StorageError as exc:
+                    # The data is safe in the spool; the commit starts the
+                    # upload again and reports what still fails.
+                    log.debug("%s: could not start the upload yet: %s", self.key, exc)
+                    self._drop_tail()
         return len(data)
 
     async def truncate(self, size: int) -> None:
         """Set the size; takes effect at the next commit (0: a fresh object)."""
         async with self.lock:
+            if size == self.size:
+                return
             if size == 0:
                 await self._abort_upload()
                 self._base_size = self._base_keep = 0
@@ -346,27 +337,31 @@ class FileWriter:
         visible) or SpoolFull; the writer stays dirty then.
         """
         async with self.lock:
-            if not self.dirty or self.unlinked:
-                return False
-            try:
-                if self._general:
-                    etag = await self._commit_general()
-                else:
-                    etag = await self._commit_stream()
-            except BaseException:
-                self.failed = True
-                with trio.CancelScope(shield=True):
-                    await self._abort_upload()
-                raise
-            self.failed = False
-            self._restart_tail()
-            self.etag = etag
-            self._base_key = self.key
-            self._base_etag = etag
-            self._base_size = self._base_keep = self.size
-            self._general = False
-            self.dirty = False
-            return True
+            return await self.commit_locked()
+
+    async def commit_locked(self) -> bool:
+        """:meth:`commit` for a caller that holds :attr:`lock` (rename, unlink)."""
+        if not self.dirty or self.unlinked or self.closed:
+            return False
+        try:
+            if self._general:
+                etag = await self._commit_general()
+            else:
+                etag = await self._commit_stream()
+        except BaseException:
+            self.failed = True
+            with trio.CancelScope(shield=True):
+                await self._abort_upload()
+            raise
+        self.failed = False
+        self._restart_tail()
+        self.etag = etag
+        self._base_key = self.key
+        self._base_etag = etag
+        self._base_size = self._base_keep = self.size
+        self._general = False
+        self.dirty = False
+        return True
 
     async def discard(self) -> None:
         """Give up uncommitted data (the file was unlinked, or shutdown gave up)."""
@@ -376,11 +371,13 @@ class FileWriter:
             self._drop_tail()
             self.dirty = False
 
-    def rename(self, key: str) -> None:
-        """The file was renamed (after a commit): later commits go to *key*."""
+    def rename(self, key: str, etag: str) -> None:
+        """The object was copied to *key* (with *etag*) after a commit, under
+        :attr:`lock`: later commits go there and build on the copy."""
         self.key = key
-        if not self.dirty:
-            self._base_key = key
+        self.etag = etag
+        self._base_key = key
+        self._base_etag = etag
 
     def _drop_tail(self) -> None:
         self._tail = None
@@ -408,6 +405,8 @@ class FileWriter:
             if upload is None:
                 upload = await self._start_upload()
                 continue
+            if upload.stale and not final:
+                return  # restarted at the commit: no more parts for this upload
             while upload.pending >= PARTS_IN_FLIGHT and upload.error is None:
                 await upload.changed.wait()
             if upload.error is not None:
@@ -419,19 +418,32 @@ class FileWriter:
             upload.cursor = end
             upload.pending += 1
             data: bytes | None = None
+            reserved = 0
             if self._tail is not None and self._tail_start == start and len(self._tail) >= end - start:
-                # The part leaves with the tail's memory reservation.
                 data = bytes(self._tail[: end - start])
                 del self._tail[: end - start]
                 self._tail_start = end
-                self._tail_reserved = False
+                if self._tail_reserved:
+                    # The part leaves with the tail's memory reservation.
+                    reserved = self._chunksize
+                    self._tail_reserved = False
             else:
                 self._drop_tail()
-            self._nursery.start_soon(self._upload_part, upload, number, start, end, data)
+            self._nursery.start_soon(self._upload_part, upload, number, start, end, data, reserved)
 
     async def _start_upload(self) -> _Upload:
-        upload = _Upload(await self._store.create_multipart(self.key))
+        upload = _Upload(await self._store.create_multipart(self.key), key=self.key)
+        try:
+            await self._copy_base(upload)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._store.abort_multipart(upload.key, upload.upload_id)
+            raise
+        # Only a complete first part makes the upload usable.
         self._upload = upload
+        return upload
+
+    async def _copy_base(self, upload: _Upload) -> None:
         keep = self._base_keep
         if keep:
             # The base, server-side, as the first part(s): >= 5 MiB each.
@@ -441,7 +453,7 @@ class FileWriter:
                 number = upload.next_number
                 upload.next_number += 1
                 upload.parts[number] = await self._store.upload_part_copy(
-                    self.key,
+                    upload.key,
                     upload.upload_id,
                     number,
                     self._base_key,
@@ -450,20 +462,20 @@ class FileWriter:
                     self._base_etag,
                 )
         upload.cursor = keep
-        return upload
 
     async def _upload_part(
-        self, upload: _Upload, number: int, start: int, end: int, data: bytes | None
+        self, upload: _Upload, number: int, start: int, end: int, data: bytes | None, reserved: int
     ) -> None:
-        # A part cut from the tail already holds a chunksize reservation.
-        reserved = self._chunksize if data is not None else end - start
+        """Upload one part; *reserved* bytes of write memory come with it (a part
+        cut from the tail brings the tail's reservation; others take their own)."""
         try:
-            if data is None:
+            if not reserved:
+                reserved = end - start
                 await self._memory.take(reserved)
             try:
                 if data is None:
                     data = await trio.to_thread.run_sync(self._pread, start, end)
-                etag = await self._store.upload_part(self.key, upload.upload_id, number, data)
+                etag = await self._store.upload_part(upload.key, upload.upload_id, number, data)
             finally:
                 self._memory.give(reserved)
             upload.parts[number] = etag
@@ -487,9 +499,9 @@ class FileWriter:
         while upload.pending:
             await upload.changed.wait()
         try:
-            await self._store.abort_multipart(self.key, upload.upload_id)
+            await self._store.abort_multipart(upload.key, upload.upload_id)
         except StorageError as exc:
-            log.warning("could not abort multipart upload of %s: %s", self.key, exc)
+            log.warning("could not abort multipart upload of %s: %s", upload.key, exc)
 
     async def _commit_stream(self) -> str:
         if self._upload is not None and (self._upload.stale or self._upload.error is not None):
@@ -501,7 +513,9 @@ class FileWriter:
             self._upload = await self._start_upload()
         upload = self._upload
         await self._wait_parts(upload)
-        etag = await self._store.complete_multipart(self.key, upload.upload_id, sorted(upload.parts.items()))
+        etag = await self._store.complete_multipart(
+            upload.key, upload.upload_id, sorted(upload.parts.items())
+        )
         self._upload = None
         return etag
 
@@ -527,6 +541,8 @@ class FileWriter:
         assert self._upload is not None
         upload = self._upload
         await self._wait_parts(upload)
-        etag = await self._store.complete_multipart(self.key, upload.upload_id, sorted(upload.parts.items()))
+        etag = await self._store.complete_multipart(
+            upload.key, upload.upload_id, sorted(upload.parts.items())
+        )
         self._upload = None
         return etag

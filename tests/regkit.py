@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.oci import write_image
-from tests.util import CREDENTIALS, free_port, wait_for_port
+from tests.util import CREDENTIALS, free_port, stop_process, wait_for_port
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -70,13 +70,7 @@ class Registry:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def filesystem_registry_config(rootdirectory: Path, port: int) -> str:

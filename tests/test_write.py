@@ -455,3 +455,59 @@ def test_many_writers_share_one_write_memory_budget(
     for key, data in payloads.items():
         assert body(s3, bucket, key) == data
     assert 0 < mount.write_memory_peak() <= budget
+
+
+def test_quick_reopens_while_a_release_commits(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        target = mount.path / "log"
+        script = f"for i in $(seq 1 40); do echo line$i >> {target}; done"
+        subprocess.run(["sh", "-c", script], check=True)
+        expected = "".join(f"line{i}\n" for i in range(1, 41))
+        assert target.read_text() == expected
+    assert body(s3, bucket, "log") == expected.encode()
+
+
+def test_rename_while_open_then_append(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    first = rng_bytes(6 * MiB, 4)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, *SMALL_CHUNKS, bucket]) as mount:
+        (mount.path / "before").write_bytes(first)
+        with open(mount.path / "before", "ab") as f:
+            os.rename(mount.path / "before", mount.path / "after")
+            f.write(b"appended after the rename")
+        assert (mount.path / "after").read_bytes() == first + b"appended after the rename"
+    assert keys(s3, bucket) == ["after"]
+    assert body(s3, bucket, "after") == first + b"appended after the rename"
+
+
+def test_failed_part_copy_of_an_append_keeps_the_object(
+    moto: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    from tests.faultproxy import FaultProxy, Rule
+
+    base = rng_bytes(6 * MiB, 7)
+    s3.put_object(Bucket=bucket, Key="obj", Body=base)
+
+    def first_part(method: str, path: str) -> bool:
+        return method == "PUT" and "partNumber=1&" in path + "&" and "uploadId=" in path
+
+    proxy = FaultProxy(moto.port, rules=[Rule(first_part, status=500, count=1)]).start()
+    try:
+        options = f"regionendpoint={proxy.url},region=us-east-1,chunksize=5242880,maxretries=0"
+        # Appending more than a part starts the upload inside write(): its
+        # first part, the server-side copy of the object, fails once. The data
+        # is in the spool, so the writes succeed; the commit starts the upload again.
+        with (
+            mounted(tmp_path / "mnt", ["-o", options, bucket], check_clean=False) as mount,
+            open(mount.path / "obj", "ab") as f,
+        ):
+            for _ in range(8):
+                f.write(rng_bytes(MiB, 8))
+            f.write(b"after the failure")
+        assert body(s3, bucket, "obj") == base + rng_bytes(MiB, 8) * 8 + b"after the failure"
+        assert open_uploads(s3, bucket) == []
+    finally:
+        proxy.stop()

@@ -535,9 +535,13 @@ class S3Store:
             parts.append((number, etag))
 
         try:
-            async with trio.open_nursery() as nursery:
-                for index, start in enumerate(range(0, size, chunk)):
-                    nursery.start_soon(copy_part, index + 1, start)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for index, start in enumerate(range(0, size, chunk)):
+                        nursery.start_soon(copy_part, index + 1, start)
+            except BaseExceptionGroup as group:
+                # The first part's error, as itself (it maps to its own errno).
+                raise group.exceptions[0] from group
             return await self.complete_multipart(dest, upload_id, parts)
         except BaseException:
             with trio.CancelScope(shield=True):
