@@ -508,6 +508,10 @@ class FileWriter:
             await self._abort_upload()
         if self._upload is None and self._base_keep == 0 and self.size < self._chunksize:
             return await self._store.put(self.key, self._pread(0, self.size))
+        return await self._finish_upload()
+
+    async def _finish_upload(self) -> str:
+        """Upload the rest of the spool, wait for every part, complete the upload."""
         await self._schedule_parts(final=True)
         if self._upload is None:  # only a copied base and nothing after it
             self._upload = await self._start_upload()
@@ -537,12 +541,4 @@ class FileWriter:
         self._base_keep = 0
         if self.size < self._chunksize:
             return await self._store.put(self.key, self._pread(0, self.size))
-        await self._schedule_parts(final=True)
-        assert self._upload is not None
-        upload = self._upload
-        await self._wait_parts(upload)
-        etag = await self._store.complete_multipart(
-            upload.key, upload.upload_id, sorted(upload.parts.items())
-        )
-        self._upload = None
-        return etag
+        return await self._finish_upload()
