@@ -136,6 +136,7 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "spoolmax": ("0 (the disk's limit)", "most bytes spooled at once; past it writes answer ENOSPC"),
     "write_memory": ("256M", "memory for part uploads across all files being written"),
     "commit_timeout": ("300", "seconds to commit open files when unmounting"),
+    "verify": ("off", "hash blob data files read from start to end; a mismatch answers EIO"),
     "config": ("none", "the registry's config.yml (same as --config)"),
 }
 
@@ -360,6 +361,7 @@ class MountOptions:
     spoolmax: int = 0
     write_memory: int = 256 * MiB
     commit_timeout: float = 300.0
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -637,7 +639,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values["ro"] = value is None or parse_bool(name, value)
         elif name == "rw":
             values["ro"] = not (value is None or parse_bool(name, value))
-        elif name in ("allow_other", "default_permissions"):
+        elif name in ("allow_other", "default_permissions", "verify"):
             values[name] = value is None or parse_bool(name, value)
         elif name in ("uid", "gid"):
             values[name] = parse_int(name, value, 0, 2**32 - 2)

@@ -15,6 +15,7 @@ Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
         │   └── InvalidCredentials   unknown key id or bad signature
         ├── PreconditionFailed    the object changed under an open reader (412)
         ├── InvalidRange          a range past the end of the object (416)
+        ├── IntegrityError        a blob's bytes do not hash to its digest (-o verify)
         ├── TemporaryFailure      5xx, 429/SlowDown, connection errors and timeouts
         └── RequestFailed         any other refusal (4xx)
 
@@ -98,6 +99,10 @@ class PreconditionFailed(StorageError):
 
 class InvalidRange(StorageError):
     """The requested range starts past the end of the object."""
+
+
+class IntegrityError(StorageError):
+    """A blob's content does not match the digest it is stored under."""
 
 
 class TemporaryFailure(StorageError):

@@ -16,6 +16,7 @@ below it).  With ``-o ro`` every change answers EROFS.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -48,6 +49,15 @@ log = logging.getLogger(__name__)
 XATTR_ETAG = b"user.s3.etag"
 XATTR_KEY = b"user.s3.key"
 XATTR_STORAGE_CLASS = b"user.s3.storage_class"
+XATTR_DIGEST = b"user.registry.digest"
+XATTR_MEDIATYPE = b"user.registry.mediatype"
+XATTR_TARGET = b"user.registry.target"
+XATTR_TARGET_EXISTS = b"user.registry.target_exists"
+XATTR_VERIFY = b"user.registry.verify"
+#: Blobs up to this size are read to tell whether they are manifests.
+MANIFEST_MAX = 4 * 1024 * 1024
+#: Link files hold one digest; anything larger is not a link.
+LINK_MAX = 1024
 
 #: st_blksize: a large value makes cp and friends read and write in big requests.
 BLOCK_SIZE = 1024 * 1024
@@ -378,13 +388,16 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # S3 has no capacity; report a large, constant free space so tools
         # that check for room before copying (cp, rsync, skopeo) go ahead.
+        # Used: what listings have seen so far (honest, never a guess).
+        used_bytes, used_files = self.namespace.usage()
         data = pyfuse3.StatvfsData()
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE
-        data.f_blocks = 2**40 // BLOCK_SIZE * 1024
-        data.f_bfree = data.f_blocks
-        data.f_bavail = data.f_blocks
-        data.f_files = 2**32
+        free_blocks = 2**40 // BLOCK_SIZE * 1024
+        data.f_blocks = free_blocks + -(-used_bytes // BLOCK_SIZE)
+        data.f_bfree = free_blocks
+        data.f_bavail = free_blocks
+        data.f_files = 2**32 + used_files
         data.f_ffree = 2**32
         data.f_favail = 2**32
         data.f_namemax = 255
@@ -477,6 +490,7 @@ class Operations(pyfuse3.Operations):
                 budget=self.budget,
                 nursery=self._nursery,
                 max_window=self._options.readahead,
+                verify_digest=layout.blob_digest(node.path) if self._options.verify else None,
             )
         # The page cache may stay only while it holds this very version.
         keep_cache = bool(node.etag) and node.cached_etag == node.etag and not writing
@@ -768,6 +782,7 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------------
 
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        """The attributes that cost nothing: S3's own and a blob's digest."""
         values: dict[bytes, bytes] = {}
         if node.is_dir:
             return values
@@ -776,18 +791,89 @@ class Operations(pyfuse3.Operations):
             values[XATTR_ETAG] = node.etag.encode("ascii", "replace")
         if node.storage_class:
             values[XATTR_STORAGE_CLASS] = node.storage_class.encode("ascii", "replace")
+        digest = layout.blob_digest(node.path)
+        if digest:
+            values[XATTR_DIGEST] = digest.encode("ascii", "replace")
         return values
+
+    def _listed_xattrs(self, node: Node) -> list[bytes]:
+        """What listxattr names: never anything that reads a blob, or getfattr -d,
+        cp -a and rsync -X would hash every blob."""
+        names = list(self._xattrs(node))
+        if not node.is_dir and layout.is_link(node.path):
+            names += [XATTR_TARGET, XATTR_TARGET_EXISTS]  # one small GET and a lookup
+        return names
 
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        value = self._xattrs(self._node(inode)).get(name)
+        node = self._node(inode)
+        value = self._xattrs(node).get(name)
+        if value is None and not node.is_dir:
+            with errors_to_errno(f"getxattr {node.path!r} {name!r}"):
+                value = await self._registry_xattr(node, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
+    async def _registry_xattr(self, node: Node, name: bytes) -> bytes | None:
+        """The registry facts that need a request (see README: Registry facts)."""
+        digest = layout.blob_digest(node.path)
+        if digest and name == XATTR_MEDIATYPE:
+            media_type = await self._media_type(node)
+            return media_type.encode() if media_type else None
+        if digest and name == XATTR_VERIFY:
+            return b"ok" if await self._verify(node, digest) else b"mismatch"
+        if layout.is_link(node.path) and name in (XATTR_TARGET, XATTR_TARGET_EXISTS):
+            target = await self._link_target(node)
+            if target is None:
+                return None
+            if name == XATTR_TARGET:
+                return target.encode()
+            path = layout.blob_data_path(target)
+            exists = path is not None and await self.namespace.exists(path)
+            return b"true" if exists else b"false"
+        return None
+
+    async def _read_small(self, node: Node, limit: int) -> bytes | None:
+        writer = self._writers.get(node.ino)
+        if node.size > limit:
+            return None
+        if writer is not None:
+            return await writer.read(0, node.size)
+        return await self.store.get_range(self.namespace.key(node), 0, node.size, node.etag or None)
+
+    async def _link_target(self, node: Node) -> str | None:
+        data = await self._read_small(node, LINK_MAX)
+        if data is None:
+            return None
+        text = data.decode("utf-8", "replace").strip()
+        return text if layout.blob_data_path(text) else None
+
+    async def _media_type(self, node: Node) -> str | None:
+        data = await self._read_small(node, MANIFEST_MAX)
+        return layout.manifest_media_type(data) if data is not None else None
+
+    async def _verify(self, node: Node, digest: str) -> bool:
+        """Hash the whole object and compare it with *digest*."""
+        algorithm, _, expected = digest.partition(":")
+        try:
+            hasher = hashlib.new(algorithm)
+        except ValueError:
+            raise pyfuse3.FUSEError(errno.ENOTSUP) from None
+        stream = await self.store.open_stream(self.namespace.key(node), 0, node.size, node.etag or None)
+        try:
+            while chunk := await stream.read(8 * 1024 * 1024):
+                await trio.to_thread.run_sync(hasher.update, chunk)
+        finally:
+            await stream.aclose()
+        ok = hasher.hexdigest() == expected
+        if not ok:
+            log.error("%s: content does not match its digest %s", self.namespace.key(node), digest)
+        return ok
+
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(name) for name in self._xattrs(self._node(inode))]
+        return [pyfuse3.XAttrNameT(name) for name in self._listed_xattrs(self._node(inode))]
 
     async def setxattr(
         self,

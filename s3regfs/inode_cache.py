@@ -307,6 +307,23 @@ class Namespace:
         new_parent.children[new_name] = node
         node.seen_gen = max(node.seen_gen, next(self._gens))
 
+    async def exists(self, path: str) -> bool:
+        """Whether *path* (relative to the root) names a file or directory."""
+        node = self.root
+        try:
+            for name in path.split("/"):
+                if not node.is_dir:
+                    return False
+                node = await self.lookup(node, name)
+        except NotFound:
+            return False
+        return True
+
+    def usage(self) -> tuple[int, int]:
+        """Bytes and count of the files the listings have seen so far."""
+        sizes = [node.size for node in self._inodes.values() if node.attached and not node.is_dir]
+        return sum(sizes), len(sizes)
+
     def descendants(self, directory: Node) -> list[Node]:
         """Every node below *directory* (not itself)."""
         return list(_walk(directory))[1:]

@@ -16,6 +16,8 @@ its direct children.
 
 from __future__ import annotations
 
+import json
+
 REGISTRY_ROOT = "docker/registry/v2"
 
 #: Directories whose subtree is the whole registry (or all its blobs or all
@@ -89,3 +91,66 @@ def split_key(relative: str) -> tuple[list[str], bool] | str:
         if problem:
             return problem
     return parts, marker
+
+
+def blob_digest(path: str) -> str | None:
+    """The digest of a blob data file's path (``.../blobs/<alg>/<hh>/<hex>/data``), else None.
+
+    The registry's own rule: the fan-out directory is the first two characters
+    of the hex digest.
+    """
+    parts = path.split("/")
+    if len(parts) < 8 or parts[-1] != "data" or parts[-6:-4] != ["v2", "blobs"]:
+        return None
+    algorithm, fanout, hexdigest = parts[-4], parts[-3], parts[-2]
+    if parts[-8:-6] != ["docker", "registry"] or fanout != hexdigest[:2] or not hexdigest:
+        return None
+    return f"{algorithm}:{hexdigest}"
+
+
+def blob_data_path(digest: str) -> str | None:
+    """The path of the data file of *digest* (``sha256:<hex>``) under the mount root."""
+    algorithm, sep, hexdigest = digest.partition(":")
+    if not sep or not algorithm or len(hexdigest) < 2 or "/" in hexdigest or "/" in algorithm:
+        return None
+    return f"{REGISTRY_ROOT}/blobs/{algorithm}/{hexdigest[:2]}/{hexdigest}/data"
+
+
+def is_link(path: str) -> bool:
+    """A link file of a repository (layers, manifest revisions, tags)."""
+    return path.startswith(f"{REGISTRY_ROOT}/repositories/") and path.endswith("/link")
+
+
+_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def manifest_media_type(data: bytes) -> str | None:
+    """The media type of a manifest blob's content, or None if it is no manifest.
+
+    Its own ``mediaType`` field when present (Docker schema 2, manifest lists,
+    most OCI manifests); otherwise as the registry infers it: schema 1 by
+    ``schemaVersion: 1`` (signed when it has ``signatures``), OCI by
+    ``manifests`` (an index) or ``config`` and ``layers`` (a manifest).
+    """
+    if data.lstrip()[:1] != b"{":
+        return None
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    version = document.get("schemaVersion")
+    media_type = document.get("mediaType")
+    if version == 2 and isinstance(media_type, str) and media_type:
+        return media_type
+    if version == 1 and "fsLayers" in document:
+        return _SCHEMA1_SIGNED if "signatures" in document else _SCHEMA1
+    if version == 2 and isinstance(document.get("manifests"), list):
+        return _OCI_INDEX
+    if version == 2 and "config" in document and isinstance(document.get("layers"), list):
+        return _OCI_MANIFEST
+    return None

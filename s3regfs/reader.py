@@ -26,14 +26,16 @@ the furthest read so slightly reordered requests still hit the buffer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from s3regfs.budget import MemoryBudget
-from s3regfs.errors import StorageError
+from s3regfs.errors import IntegrityError, StorageError
 from s3regfs.storage.base import ObjectStore, ObjectStream
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,21 @@ class ObjectReader:
         budget: ReadaheadBudget,
         nursery: trio.Nursery,
         max_window: int,
+        verify_digest: str | None = None,
     ) -> None:
         self.key = key
+        # -o verify: hash what is read from offset 0 on, in order; a gap (a
+        # read elsewhere first) gives up verifying this handle.
+        self._expected = ""
+        self._hasher: Any = None
+        self._hash_pos = 0
+        self._corrupt = False
+        if verify_digest:
+            algorithm, _, self._expected = verify_digest.partition(":")
+            try:
+                self._hasher = hashlib.new(algorithm)
+            except ValueError:
+                log.warning("cannot verify %s: unknown digest algorithm %r", key, algorithm)
         self.size = size
         self._store = store
         self._etag = etag or None
@@ -103,6 +118,7 @@ class ObjectReader:
                 if self._buf_start <= offset and end <= self._stream_pos:
                     data = self._slice(offset, end)
                     self._served(offset, end)
+                    await self._verify(offset, data)
                     return data
                 if self._error is not None:
                     error, self._error = self._error, None
@@ -123,7 +139,32 @@ class ObjectReader:
                 # A random read: fetch exactly this range, keep any stream.
                 data = await self._store.get_range(self.key, offset, end, self._etag)
                 self._last_end = end
+                await self._verify(offset, data)
                 return data
+
+    async def _verify(self, offset: int, data: bytes) -> None:
+        hasher = self._hasher
+        if hasher is None:
+            if self._corrupt:
+                raise IntegrityError(f"{self.key}: content does not match its digest")
+            return
+        end = offset + len(data)
+        if offset > self._hash_pos:
+            self._hasher = None  # a gap: this handle cannot tell
+            return
+        if end <= self._hash_pos:
+            return  # read again: already hashed
+        await trio.to_thread.run_sync(hasher.update, memoryview(data)[self._hash_pos - offset :])
+        self._hash_pos = end
+        if end == self.size:
+            self._hasher = None
+            if hasher.hexdigest() != self._expected:
+                log.error("%s: content does not match its digest (read with -o verify)", self.key)
+                self._corrupt = True
+        if self._corrupt:
+            # Every read of this handle fails from now on: the kernel retries a
+            # failed read-ahead with a read of its own, which must fail too.
+            raise IntegrityError(f"{self.key}: content does not match its digest")
 
     def relocate(self, key: str, etag: str) -> None:
         """The object was renamed to *key* (a copy with *etag*): read from there.

@@ -48,3 +48,16 @@ def test_prefixes() -> None:
     assert layout.dir_prefix("r/", "") == "r/"
     assert layout.dir_prefix("r/", "a/b") == "r/a/b/"
     assert layout.key_of("r/", "a/b") == "r/a/b"
+
+
+def test_blob_paths() -> None:
+    hexdigest = "ab" + "0" * 62
+    path = f"docker/registry/v2/blobs/sha256/ab/{hexdigest}/data"
+    assert layout.blob_digest(path) == f"sha256:{hexdigest}"
+    assert layout.blob_digest(f"docker/registry/v2/blobs/sha256/cd/{hexdigest}/data") is None  # wrong fan-out
+    assert layout.blob_digest(f"docker/registry/v2/blobs/sha256/ab/{hexdigest}/other") is None
+    assert layout.blob_digest("docker/registry/v2/repositories/x/_layers/sha256/ab/data") is None
+    assert layout.blob_data_path(f"sha256:{hexdigest}") == path
+    assert layout.blob_data_path("garbage") is None
+    assert layout.is_link(f"docker/registry/v2/repositories/a/b/_layers/sha256/{hexdigest}/link")
+    assert not layout.is_link("docker/registry/v2/blobs/link")

@@ -4,8 +4,10 @@ generated images, and s3regfs mounts the bucket with the registry's own config.y
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -155,3 +157,55 @@ def test_registry_writes_through_the_mount(moto: MotoServer, s3: Any, bucket: st
     for layer in json.loads((pulled / "manifest.json").read_text())["layers"]:
         assert blob_key(layer["digest"])[len(ROOT.strip("/")) + 1 :] in remaining
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_registry_facts_verification_and_usage(
+    s3: Any, bucket: str, registry: Registry, tmp_path: Path
+) -> None:
+    digest = push_image(registry, tmp_path, "library/app", "v1", seed=5)
+    manifest_doc = json.loads((tmp_path / "oci-5/blobs/sha256" / digest[7:]).read_text())
+    layer = manifest_doc["layers"][-1]["digest"]
+    v2 = "docker/registry/v2"
+
+    def blob(root: Path, d: str) -> Path:
+        return root / v2 / "blobs/sha256" / d[7:9] / d[7:] / "data"
+
+    with mounted(tmp_path / "mnt", ["--config", str(registry.config_path)]) as mount:
+        m = mount.path
+        manifest = blob(m, digest)
+        assert os.getxattr(manifest, "user.registry.digest").decode() == digest
+        assert (
+            os.getxattr(manifest, "user.registry.mediatype").decode()
+            == "application/vnd.oci.image.manifest.v1+json"
+        )
+        with pytest.raises(OSError):
+            os.getxattr(blob(m, layer), "user.registry.mediatype")  # a layer is no manifest
+        listed = set(os.listxattr(blob(m, layer)))
+        assert "user.registry.digest" in listed
+        assert not listed & {"user.registry.mediatype", "user.registry.verify"}  # they read the blob
+        link = m / v2 / "repositories/library/app/_manifests/tags/v1/current/link"
+        assert os.getxattr(link, "user.registry.target").decode() == digest
+        assert os.getxattr(link, "user.registry.target_exists") == b"true"
+        assert {"user.registry.target", "user.registry.target_exists"} <= set(os.listxattr(link))
+        assert os.getxattr(blob(m, layer), "user.registry.verify") == b"ok"
+        sizes = subprocess.run(
+            ["find", str(m), "-type", "f", "-printf", "%s\n"], check=True, capture_output=True, text=True
+        )
+        seen = sum(int(n) for n in sizes.stdout.split())
+        st = os.statvfs(m)
+        assert (st.f_blocks - st.f_bfree) * st.f_frsize >= seen  # used: what the listings saw
+        assert st.f_files - st.f_ffree == len(sizes.stdout.split())
+
+    # Corrupt the layer behind the mount's back: same size, other bytes.
+    key = f"{ROOT.strip('/')}/{v2}/blobs/sha256/{layer[7:9]}/{layer[7:]}/data"
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(b ^ 0xFF for b in original))
+    with mounted(
+        tmp_path / "mnt", ["--config", str(registry.config_path), "-o", "verify"], check_clean=False
+    ) as mount:
+        assert os.getxattr(blob(mount.path, layer), "user.registry.verify") == b"mismatch"
+        with pytest.raises(OSError) as info:
+            blob(mount.path, layer).read_bytes()
+        assert info.value.errno == errno.EIO
+        assert blob(mount.path, digest).read_bytes()  # intact blobs read fine
+    assert "does not match its digest" in mount.stderr
