@@ -137,6 +137,7 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "write_memory": ("256M", "memory for part uploads across all files being written"),
     "commit_timeout": ("300", "seconds to commit open files when unmounting"),
     "verify": ("off", "hash blob data files read from start to end; a mismatch answers EIO"),
+    "images": ("off", "show _images in the root's listing (it is always reachable by name)"),
     "config": ("none", "the registry's config.yml (same as --config)"),
 }
 
@@ -362,6 +363,7 @@ class MountOptions:
     write_memory: int = 256 * MiB
     commit_timeout: float = 300.0
     verify: bool = False
+    images: bool = False
 
 
 @dataclass(frozen=True)
@@ -639,7 +641,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values["ro"] = value is None or parse_bool(name, value)
         elif name == "rw":
             values["ro"] = not (value is None or parse_bool(name, value))
-        elif name in ("allow_other", "default_permissions", "verify"):
+        elif name in ("allow_other", "default_permissions", "verify", "images"):
             values[name] = value is None or parse_bool(name, value)
         elif name in ("uid", "gid"):
             values[name] = parse_int(name, value, 0, 2**32 - 2)

@@ -38,6 +38,7 @@ from s3regfs.errors import (
     PreconditionFailed,
     StorageError,
 )
+from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget
 from s3regfs.storage.base import ObjectInfo
@@ -131,7 +132,7 @@ class DirHandle:
     """An open directory: the listing snapshot readdir walks with stable offsets."""
 
     node: Node
-    entries: list[Node]
+    entries: list[tuple[str, Node]]
 
 
 @dataclass
@@ -141,6 +142,8 @@ class FileHandle:
     node: Node
     reader: ObjectReader | None
     writer: FileWriter | None
+    #: A file of the images view built in memory (oci-layout, index.json, version).
+    data: bytes | None = None
 
 
 class Operations(pyfuse3.Operations):
@@ -168,6 +171,7 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._writers: dict[int, FileWriter] = {}
+        self.images = ImagesView(namespace, store, config.options.metadata_ttl)
         self._next_fh = 1
         umask = config.options.umask
         self._dir_mode = 0o777 & ~umask
@@ -195,15 +199,19 @@ class Operations(pyfuse3.Operations):
         attrs.generation = 0
         attrs.entry_timeout = self._options.metadata_ttl
         attrs.attr_timeout = self._options.metadata_ttl
+        view = self.images.owns(node)
         if node.is_dir:
-            attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | (self._dir_mode if node.mode is None else node.mode))
+            mode = (self._dir_mode & 0o555) if view else (self._dir_mode if node.mode is None else node.mode)
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            attrs.st_mode = pyfuse3.ModeT(
-                stat.S_IFREG | (self._file_mode if node.mode is None else node.mode)
+            mode = (
+                (self._file_mode & 0o444) if view else (self._file_mode if node.mode is None else node.mode)
             )
-            attrs.st_nlink = 1
+            attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
+            # A blob shown in the images view has those names too (hard links).
+            attrs.st_nlink = 1 + len(node.view_names or ())
             attrs.st_size = node.size
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_blksize = BLOCK_SIZE
@@ -225,8 +233,9 @@ class Operations(pyfuse3.Operations):
             # Not valid UTF-8, so it cannot be an S3 key: nothing by that name.
             raise pyfuse3.FUSEError(errno.ENOENT) from None
 
-    def _check_writable(self) -> None:
-        if self._options.ro:
+    def _check_writable(self, *nodes: Node) -> None:
+        """EROFS with -o ro, and for anything of the read-only images view."""
+        if self._options.ro or any(self.images.owns(node) for node in nodes):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _new_name(self, parent: Node, name: bytes) -> str:
@@ -324,6 +333,10 @@ class Operations(pyfuse3.Operations):
                 node = parent
             elif name == b"..":
                 node = parent.parent or parent
+            elif parent is self.namespace.root and name == VIEW_NAME.encode():
+                node = self.images.root  # always reachable by name
+            elif self.images.owns(parent):
+                node = await self.images.lookup(parent, self._decode(name))
             else:
                 if not parent.is_dir:
                     raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -347,7 +360,7 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        self._check_writable()
+        self._check_writable(node)
         with errors_to_errno(f"setattr {node.path!r}"):
             if fields.update_size:
                 if node.is_dir:
@@ -410,7 +423,12 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         with errors_to_errno(f"listing {node.path or '/'!r}"):
-            entries = await self.namespace.list_children(node)
+            if self.images.owns(node):
+                entries = await self.images.children(node)
+            else:
+                entries = [(child.name, child) for child in await self.namespace.list_children(node)]
+                if node is self.namespace.root and self._options.images:
+                    entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
         fh = self._new_fh()
         self._dir_handles[fh] = DirHandle(node, entries)
         return pyfuse3.FileHandleT(fh)
@@ -418,9 +436,9 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dir_handles[fh]
         for index in range(start_id, len(handle.entries)):
-            node = handle.entries[index]
+            name, node = handle.entries[index]
             if not pyfuse3.readdir_reply(
-                token, pyfuse3.FileNameT(node.name.encode("utf-8")), self._attrs(node), index + 1
+                token, pyfuse3.FileNameT(name.encode("utf-8")), self._attrs(node), index + 1
             ):
                 return
             # readdirplus: the kernel now holds a lookup of this inode.
@@ -432,8 +450,8 @@ class Operations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._check_writable()
         parent = self._node(parent_inode)
+        self._check_writable(parent)
         with errors_to_errno(f"mkdir {parent.path!r}/{name!r}"):
             text = self._new_name(parent, name)
             if await self._existing(parent, text) is not None:
@@ -448,8 +466,8 @@ class Operations(pyfuse3.Operations):
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._check_writable()
         parent = self._node(parent_inode)
+        self._check_writable(parent)
         with errors_to_errno(f"rmdir {parent.path!r}/{name!r}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if not node.is_dir:
@@ -471,7 +489,14 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         writing = bool(flags & _WRITE_FLAGS)
         if writing or flags & os.O_TRUNC:
-            self._check_writable()
+            self._check_writable(node)
+            if node.view_names:
+                raise pyfuse3.FUSEError(errno.EROFS)  # a blob the images view shows: immutable
+        content = self.images.content(node)
+        if content is not None:
+            fh = self._new_fh()
+            self._handles[fh] = FileHandle(node, None, None, content)
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
         with errors_to_errno(f"open {node.path!r}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)
@@ -507,8 +532,8 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._check_writable()
         parent = self._node(parent_inode)
+        self._check_writable(parent)
         with errors_to_errno(f"create {parent.path!r}/{name!r}"):
             text = self._new_name(parent, name)
             existing = await self._existing(parent, text)
@@ -548,6 +573,8 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self._handles[fh]
         node = handle.node
+        if handle.data is not None:
+            return handle.data[off : off + size]
         with errors_to_errno(f"read {node.path!r} at {off}"):
             writer = self._writers.get(node.ino)
             if writer is not None:
@@ -624,8 +651,8 @@ class Operations(pyfuse3.Operations):
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._check_writable()
         parent = self._node(parent_inode)
+        self._check_writable(parent)
         with errors_to_errno(f"unlink {parent.path!r}/{name!r}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if node.is_dir:
@@ -652,11 +679,11 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._check_writable()
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
         old_parent = self._node(parent_inode_old)
         new_parent = self._node(parent_inode_new)
+        self._check_writable(old_parent, new_parent)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
         with errors_to_errno(f"rename {old_parent.path!r}/{name_old!r} -> {new_parent.path!r}/{name_new!r}"):
             node = await self.namespace.lookup(old_parent, self._decode(name_old))
             new_name = self._new_name(new_parent, name_new)
@@ -768,7 +795,8 @@ class Operations(pyfuse3.Operations):
         target: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS if self._options.ro else errno.EPERM)
+        self._check_writable(self._node(parent_inode))
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     async def link(
         self,
@@ -777,7 +805,8 @@ class Operations(pyfuse3.Operations):
         new_name: pyfuse3.FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EROFS if self._options.ro else errno.EPERM)
+        self._check_writable(self._node(new_parent_inode))
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     # -- extended attributes ---------------------------------------------------------------
 
@@ -800,6 +829,8 @@ class Operations(pyfuse3.Operations):
         """What listxattr names: never anything that reads a blob, or getfattr -d,
         cp -a and rsync -X would hash every blob."""
         names = list(self._xattrs(node))
+        if node.is_dir and self.images.owns(node):
+            names += [b"user.registry.tags", b"user.registry.size"]
         if not node.is_dir and layout.is_link(node.path):
             names += [XATTR_TARGET, XATTR_TARGET_EXISTS]  # one small GET and a lookup
         return names
@@ -809,6 +840,9 @@ class Operations(pyfuse3.Operations):
     ) -> bytes:
         node = self._node(inode)
         value = self._xattrs(node).get(name)
+        if value is None and self.images.owns(node) and node.is_dir:
+            with errors_to_errno(f"getxattr {node.path!r} {name!r}"):
+                value = (await self.images.repository_facts(node)).get(name)
         if value is None and not node.is_dir:
             with errors_to_errno(f"getxattr {node.path!r} {name!r}"):
                 value = await self._registry_xattr(node, name)
@@ -882,13 +916,13 @@ class Operations(pyfuse3.Operations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._check_writable()
+        self._check_writable(self._node(inode))
         raise pyfuse3.FUSEError(errno.ENOTSUP)  # the registry's objects carry no metadata
 
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._check_writable()
+        self._check_writable(self._node(inode))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
 

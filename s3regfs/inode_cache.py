@@ -69,6 +69,7 @@ class Node:
         "uid",
         "gid",
         "mtime_fixed",
+        "view_names",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -103,6 +104,9 @@ class Node:
         self.gid: int | None = None
         #: utimens set the mtime here: listings keep it.
         self.mtime_fixed = False
+        #: Blob data files: the images-view names this inode also has (hard
+        #: links); None for every other node.
+        self.view_names: set[str] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -309,12 +313,8 @@ class Namespace:
 
     async def exists(self, path: str) -> bool:
         """Whether *path* (relative to the root) names a file or directory."""
-        node = self.root
         try:
-            for name in path.split("/"):
-                if not node.is_dir:
-                    return False
-                node = await self.lookup(node, name)
+            await self.resolve(path)
         except NotFound:
             return False
         return True
@@ -323,6 +323,24 @@ class Namespace:
         """Bytes and count of the files the listings have seen so far."""
         sizes = [node.size for node in self._inodes.values() if node.attached and not node.is_dir]
         return sum(sizes), len(sizes)
+
+    def new_virtual(self, name: str, parent: Node, *, is_dir: bool) -> Node:
+        """A node that is not in the bucket's tree (the images view): it gets an
+        inode, but no parent knows it as a child, and listings never touch it."""
+        node = Node(next(self._inos), name, parent, is_dir)
+        node.mtime_ns = self.root.mtime_ns
+        node.fresh_at = self._now()
+        self._inodes[node.ino] = node
+        return node
+
+    async def resolve(self, path: str) -> Node:
+        """The node of *path* (relative to the root); NotFound if there is none."""
+        node = self.root
+        for name in path.split("/"):
+            if not node.is_dir:
+                raise NotFound(f"{path}: not a directory on the way")
+            node = await self.lookup(node, name)
+        return node
 
     def descendants(self, directory: Node) -> list[Node]:
         """Every node below *directory* (not itself)."""

@@ -209,3 +209,81 @@ def test_registry_facts_verification_and_usage(
         assert info.value.errno == errno.EIO
         assert blob(mount.path, digest).read_bytes()  # intact blobs read fine
     assert "does not match its digest" in mount.stderr
+
+
+def _manifest_digest(directory: Path) -> str:
+    return "sha256:" + hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
+
+
+def test_images_view(s3: Any, bucket: str, registry: Registry, tmp_path: Path) -> None:
+    app = push_image(registry, tmp_path, "library/app", "v1", seed=21)
+    app_again = push_image(registry, tmp_path, "library/app", "v2", seed=22)
+    tools = push_image(registry, tmp_path, "team/tools", "1.0", seed=23)
+    tool = push_image(registry, tmp_path, "team/tools/tool", "2.0", seed=24, docker_format=True)
+    with mounted(tmp_path / "mnt", ["--config", str(registry.config_path)]) as mount:
+        m = mount.path
+        assert "_images" not in os.listdir(m)  # find, du, rsync see only the registry's objects
+        view = m / "_images"
+        assert sorted(os.listdir(view)) == ["library", "team"]
+        app_dir = view / "library/app"
+        assert sorted(os.listdir(app_dir)) == ["_tags", "blobs", "index.json", "oci-layout"]
+        index = json.loads((app_dir / "index.json").read_text())
+        refs = {
+            entry["annotations"]["org.opencontainers.image.ref.name"]: entry for entry in index["manifests"]
+        }
+        assert refs["v1"]["digest"] == app and refs["v2"]["digest"] == app_again
+        assert refs["v1"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        assert sorted(os.listdir(view / "team/tools")) == [
+            "_tags",
+            "blobs",
+            "index.json",
+            "oci-layout",
+            "tool",
+        ]
+        assert os.getxattr(app_dir, "user.registry.tags") == b"v1\nv2"
+        assert int(os.getxattr(app_dir, "user.registry.size")) > 300_000
+
+        # The view's blobs are the raw blob files: same inode, counted once.
+        raw = m / "docker/registry/v2/blobs/sha256" / app[7:9] / app[7:] / "data"
+        shown = app_dir / "blobs/sha256" / app[7:]
+        assert os.stat(raw).st_ino == os.stat(shown).st_ino
+        assert os.stat(shown).st_nlink >= 2
+
+        # Straight from the bucket with skopeo: oci: for OCI images, dir: for every image.
+        out = tmp_path / "out-app"
+        skopeo("copy", "--quiet", f"oci:{app_dir}:v1", f"dir:{out}")
+        assert _manifest_digest(out) == app
+        out = tmp_path / "out-tools"
+        skopeo("copy", "--quiet", f"oci:{view / 'team/tools'}:1.0", f"dir:{out}")
+        assert _manifest_digest(out) == tools
+        out = tmp_path / "out-tool"
+        skopeo("copy", "--quiet", f"dir:{view / 'team/tools/tool/_tags/2.0'}", f"dir:{out}")
+        assert _manifest_digest(out) == tool  # Docker schema 2: only dir: takes it
+        skopeo(
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            f"oci:{app_dir}:v1",
+            f"docker://{registry.address}/copied/app:v1",
+        )
+        out = tmp_path / "pulled-back"
+        skopeo(
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            f"docker://{registry.address}/copied/app:v1",
+            f"dir:{out}",
+        )
+        assert _manifest_digest(out) == app
+
+        # Read-only.
+        for attempt in (
+            lambda: (app_dir / "new").write_bytes(b"x"),
+            lambda: (app_dir / "newdir").mkdir(),
+            lambda: os.unlink(app_dir / "index.json"),
+            lambda: os.rename(app_dir / "index.json", app_dir / "other.json"),
+            lambda: open(shown, "r+b"),
+        ):
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
