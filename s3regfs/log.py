@@ -68,16 +68,17 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 class _QuietReleaseReplies(logging.Filter):
-    """Demote pyfuse3's "fuse_release(): fuse_reply_* failed with No such file or
-    directory" to debug: the kernel no longer waits for that (empty) reply, for
-    example because the process that closed the file has moved on; nothing is lost."""
+    """Demote pyfuse3's "fuse_<op>(): fuse_reply_* failed with No such file or
+    directory" to debug: the kernel no longer waits for that reply (the request
+    was interrupted, or was a read-ahead or release nobody waits for); the
+    operation itself completed, nothing is lost."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if (
-            "fuse_reply_" in message
+            message.startswith("fuse_")
+            and "fuse_reply_" in message
             and "No such file or directory" in message
-            and (message.startswith("fuse_release") or message.startswith("fuse_releasedir"))
         ):
             record.levelno = logging.DEBUG
             record.levelname = "DEBUG"
