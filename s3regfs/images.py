@@ -164,11 +164,10 @@ class ImagesView:
                 entries["version"] = self._virtual(
                     f"{view_path}/version", "version", node, _Kind("file"), DIR_VERSION
                 )
-                for digest in await self._referenced(tag):
+                for name, digest in await self._referenced(tag):
                     found = repo.blobs.get(digest) or await self._blob(digest)
                     if found is not None:
-                        hexdigest = digest.partition(":")[2]
-                        entries[hexdigest] = self._share(found, f"{view_path}/{hexdigest}")
+                        entries[name] = self._share(found, f"{view_path}/{name}")
         return sorted(entries.items())
 
     async def lookup(self, node: Node, name: str) -> Node:
@@ -281,10 +280,11 @@ class ImagesView:
             self._small_cache[(key, node.etag)] = cached
         return cached
 
-    async def _referenced(self, tag: Tag) -> list[str]:
-        """Digests a tag's ``dir:`` copy needs: config and layers, and for an
-        index its manifests with theirs."""
-        found: list[str] = []
+    async def _referenced(self, tag: Tag) -> list[tuple[str, str]]:
+        """The files a tag's ``dir:`` copy needs, as (name, digest): config and
+        layers by hex digest; for an index, its manifests as
+        ``<hex>.manifest.json`` (skopeo's names) with their configs and layers."""
+        found: dict[str, str] = {}
         documents = [tag.manifest]
         while documents:
             try:
@@ -294,18 +294,19 @@ class ImagesView:
             if not isinstance(document, dict):
                 continue
             config = document.get("config")
-            if isinstance(config, dict) and isinstance(config.get("digest"), str):
-                found.append(config["digest"])
-            for entry in document.get("layers") or []:
-                if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
-                    found.append(entry["digest"])
+            blobs = [config] if isinstance(config, dict) else []
+            blobs += [entry for entry in document.get("layers") or [] if isinstance(entry, dict)]
+            for entry in blobs:
+                if isinstance(entry.get("digest"), str):
+                    found[entry["digest"].partition(":")[2]] = entry["digest"]
             for entry in document.get("manifests") or []:
                 if isinstance(entry, dict) and isinstance(entry.get("digest"), str):
-                    found.append(entry["digest"])
-                    child = await self._blob(entry["digest"])
+                    digest = entry["digest"]
+                    found[digest.partition(":")[2] + ".manifest.json"] = digest
+                    child = await self._blob(digest)
                     if child is not None and child.size <= MANIFEST_MAX:
                         documents.append(await self._small(child))
-        return list(dict.fromkeys(found))
+        return sorted(found.items())
 
     # -- facts ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 
@@ -47,7 +48,11 @@ def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
 
 
 def write_image(
-    dest: Path, tag: str, seed: int = 0, layer_sizes: tuple[int, ...] = (2048, 300_000)
+    dest: Path,
+    tag: str | None,
+    seed: int = 0,
+    layer_sizes: tuple[int, ...] = (2048, 300_000),
+    architecture: str = "amd64",
 ) -> Descriptor:
     """Write (or add to) an OCI layout at *dest* with one image tagged *tag*.
 
@@ -66,11 +71,13 @@ def write_image(
     layers: list[Descriptor] = []
     diff_ids: list[str] = []
     for index, size in enumerate(layer_sizes):
-        data, diff_id = _layer({f"data/file{index}.bin": rng.randbytes(size), "etc/tag": tag.encode()})
+        data, diff_id = _layer(
+            {f"data/file{index}.bin": rng.randbytes(size), "etc/tag": (tag or architecture).encode()}
+        )
         layers.append(put(data, LAYER_TYPE))
         diff_ids.append(diff_id)
     config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {"Labels": {"seed": str(seed)}},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -83,6 +90,28 @@ def write_image(
         "layers": [layer.as_json() for layer in layers],
     }
     manifest_desc = put(json.dumps(manifest, sort_keys=True).encode(), MANIFEST_TYPE)
+    if tag is not None:
+        tag_image(dest, tag, manifest_desc)
+    return manifest_desc
+
+
+def write_index(dest: Path, tag: str, seeds: tuple[int, ...], architectures: tuple[str, ...]) -> Descriptor:
+    """A multi-platform OCI index of one image per (seed, architecture), tagged *tag*."""
+    entries = []
+    for seed, architecture in zip(seeds, architectures, strict=True):
+        desc = write_image(dest, None, seed=seed, layer_sizes=(4096,), architecture=architecture)
+        entries.append(desc.as_json() | {"platform": {"architecture": architecture, "os": "linux"}})
+    index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries}
+    data = json.dumps(index, sort_keys=True).encode()
+    hexdigest = hashlib.sha256(data).hexdigest()
+    (dest / "blobs" / "sha256" / hexdigest).write_bytes(data)
+    desc = Descriptor(INDEX_TYPE, "sha256:" + hexdigest, len(data))
+    tag_image(dest, tag, desc)
+    return desc
+
+
+def tag_image(dest: Path, tag: str, manifest_desc: Descriptor) -> None:
+    """Name *manifest_desc* *tag* in the layout's index.json."""
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     index_path = dest / "index.json"
     index = (
@@ -95,7 +124,6 @@ def write_image(
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag
     ] + [entry]
     index_path.write_text(json.dumps(index, indent=2))
-    return manifest_desc
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.oci import write_image
+from tests.oci import write_image, write_index
 from tests.util import CREDENTIALS, free_port, stop_process, wait_for_port
 
 REGISTRY_BINARY = "docker-registry"
@@ -144,12 +144,19 @@ def push_image(
     seed: int,
     docker_format: bool = False,
     layer_sizes: tuple[int, ...] = (2048, 300_000),
+    platforms: tuple[str, ...] = (),
 ) -> str:
-    """Generate an image and push it with skopeo; returns the pushed manifest's digest."""
+    """Generate an image (a multi-platform index with *platforms*) and push it
+    with skopeo; returns the pushed manifest's digest."""
     layout = workdir / f"oci-{seed}"
-    write_image(layout, tag, seed=seed, layer_sizes=layer_sizes)
-    digest_file = workdir / f"digest-{seed}"
+    if platforms:
+        write_index(layout, tag, tuple(seed * 100 + i for i in range(len(platforms))), platforms)
+    else:
+        write_image(layout, tag, seed=seed, layer_sizes=layer_sizes)
+    digest_file = workdir / f"digest-{seed}-{tag}"
     options = ["--quiet", "--dest-tls-verify=false", "--digestfile", str(digest_file)]
+    if platforms:
+        options.append("--all")
     if docker_format:
         options += ["--format", "v2s2"]
     try:

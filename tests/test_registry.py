@@ -215,11 +215,16 @@ def _manifest_digest(directory: Path) -> str:
     return "sha256:" + hashlib.sha256((directory / "manifest.json").read_bytes()).hexdigest()
 
 
-def test_images_view(s3: Any, bucket: str, registry: Registry, tmp_path: Path) -> None:
+def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry, tmp_path: Path) -> None:
     app = push_image(registry, tmp_path, "library/app", "v1", seed=21)
     app_again = push_image(registry, tmp_path, "library/app", "v2", seed=22)
     tools = push_image(registry, tmp_path, "team/tools", "1.0", seed=23)
     tool = push_image(registry, tmp_path, "team/tools/tool", "2.0", seed=24, docker_format=True)
+    skopeo(  # a second tag on an existing image
+        "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+        f"docker://{registry.address}/library/app:v1", f"docker://{registry.address}/library/app:latest",
+    )  # fmt: skip
+    multi = push_image(registry, tmp_path, "library/multi", "1", seed=25, platforms=("amd64", "arm64"))
     with mounted(tmp_path / "mnt", ["--config", str(registry.config_path)]) as mount:
         m = mount.path
         assert "_images" not in os.listdir(m)  # find, du, rsync see only the registry's objects
@@ -232,6 +237,7 @@ def test_images_view(s3: Any, bucket: str, registry: Registry, tmp_path: Path) -
             entry["annotations"]["org.opencontainers.image.ref.name"]: entry for entry in index["manifests"]
         }
         assert refs["v1"]["digest"] == app and refs["v2"]["digest"] == app_again
+        assert refs["latest"]["digest"] == app
         assert refs["v1"]["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
         assert sorted(os.listdir(view / "team/tools")) == [
             "_tags",
@@ -240,7 +246,7 @@ def test_images_view(s3: Any, bucket: str, registry: Registry, tmp_path: Path) -
             "oci-layout",
             "tool",
         ]
-        assert os.getxattr(app_dir, "user.registry.tags") == b"v1\nv2"
+        assert os.getxattr(app_dir, "user.registry.tags") == b"latest\nv1\nv2"
         assert int(os.getxattr(app_dir, "user.registry.size")) > 300_000
 
         # The view's blobs are the raw blob files: same inode, counted once.
@@ -259,22 +265,26 @@ def test_images_view(s3: Any, bucket: str, registry: Registry, tmp_path: Path) -
         out = tmp_path / "out-tool"
         skopeo("copy", "--quiet", f"dir:{view / 'team/tools/tool/_tags/2.0'}", f"dir:{out}")
         assert _manifest_digest(out) == tool  # Docker schema 2: only dir: takes it
-        skopeo(
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            f"oci:{app_dir}:v1",
-            f"docker://{registry.address}/copied/app:v1",
-        )
-        out = tmp_path / "pulled-back"
-        skopeo(
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{registry.address}/copied/app:v1",
-            f"dir:{out}",
-        )
-        assert _manifest_digest(out) == app
+        multi_dir = view / "library/multi"
+        index_entry = json.loads((multi_dir / "index.json").read_text())["manifests"][0]
+        assert index_entry["mediaType"] == "application/vnd.oci.image.index.v1+json"
+        out = tmp_path / "out-multi"
+        skopeo("copy", "--quiet", "--all", f"oci:{multi_dir}:1", f"dir:{out}")
+        assert _manifest_digest(out) == multi
+        out = tmp_path / "out-multi-dir"
+        skopeo("copy", "--quiet", "--all", f"dir:{multi_dir / '_tags/1'}", f"dir:{out}")
+        assert _manifest_digest(out) == multi
+
+        # Out of the view into a second registry, and pulled back from it.
+        second = start_registry(moto.url, bucket, "/second-registry", tmp_path / "second")
+        try:
+            target = f"docker://{second.address}/copied/app:v1"
+            skopeo("copy", "--quiet", "--dest-tls-verify=false", f"oci:{app_dir}:v1", target)
+            out = tmp_path / "pulled-back"
+            skopeo("copy", "--quiet", "--src-tls-verify=false", target, f"dir:{out}")
+            assert _manifest_digest(out) == app
+        finally:
+            second.stop()
 
         # Read-only.
         for attempt in (
