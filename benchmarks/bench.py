@@ -278,6 +278,103 @@ def write_benchmarks(moto: MotoServer, workdir: Path, args: argparse.Namespace, 
         )
 
 
+def images_view_costs(moto: MotoServer, workdir: Path, repositories: int = 200) -> None:
+    """7. What the _images view costs on a registry of *repositories* repositories."""
+    import json
+
+    s3: Any = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        region_name="us-east-1",
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = "images-bench"
+    s3.create_bucket(Bucket=bucket)
+    root = "docker/registry/v2"
+    objects: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        objects[f"{root}/blobs/sha256/{digest[:2]}/{digest}/data"] = data
+        return digest
+
+    for r in range(repositories):
+        name = f"team{r % 10}/app{r}"
+        config = blob(json.dumps({"architecture": "amd64", "os": "linux", "n": r}).encode())
+        layers = [blob(os.urandom(1000)) for _ in range(2)]
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": f"sha256:{config}",
+                    "size": 1,
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": f"sha256:{d}",
+                        "size": 1000,
+                    }
+                    for d in layers
+                ],
+            }
+        ).encode()
+        m = blob(manifest)
+        repo = f"{root}/repositories/{name}"
+        objects[f"{repo}/_manifests/tags/latest/current/link"] = f"sha256:{m}".encode()
+        objects[f"{repo}/_manifests/tags/latest/index/sha256/{m}/link"] = f"sha256:{m}".encode()
+        objects[f"{repo}/_manifests/revisions/sha256/{m}/link"] = f"sha256:{m}".encode()
+        for d in (config, *layers):
+            objects[f"{repo}/_layers/sha256/{d}/link"] = f"sha256:{d}".encode()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1]), objects.items()))
+    path = workdir / "mnt-images"
+    path.mkdir()
+    with open(workdir / "images.log", "ab") as err:
+        process = subprocess.Popen(
+            s3regfs_command("-f", "-o", f"regionendpoint={moto.url},region=us-east-1", bucket, str(path)),
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            env=mount_env(),
+        )
+    running = wait_mounted(Running("s3regfs", process, path, ["fusermount3", "-u"]))
+    try:
+        time.sleep(0.5)
+
+        def count(action: Callable[[], object]) -> tuple[int, int, float]:
+            before = moto.request_lines()
+            started = time.perf_counter()
+            action()
+            elapsed = time.perf_counter() - started
+            new = moto.request_lines()[len(before) :]
+            return (
+                len(new),
+                sum(1 for line in new if "GET /images-bench/" in line and "list-type" not in line),
+                elapsed,
+            )
+
+        listing = count(lambda: [os.listdir(path / "_images" / f"team{t}") for t in range(10)])
+        index = count(lambda: (path / "_images/team3/app3/index.json").read_bytes())
+        walk = count(
+            lambda: subprocess.run(
+                ["find", str(path / "_images"), "-type", "f"], check=True, capture_output=True
+            )
+        )
+    finally:
+        running.stop()
+    print(
+        f"\n7. the _images view on a registry of {repositories} repositories ({len(objects)} keys), fresh mount"
+    )
+    print(
+        f"   list every repository:           {listing[0]:4d} requests ({listing[1]} GETs), {listing[2]:.2f} s"
+    )
+    print(f"   then one repository's index.json: {index[0]:4d} requests ({index[1]} GETs), {index[2]:.2f} s")
+    print(f"   then find over the whole view:   {walk[0]:4d} requests ({walk[1]} GETs), {walk[2]:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,12 +383,19 @@ def main() -> int:
     parser.add_argument("--links", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", action="store_true", help="also measure s3fs-fuse and rclone mount")
+    parser.add_argument("--images-only", action="store_true", help="only measure the _images view's costs")
     args = parser.parse_args()
 
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"machine: {machine()}")
     moto = start_moto()
     workdir = Path(tempfile.mkdtemp(prefix="s3regfs-bench-"))
+    if args.images_only:
+        try:
+            images_view_costs(moto, workdir)
+        finally:
+            moto.stop()
+        return 0
     tools: list[tuple[str, Callable[[MotoServer, Path, Path], Running]]] = [("s3regfs", mount_s3regfs)]
     if args.peers:
         for binary, starter in (("s3fs", mount_s3fs), ("rclone", mount_rclone)):
@@ -376,6 +480,7 @@ def main() -> int:
             )
         print("   (targets for s3regfs: <= 0.05 requests per file, 0 HEAD)")
         print(f"\n3. s3regfs daemon peak RSS (VmHWM) after the reads: {rss:.0f} MiB  (target <= 200)")
+        images_view_costs(moto, workdir)
         write_benchmarks(moto, workdir, args, peers=[name for name, _ in tools if name != "s3regfs"])
         return 0
     finally:

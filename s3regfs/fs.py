@@ -33,6 +33,7 @@ from s3regfs import layout
 from s3regfs.config import Config
 from s3regfs.errors import (
     AccessDenied,
+    IntegrityError,
     InvalidRange,
     NotFound,
     PreconditionFailed,
@@ -172,6 +173,8 @@ class Operations(pyfuse3.Operations):
         self._dir_handles: dict[int, DirHandle] = {}
         self._writers: dict[int, FileWriter] = {}
         self.images = ImagesView(namespace, store, config.options.metadata_ttl)
+        #: (inode, ETag) of blobs that -o verify found not to match their digest.
+        self._corrupt: set[tuple[int, str]] = set()
         self._next_fh = 1
         umask = config.options.umask
         self._dir_mode = 0o777 & ~umask
@@ -197,17 +200,19 @@ class Operations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.InodeT(node.ino)
         attrs.generation = 0
-        attrs.entry_timeout = self._options.metadata_ttl
-        attrs.attr_timeout = self._options.metadata_ttl
         view = self.images.owns(node)
+        attrs.entry_timeout = self._options.metadata_ttl
+        # A view file's size changes with its content (index.json): never cached.
+        attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
         if node.is_dir:
             mode = (self._dir_mode & 0o555) if view else (self._dir_mode if node.mode is None else node.mode)
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
+            shown = view or bool(node.view_names)  # a blob the view shows is read-only
             mode = (
-                (self._file_mode & 0o444) if view else (self._file_mode if node.mode is None else node.mode)
+                (self._file_mode & 0o444) if shown else (self._file_mode if node.mode is None else node.mode)
             )
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
             # A blob shown in the images view has those names too (hard links).
@@ -236,6 +241,11 @@ class Operations(pyfuse3.Operations):
     def _check_writable(self, *nodes: Node) -> None:
         """EROFS with -o ro, and for anything of the read-only images view."""
         if self._options.ro or any(self.images.owns(node) for node in nodes):
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _check_not_view_name(self, parent: Node, name: bytes) -> None:
+        """The name ``_images`` at the root is the view's, whatever S3 holds."""
+        if parent is self.namespace.root and name == VIEW_NAME.encode():
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _new_name(self, parent: Node, name: bytes) -> str:
@@ -361,6 +371,8 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         self._check_writable(node)
+        if node.view_names:
+            raise pyfuse3.FUSEError(errno.EROFS)  # a blob the images view shows: immutable
         with errors_to_errno(f"setattr {node.path!r}"):
             if fields.update_size:
                 if node.is_dir:
@@ -452,6 +464,7 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         self._check_writable(parent)
+        self._check_not_view_name(parent, name)
         with errors_to_errno(f"mkdir {parent.path!r}/{name!r}"):
             text = self._new_name(parent, name)
             if await self._existing(parent, text) is not None:
@@ -468,6 +481,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         parent = self._node(parent_inode)
         self._check_writable(parent)
+        self._check_not_view_name(parent, name)
         with errors_to_errno(f"rmdir {parent.path!r}/{name!r}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if not node.is_dir:
@@ -518,7 +532,11 @@ class Operations(pyfuse3.Operations):
                 verify_digest=layout.blob_digest(node.path) if self._options.verify else None,
             )
         # The page cache may stay only while it holds this very version.
-        keep_cache = bool(node.etag) and node.cached_etag == node.etag and not writing
+        verifying = self._options.verify and layout.blob_digest(node.path) is not None
+        if verifying and (node.ino, node.etag) in self._corrupt:
+            raise pyfuse3.FUSEError(errno.EIO)  # known not to match its digest
+        # With -o verify every open reads (and hashes) from S3, never the page cache.
+        keep_cache = bool(node.etag) and node.cached_etag == node.etag and not writing and not verifying
         node.cached_etag = node.etag
         fh = self._new_fh()
         self._handles[fh] = FileHandle(node, reader, writer)
@@ -534,6 +552,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._node(parent_inode)
         self._check_writable(parent)
+        self._check_not_view_name(parent, name)
         with errors_to_errno(f"create {parent.path!r}/{name!r}"):
             text = self._new_name(parent, name)
             existing = await self._existing(parent, text)
@@ -582,7 +601,11 @@ class Operations(pyfuse3.Operations):
                 return await writer.read(off, size)
             if handle.reader is None:
                 raise pyfuse3.FUSEError(errno.EBADF)
-            return await handle.reader.read(off, size)
+            try:
+                return await handle.reader.read(off, size)
+            except IntegrityError:
+                self._corrupt.add((node.ino, node.etag))
+                raise
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
@@ -653,6 +676,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         parent = self._node(parent_inode)
         self._check_writable(parent)
+        self._check_not_view_name(parent, name)
         with errors_to_errno(f"unlink {parent.path!r}/{name!r}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if node.is_dir:
@@ -682,6 +706,8 @@ class Operations(pyfuse3.Operations):
         old_parent = self._node(parent_inode_old)
         new_parent = self._node(parent_inode_new)
         self._check_writable(old_parent, new_parent)
+        self._check_not_view_name(old_parent, name_old)
+        self._check_not_view_name(new_parent, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
         with errors_to_errno(f"rename {old_parent.path!r}/{name_old!r} -> {new_parent.path!r}/{name_new!r}"):
@@ -829,7 +855,7 @@ class Operations(pyfuse3.Operations):
         """What listxattr names: never anything that reads a blob, or getfattr -d,
         cp -a and rsync -X would hash every blob."""
         names = list(self._xattrs(node))
-        if node.is_dir and self.images.owns(node):
+        if node.is_dir and self.images.is_repository(node):
             names += [b"user.registry.tags", b"user.registry.size"]
         if not node.is_dir and layout.is_link(node.path):
             names += [XATTR_TARGET, XATTR_TARGET_EXISTS]  # one small GET and a lookup

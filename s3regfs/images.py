@@ -30,8 +30,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 from s3regfs import layout
-from s3regfs.errors import NotFound
+from s3regfs.errors import NotFound, StorageError
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.storage.s3 import S3Store
 
@@ -91,6 +93,7 @@ class ImagesView:
         self._content: dict[int, bytes] = {}
         self._repos: dict[str, Repository] = {}
         self._small_cache: dict[tuple[str, str], bytes] = {}
+        self._locks: dict[str, trio.Lock] = {}
         self.root = self._virtual("", VIEW_NAME, namespace.root, _Kind("dir"))
 
     # -- nodes ------------------------------------------------------------------------
@@ -128,12 +131,15 @@ class ImagesView:
             raw = await self._raw_dir(kind.repo)
             if raw is not None:
                 assert raw.children is not None
+                is_repository = "_manifests" in raw.children or "_layers" in raw.children
                 for name, child in raw.children.items():
+                    if is_repository and name in LAYOUT_NAMES:
+                        continue  # the layout wins over a sub-repository of that name
                     if child.is_dir and not name.startswith("_"):
                         entries[name] = self._virtual(
                             _join(view_path, name), name, node, _Kind("dir", _join(kind.repo, name))
                         )
-                if "_manifests" in raw.children or "_layers" in raw.children:
+                if is_repository:
                     repo = await self.repository(kind.repo)
                     entries |= self._layout_entries(node, view_path, repo)
         elif kind.what == "blobs":
@@ -234,6 +240,14 @@ class ImagesView:
         cached = self._repos.get(name)
         if cached is not None and time.monotonic() - cached.built_at < self._ttl:
             return cached
+        lock = self._locks.setdefault(name, trio.Lock())
+        async with lock:  # one build at a time per repository
+            cached = self._repos.get(name)
+            if cached is not None and time.monotonic() - cached.built_at < self._ttl:
+                return cached
+            return await self._build(name)
+
+    async def _build(self, name: str) -> Repository:
         repo = Repository(name, built_at=time.monotonic())
         base = _join(REPOSITORIES, name)
         digests: set[str] = set()
@@ -242,6 +256,7 @@ class ImagesView:
                 for entry in await self._list(f"{base}/{kind}/{algorithm.name}"):
                     if entry.is_dir and entry.children and "link" in entry.children:
                         digests.add(f"{algorithm.name}:{entry.name}")
+        await self._list_fanouts(digests)
         for digest in sorted(digests):
             blob = await self._blob(digest)
             if blob is not None:
@@ -250,17 +265,32 @@ class ImagesView:
             try:
                 link = await self._namespace.resolve(f"{base}/_manifests/tags/{tag_dir.name}/current/link")
                 target = (await self._small(link)).decode("utf-8", "replace").strip()
-            except NotFound:
+                blob = repo.blobs.get(target) or await self._blob(target)
+                if blob is None:
+                    log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)
+                    continue
+                manifest = await self._small(blob) if blob.size <= MANIFEST_MAX else b""
+            except StorageError as exc:
+                # One tag that changed or vanished meanwhile must not hide the others.
+                log.warning("%s:%s left out of the view: %s", name, tag_dir.name, exc)
                 continue
-            blob = repo.blobs.get(target) or await self._blob(target)
-            if blob is None:
-                log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)
-                continue
-            manifest = await self._small(blob) if blob.size <= MANIFEST_MAX else b""
             media_type = layout.manifest_media_type(manifest) or "application/octet-stream"
             repo.tags[tag_dir.name] = Tag(target, media_type, blob.size, manifest)
         self._repos[name] = repo
         return repo
+
+    async def _list_fanouts(self, digests: set[str]) -> None:
+        """List each blob fan-out directory the digests need once, so their
+        lookups cost nothing (never a request per blob, also after the TTL)."""
+        paths = [layout.blob_data_path(digest) for digest in digests]
+        needed = sorted({path.rsplit("/", 2)[0] for path in paths if path})
+        for path in needed:
+            try:
+                node = await self._namespace.resolve(path)
+            except NotFound:
+                continue
+            if node.is_dir:
+                await self._namespace.ensure_listed(node)
 
     async def _blob(self, digest: str) -> Node | None:
         path = layout.blob_data_path(digest)
@@ -309,6 +339,11 @@ class ImagesView:
         return sorted(found.items())
 
     # -- facts ------------------------------------------------------------------------
+
+    def is_repository(self, node: Node) -> bool:
+        """Whether *node* is a repository directory of the view (built so far)."""
+        kind = self._kinds.get(node.ino)
+        return kind is not None and kind.what == "dir" and kind.repo in self._repos
 
     async def repository_facts(self, node: Node) -> dict[bytes, bytes]:
         """``user.registry.tags`` and ``user.registry.size`` of a repository directory."""

@@ -151,6 +151,7 @@ class ObjectReader:
         end = offset + len(data)
         if offset > self._hash_pos:
             self._hasher = None  # a gap: this handle cannot tell
+            log.debug("%s: not verified (read at %d before %d)", self.key, offset, self._hash_pos)
             return
         if end <= self._hash_pos:
             return  # read again: already hashed
