@@ -16,9 +16,10 @@ and rsync -H count each blob once.  Everything else is a virtual node owned
 here: directories, and small files whose bytes are built in memory.
 
 Cost: a repository's model comes from the namespace's listings (its subtree
-is listed flat: about one request per 1,000 keys), one GET per tag link and
-one per tag's manifest blob (both cached by ETag), and the blobs' sizes from
-listings of ``blobs/``, never a HEAD per blob.  A model is rebuilt once it is
+is listed flat: about one request per 1,000 keys), one GET per tag's manifest
+blob (cached by ETag), one more for the ``current/link`` of a tag that has
+pointed to several manifests, and the blobs' sizes from listings of
+``blobs/``, never a HEAD per blob.  A model is rebuilt once it is
 older than ``metadata_ttl``.
 """
 
@@ -263,8 +264,7 @@ class ImagesView:
                 repo.blobs[digest] = blob
         for tag_dir in await self._list(f"{base}/_manifests/tags"):
             try:
-                link = await self._namespace.resolve(f"{base}/_manifests/tags/{tag_dir.name}/current/link")
-                target = (await self._small(link)).decode("utf-8", "replace").strip()
+                target = await self._tag_target(f"{base}/_manifests/tags/{tag_dir.name}")
                 blob = repo.blobs.get(target) or await self._blob(target)
                 if blob is None:
                     log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)
@@ -278,6 +278,20 @@ class ImagesView:
             repo.tags[tag_dir.name] = Tag(target, media_type, blob.size, manifest)
         self._repos[name] = repo
         return repo
+
+    async def _tag_target(self, tag_path: str) -> str:
+        """The digest a tag points to.  A tag that only ever pointed to one
+        manifest has one entry in its ``index/``, which the listing already
+        shows: no GET.  Otherwise its ``current/link`` is read."""
+        history = [
+            (algorithm.name, entry.name)
+            for algorithm in await self._list(f"{tag_path}/index")
+            for entry in await self._list(f"{tag_path}/index/{algorithm.name}")
+        ]
+        if len(history) == 1:
+            return f"{history[0][0]}:{history[0][1]}"
+        link = await self._namespace.resolve(f"{tag_path}/current/link")
+        return (await self._small(link)).decode("utf-8", "replace").strip()
 
     async def _list_fanouts(self, digests: set[str]) -> None:
         """List each blob fan-out directory the digests need once, so their
