@@ -210,7 +210,7 @@ class Operations(pyfuse3.Operations):
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            shown = view or bool(node.view_names)  # a blob the view shows is read-only
+            shown = view or self._immutable(node)  # stored blobs are read-only
             mode = (
                 (self._file_mode & 0o444) if shown else (self._file_mode if node.mode is None else node.mode)
             )
@@ -242,6 +242,13 @@ class Operations(pyfuse3.Operations):
         """EROFS with -o ro, and for anything of the read-only images view."""
         if self._options.ro or any(self.images.owns(node) for node in nodes):
             raise pyfuse3.FUSEError(errno.EROFS)
+
+    @staticmethod
+    def _immutable(node: Node) -> bool:
+        """A stored blob data file: content-addressed, so never rewritten in place
+        (the registry never does; it renames a finished upload onto the path).
+        Deleting it and renaming onto it stay possible (garbage collection, uploads)."""
+        return not node.is_dir and not node.local and layout.blob_digest(node.path) is not None
 
     def _check_not_view_name(self, parent: Node, name: bytes) -> None:
         """The name ``_images`` at the root is the view's, whatever S3 holds."""
@@ -371,8 +378,8 @@ class Operations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
         self._check_writable(node)
-        if node.view_names:
-            raise pyfuse3.FUSEError(errno.EROFS)  # a blob the images view shows: immutable
+        if fields.update_size and self._immutable(node):
+            raise pyfuse3.FUSEError(errno.EROFS)
         with errors_to_errno(f"setattr {node.path!r}"):
             if fields.update_size:
                 if node.is_dir:
@@ -504,8 +511,8 @@ class Operations(pyfuse3.Operations):
         writing = bool(flags & _WRITE_FLAGS)
         if writing or flags & os.O_TRUNC:
             self._check_writable(node)
-            if node.view_names:
-                raise pyfuse3.FUSEError(errno.EROFS)  # a blob the images view shows: immutable
+            if self._immutable(node):
+                raise pyfuse3.FUSEError(errno.EROFS)
         content = self.images.content(node)
         if content is not None:
             fh = self._new_fh()

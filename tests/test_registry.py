@@ -299,7 +299,7 @@ def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry,
             lambda: os.rename(app_dir / "index.json", app_dir / "other.json"),
             lambda: open(shown, "r+b"),
             lambda: os.truncate(shown, 0),
-            lambda: os.chmod(raw, 0o600),  # the same file, by its raw name
+            lambda: open(raw, "r+b"),  # the same file by its raw name: a stored blob is immutable
             lambda: os.rename(m / "docker", m / "_images"),
         ):
             with pytest.raises(OSError) as info:
