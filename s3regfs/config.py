@@ -138,6 +138,10 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "commit_timeout": ("300", "seconds to commit open files when unmounting"),
     "verify": ("off", "hash blob data files read from start to end; a mismatch answers EIO"),
     "images": ("off", "show _images in the root's listing (it is always reachable by name)"),
+    "statfs": (
+        "seen",
+        "df's used space: 'seen' (what listings saw) or 'scan' (a background count of the root)",
+    ),
     "config": ("none", "the registry's config.yml (same as --config)"),
 }
 
@@ -364,6 +368,7 @@ class MountOptions:
     commit_timeout: float = 300.0
     verify: bool = False
     images: bool = False
+    statfs: str = "seen"
 
 
 @dataclass(frozen=True)
@@ -663,6 +668,11 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values[name] = parse_int(name, value, 1, 1024)
         elif name in ("spoolmax", "write_memory"):
             values[name] = parse_size(name, value)
+        elif name == "statfs":
+            text = parse_str(value)
+            if text not in ("seen", "scan"):
+                raise ConfigError(f"the statfs option takes seen or scan, {text!r} invalid")
+            values[name] = text
         elif name == "commit_timeout":
             values[name] = parse_seconds(name, value)
         elif name == "spooldir":

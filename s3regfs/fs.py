@@ -173,6 +173,8 @@ class Operations(pyfuse3.Operations):
         self._dir_handles: dict[int, DirHandle] = {}
         self._writers: dict[int, FileWriter] = {}
         self.images = ImagesView(namespace, store, config.options.metadata_ttl)
+        #: (bytes, objects) under the root as the last -o statfs=scan counted them.
+        self.scanned_usage: tuple[int, int] | None = None
         #: (inode, ETag) of blobs that -o verify found not to match their digest.
         self._corrupt: set[tuple[int, str]] = set()
         self._next_fh = 1
@@ -420,8 +422,11 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # S3 has no capacity; report a large, constant free space so tools
         # that check for room before copying (cp, rsync, skopeo) go ahead.
-        # Used: what listings have seen so far (honest, never a guess).
+        # Used: what listings have seen so far, or what the last background
+        # scan counted (-o statfs=scan): honest, never a guess.
         used_bytes, used_files = self.namespace.usage()
+        if self.scanned_usage is not None:
+            used_bytes, used_files = max(self.scanned_usage, (used_bytes, used_files))
         data = pyfuse3.StatvfsData()
         data.f_bsize = BLOCK_SIZE
         data.f_frsize = BLOCK_SIZE

@@ -140,6 +140,8 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
                 operations.attach_nursery(nursery)
                 nursery.start_soon(_handle_signals, signals, namespace)
                 nursery.start_soon(_announce_ready, mountpoint, on_ready)
+                if config.options.statfs == "scan":
+                    nursery.start_soon(_scan_usage, store, config.driver.key_prefix, operations)
                 await pyfuse3.main()
                 await operations.close_all()
                 nursery.cancel_scope.cancel()
@@ -184,6 +186,34 @@ async def _announce_ready(mountpoint: str, on_ready: Callable[[], None] | None) 
     log.debug("mount answers")
     if on_ready is not None:
         on_ready()
+
+
+#: -o statfs=scan: at most this many listing pages a second, a full scan at
+#: most this often.
+SCAN_PAGES_PER_SECOND = 10
+SCAN_INTERVAL = 300.0
+
+
+async def _scan_usage(store: S3Store, prefix: str, operations: Operations) -> None:
+    """Count the bytes and objects under the root in the background, rate-limited."""
+    while True:
+        total = count = 0
+        token: str | None = None
+        try:
+            while True:
+                page = await store.list_page(prefix, token=token)
+                total += sum(info.size for info in page.objects if not info.key.endswith("/"))
+                count += sum(1 for info in page.objects if not info.key.endswith("/"))
+                token = page.next_token
+                if token is None:
+                    break
+                await trio.sleep(1 / SCAN_PAGES_PER_SECOND)
+        except StorageError as exc:
+            log.warning("statfs scan failed (tried again later): %s", exc)
+        else:
+            operations.scanned_usage = (total, count)
+            log.debug("statfs scan: %d bytes in %d objects", total, count)
+        await trio.sleep(SCAN_INTERVAL)
 
 
 async def _handle_signals(signals: AsyncIterator[int], namespace: Namespace) -> None:

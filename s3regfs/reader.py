@@ -69,16 +69,16 @@ class ObjectReader:
         verify_digest: str | None = None,
     ) -> None:
         self.key = key
-        # -o verify: hash what is read from offset 0 on, in order; a gap (a
-        # read elsewhere first) gives up verifying this handle.
+        # -o verify: a stream that starts at offset 0 hashes every chunk it
+        # reads, in order, and compares before it hands out the last one.
+        self._algorithm = ""
         self._expected = ""
-        self._hasher: Any = None
-        self._hash_pos = 0
         self._corrupt = False
         if verify_digest:
-            algorithm, _, self._expected = verify_digest.partition(":")
+            algorithm, _, expected = verify_digest.partition(":")
             try:
-                self._hasher = hashlib.new(algorithm)
+                hashlib.new(algorithm)
+                self._algorithm, self._expected = algorithm, expected
             except ValueError:
                 log.warning("cannot verify %s: unknown digest algorithm %r", key, algorithm)
         self.size = size
@@ -115,10 +115,13 @@ class ObjectReader:
             return b""
         async with self._lock:
             while True:
+                if self._corrupt:
+                    # Every read of this handle fails from now on: the kernel
+                    # retries a failed read-ahead with a read of its own.
+                    raise IntegrityError(f"{self.key}: content does not match its digest")
                 if self._buf_start <= offset and end <= self._stream_pos:
                     data = self._slice(offset, end)
                     self._served(offset, end)
-                    await self._verify(offset, data)
                     return data
                 if self._error is not None:
                     error, self._error = self._error, None
@@ -139,33 +142,7 @@ class ObjectReader:
                 # A random read: fetch exactly this range, keep any stream.
                 data = await self._store.get_range(self.key, offset, end, self._etag)
                 self._last_end = end
-                await self._verify(offset, data)
                 return data
-
-    async def _verify(self, offset: int, data: bytes) -> None:
-        hasher = self._hasher
-        if hasher is None:
-            if self._corrupt:
-                raise IntegrityError(f"{self.key}: content does not match its digest")
-            return
-        end = offset + len(data)
-        if offset > self._hash_pos:
-            self._hasher = None  # a gap: this handle cannot tell
-            log.debug("%s: not verified (read at %d before %d)", self.key, offset, self._hash_pos)
-            return
-        if end <= self._hash_pos:
-            return  # read again: already hashed
-        await trio.to_thread.run_sync(hasher.update, memoryview(data)[self._hash_pos - offset :])
-        self._hash_pos = end
-        if end == self.size:
-            self._hasher = None
-            if hasher.hexdigest() != self._expected:
-                log.error("%s: content does not match its digest (read with -o verify)", self.key)
-                self._corrupt = True
-        if self._corrupt:
-            # Every read of this handle fails from now on: the kernel retries a
-            # failed read-ahead with a read of its own, which must fail too.
-            raise IntegrityError(f"{self.key}: content does not match its digest")
 
     def relocate(self, key: str, etag: str) -> None:
         """The object was renamed to *key* (a copy with *etag*): read from there.
@@ -258,6 +235,7 @@ class ObjectReader:
 
     async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
         stream: ObjectStream | None = None
+        hasher: Any = hashlib.new(self._algorithm) if self._algorithm and start == 0 else None
         try:
             with scope:
                 stream = await self._store.open_stream(self.key, start, self.size, self._etag)
@@ -288,6 +266,12 @@ class ObjectReader:
                         self._budget.give(want)
                         raise
                     self._budget.give(want - len(data))
+                    if hasher is not None:
+                        await trio.to_thread.run_sync(hasher.update, data)
+                        if stream.position == self.size and hasher.hexdigest() != self._expected:
+                            # Decided before the last chunk is handed out.
+                            log.error("%s: content does not match its digest (read with -o verify)", self.key)
+                            self._corrupt = True
                     self._chunks.append((self._stream_pos, data))
                     self._buffered += len(data)
                     self._stream_pos += len(data)

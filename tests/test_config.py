@@ -390,3 +390,22 @@ def test_cli_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None
     ):
         assert f"-o {name}" in out
     assert "default: 10485760" in out
+
+
+def test_statfs_option() -> None:
+    assert (
+        build(
+            source="b",
+            mountpoint="/m",
+            mount_options=[("region", "us-east-1"), ("statfs", "scan")],
+            environ={},
+        ).options.statfs
+        == "scan"
+    )
+    with pytest.raises(ConfigError, match="statfs option takes seen or scan"):
+        build(
+            source="b",
+            mountpoint="/m",
+            mount_options=[("region", "us-east-1"), ("statfs", "all")],
+            environ={},
+        )

@@ -465,3 +465,19 @@ def test_gitlab_metadata_database_is_reported(
     with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/gl"], check_clean=False) as mount:
         assert os.listdir(mount.path / "docker/registry/lockfiles") == ["database-in-use"]
     assert "uses GitLab's metadata database" in mount.stderr
+
+
+def test_statfs_scan_counts_what_was_never_listed(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    objects = {f"deep/{i}/{j}/blob": bytes(100_000) for i in range(5) for j in range(4)}
+    put_many(s3, bucket, objects)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "statfs=scan", bucket]) as mount:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = os.statvfs(mount.path)
+            if st.f_files - st.f_ffree >= len(objects):
+                break
+            time.sleep(0.2)
+        assert st.f_files - st.f_ffree == len(objects)
+        assert (st.f_blocks - st.f_bfree) * st.f_frsize >= 20 * 100_000

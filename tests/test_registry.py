@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -270,6 +271,11 @@ def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry,
         out = tmp_path / "out-tool"
         skopeo("copy", "--quiet", f"dir:{view / 'team/tools/tool/_tags/2.0'}", f"dir:{out}")
         assert _manifest_digest(out) == tool  # Docker schema 2: only dir: takes it
+        if shutil.which("umoci"):
+            listed = subprocess.run(
+                ["umoci", "ls", "--layout", str(app_dir)], check=True, capture_output=True, text=True
+            ).stdout.split()
+            assert sorted(listed) == ["latest", "v1", "v2"]
         multi_dir = view / "library/multi"
         index_entry = json.loads((multi_dir / "index.json").read_text())["manifests"][0]
         assert index_entry["mediaType"] == "application/vnd.oci.image.index.v1+json"
