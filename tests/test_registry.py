@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,6 +277,14 @@ def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry,
                 ["umoci", "ls", "--layout", str(app_dir)], check=True, capture_output=True, text=True
             ).stdout.split()
             assert sorted(listed) == ["latest", "v1", "v2"]
+        inspected = json.loads(skopeo("inspect", f"oci:{app_dir}:v1"))
+        assert inspected["Digest"] == app
+        backup = tmp_path / "backup-v1"
+        subprocess.run(["cp", "-r", str(app_dir / "_tags/v1"), str(backup)], check=True)
+        assert _manifest_digest(backup) == app
+        for layer in json.loads((backup / "manifest.json").read_text())["layers"]:
+            data = (backup / layer["digest"].split(":")[1]).read_bytes()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
         multi_dir = view / "library/multi"
         index_entry = json.loads((multi_dir / "index.json").read_text())["manifests"][0]
         assert index_entry["mediaType"] == "application/vnd.oci.image.index.v1+json"
@@ -311,3 +320,22 @@ def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry,
             with pytest.raises(OSError) as info:
                 attempt()
             assert info.value.errno == errno.EROFS
+
+
+def test_images_view_follows_tags_and_shows_with_option(registry: Registry, tmp_path: Path) -> None:
+    push_image(registry, tmp_path, "library/app", "v1", seed=31)
+    options = ["--config", str(registry.config_path), "-o", "images,metadata_ttl=1"]
+    with mounted(tmp_path / "mnt", options) as mount:
+        assert "_images" in os.listdir(mount.path)  # -o images: in the root's listing too
+        index = mount.path / "_images/library/app/index.json"
+        tags = [
+            m["annotations"]["org.opencontainers.image.ref.name"]
+            for m in json.loads(index.read_text())["manifests"]
+        ]
+        assert tags == ["v1"]
+        new = push_image(registry, tmp_path, "library/app", "v2", seed=32)
+        time.sleep(1.5)  # metadata_ttl
+        manifests = json.loads(index.read_text())["manifests"]
+        assert {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in manifests}[
+            "v2"
+        ] == new
