@@ -41,9 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import boto3  # noqa: E402
 
-from tests.util import CREDENTIALS, MotoServer, mount_env, s3regfs_command, start_moto  # noqa: E402
+from tests.util import CREDENTIALS, MotoServer, mount_env, s3_client, s3regfs_command, start_moto  # noqa: E402
 
 MiB = 1024 * 1024
 BUCKET = "bench"
@@ -190,13 +189,9 @@ def write_benchmarks(moto: MotoServer, workdir: Path, args: argparse.Namespace, 
         f.write(os.urandom(args.size_mib * MiB))
     # Same client settings as s3regfs (checksums only when required, as the
     # registry sends none), same part size and concurrency.
-    client: Any = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        config=botocore.config.Config(
+    client: Any = s3_client(
+        moto.url,
+        botocore.config.Config(
             request_checksum_calculation="when_required", response_checksum_validation="when_required"
         ),
     )
@@ -282,13 +277,7 @@ def images_view_costs(moto: MotoServer, workdir: Path, repositories: int = 200) 
     """7. What the _images view costs on a registry of *repositories* repositories."""
     import json
 
-    s3: Any = boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3: Any = s3_client(moto.url)
     bucket = "images-bench"
     s3.create_bucket(Bucket=bucket)
     root = "docker/registry/v2"
@@ -405,13 +394,7 @@ def main() -> int:
                 print(f"({binary} is not installed: skipped)")
     running: Running | None = None
     try:
-        s3: Any = boto3.client(
-            "s3",
-            endpoint_url=moto.url,
-            region_name="us-east-1",
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
+        s3: Any = s3_client(moto.url)
         big_key = fill_bucket(s3, args.size_mib, args.links)
         size = args.size_mib * MiB
 

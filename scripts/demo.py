@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.regkit import push_image, start_registry  # noqa: E402
-from tests.util import CREDENTIALS, free_port, wait_for_port  # noqa: E402
+from tests.util import free_port, s3_client, wait_for_port  # noqa: E402
 
 WORK = REPO / "demo-work"
 MOUNT = WORK / "mnt"
@@ -59,15 +59,7 @@ def start() -> None:
     wait_for_port(port, moto)
     endpoint = f"http://127.0.0.1:{port}"
 
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    ).create_bucket(Bucket=BUCKET)
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
 
     registry = start_registry(endpoint, BUCKET, ROOT, WORK / "registry", detach=True)
     with open(PIDS, "a") as pids:
@@ -100,6 +92,9 @@ Try:
   sha256sum {v2}/blobs/sha256/*/*/data
   du -sh {v2}/blobs
   getfattr -d {tag}
+  ls {MOUNT}/_images/library/app            # each repository as an OCI image layout
+  skopeo inspect oci:{MOUNT}/_images/library/app:v1
+  getfattr -n user.registry.verify {v2}/blobs/sha256/*/*/data
 Stop with: bash scripts/demo.sh stop"""
     )
 

@@ -9,10 +9,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.util import CREDENTIALS, MotoServer, start_moto
+from tests.util import MotoServer, s3_client, start_moto
 
 faulthandler.enable()
 
@@ -26,13 +25,7 @@ def moto() -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def s3(moto: MotoServer) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=moto.url,
-        region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    return s3_client(moto.url)
 
 
 @pytest.fixture
