@@ -383,6 +383,8 @@ class Config:
     config_file: str = ""
     #: GitLab's metadata database is enabled in the registry's config.yml.
     database_enabled: bool = False
+    #: systemd's $NOTIFY_SOCKET (Type=notify), "" outside systemd.
+    notify_socket: str = ""
 
 
 # ---------------------------------------------------------------------------
@@ -754,4 +756,5 @@ def build(
         debug=debug,
         config_file=config_file or "",
         database_enabled=settings.database_enabled,
+        notify_socket=environ.get("NOTIFY_SOCKET", ""),
     )

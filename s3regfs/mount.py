@@ -14,6 +14,8 @@ import errno
 import logging
 import os
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 import pyfuse3
@@ -113,13 +115,38 @@ def fuse_options(config: Config) -> set[str]:
     return result
 
 
+def sd_notify(socket_path: str, message: str) -> None:
+    """Send *message* to systemd's notification socket (best effort)."""
+    if not socket_path:
+        return
+    address = "\0" + socket_path[1:] if socket_path.startswith("@") else socket_path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", socket_path, exc)
+
+
 def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
     """Mount, serve until unmounted or signalled, unmount; return the exit status.
 
-    *on_ready* is called once the mount answers requests.
+    *on_ready* is called once the mount answers requests; with
+    ``$NOTIFY_SOCKET`` (systemd's Type=notify, with -f) READY=1 is sent then,
+    and STOPPING=1 when the mount stops.
     """
     mountpoint = check_mountpoint(config.mountpoint)
-    return trio.run(_main, config, mountpoint, on_ready)
+    # Only the process systemd started may notify (NotifyAccess=main): with -f.
+    notify_socket = config.notify_socket if config.foreground else ""
+
+    def ready() -> None:
+        sd_notify(notify_socket, f"READY=1\nSTATUS=mounted on {mountpoint}")
+        if on_ready is not None:
+            on_ready()
+
+    try:
+        return trio.run(_main, config, mountpoint, ready)
+    finally:
+        sd_notify(notify_socket, "STOPPING=1")
 
 
 async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | None) -> int:
@@ -138,7 +165,7 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
         try:
             async with trio.open_nursery() as nursery:
                 operations.attach_nursery(nursery)
-                nursery.start_soon(_handle_signals, signals, namespace)
+                nursery.start_soon(_handle_signals, signals, namespace, mountpoint)
                 nursery.start_soon(_announce_ready, mountpoint, on_ready)
                 if config.options.statfs == "scan":
                     nursery.start_soon(_scan_usage, store, config.driver.key_prefix, operations)
@@ -216,11 +243,20 @@ async def _scan_usage(store: S3Store, prefix: str, operations: Operations) -> No
         await trio.sleep(SCAN_INTERVAL)
 
 
-async def _handle_signals(signals: AsyncIterator[int], namespace: Namespace) -> None:
+async def _handle_signals(signals: AsyncIterator[int], namespace: Namespace, mountpoint: str) -> None:
+    """SIGHUP drops the caches; SIGTERM and SIGINT unmount cleanly (committing
+    open files); a second SIGINT detaches the mount and exits at once."""
+    interrupts = 0
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("SIGHUP: dropping metadata caches")
             namespace.invalidate_all()
-        else:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
+            continue
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts > 1:
+                log.error("second SIGINT: exiting at once; data not yet stored is lost")
+                subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+                os._exit(130)
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        pyfuse3.terminate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,12 +20,14 @@ Match = Callable[[str, str], bool]
 
 @dataclass
 class Rule:
-    """Answer *status* (with S3 error *code*) to matching requests, *count* times (None: always)."""
+    """Answer *status* (with S3 error *code*) to matching requests, *count* times
+    (None: always), after *delay* seconds; status 0 forwards after the delay."""
 
     match: Match
     status: int = 500
     code: str = "InternalError"
     count: int | None = None
+    delay: float = 0.0
     hits: int = 0
 
     def fires(self, method: str, path: str) -> bool:
@@ -64,7 +67,9 @@ class FaultProxy:
                 with proxy._lock:
                     proxy.requests.append((self.command, self.path))
                     rule = next((r for r in proxy.rules if r.fires(self.command, self.path)), None)
-                if rule is not None:
+                if rule is not None and rule.delay:
+                    time.sleep(rule.delay)
+                if rule is not None and rule.status:
                     payload = (
                         f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{rule.code}</Code>'
                         f"<Message>injected by the test proxy</Message></Error>"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -481,3 +482,56 @@ def test_statfs_scan_counts_what_was_never_listed(
             time.sleep(0.2)
         assert st.f_files - st.f_ffree == len(objects)
         assert (st.f_blocks - st.f_bfree) * st.f_frsize >= 20 * 100_000
+
+
+def test_systemd_notification_after_the_mount_answers(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    import socket as socketlib
+
+    put_many(s3, bucket, {"f": b"1"})
+    address = str(tmp_path / "notify.sock")
+    with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        mnt = tmp_path / "mnt"
+        with mounted(mnt, [*endpoint_opts, bucket], env={"NOTIFY_SOCKET": address}) as mount:
+            message = sock.recv(4096).decode()
+            assert message.startswith("READY=1")
+            assert os.path.ismount(mnt) and (mnt / "f").read_bytes() == b"1"  # it answers
+            mount.process.send_signal(signal.SIGTERM)
+            assert sock.recv(4096) == b"STOPPING=1"
+            assert mount.process.wait(20) == 0
+            spawn(mount, [*endpoint_opts, bucket])  # mounted() unmounts a mount at the end
+            wait_for_mount(mount)
+
+
+def test_second_sigint_exits_at_once(moto: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
+    from tests.faultproxy import FaultProxy, Rule
+
+    # Every PutObject takes 30 s: the clean unmount of the first SIGINT hangs on it.
+    proxy = FaultProxy(moto.port, rules=[Rule(lambda m, p: m == "PUT", status=0, delay=30)]).start()
+    mnt = tmp_path / "mnt"
+    try:
+        with mounted(
+            mnt, ["-o", f"regionendpoint={proxy.url},region=us-east-1", bucket], check_clean=False
+        ) as mount:
+            f = open(mnt / "pending", "wb")
+            f.write(b"x" * 100)
+            f.flush()
+            mount.process.send_signal(signal.SIGINT)
+            time.sleep(1)
+            assert mount.process.poll() is None  # still committing
+            started = time.monotonic()
+            mount.process.send_signal(signal.SIGINT)
+            assert mount.process.wait(10) == 130
+            assert time.monotonic() - started < 10
+            with contextlib.suppress(OSError):
+                f.close()
+            assert not os.path.ismount(mnt)  # detached, not left stale
+            proxy.rules = []
+            spawn(mount, ["-o", f"regionendpoint={proxy.url},region=us-east-1", bucket])
+            wait_for_mount(mount)
+        assert "second SIGINT" in mount.stderr
+    finally:
+        proxy.stop()
