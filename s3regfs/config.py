@@ -454,6 +454,8 @@ def read_config_file(path: str) -> FileSettings:
     if not isinstance(document, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     settings = FileSettings()
+    if _holds_secret(document) and os.stat(path).st_mode & 0o004:
+        log.warning("config file %s holds credentials and is readable by every user: chmod 600 it", path)
     own = document.get("s3regfs")
     if own is not None:
         if not isinstance(own, dict):
@@ -495,6 +497,16 @@ def read_config_file(path: str) -> FileSettings:
     settings.driver_name = name
     settings.params = {str(k): v for k, v in params.items()}
     return settings
+
+
+def _holds_secret(document: Any) -> bool:
+    """Whether a parsed YAML document has a non-empty secretkey or sessiontoken anywhere."""
+    if isinstance(document, dict):
+        return any(
+            (key in ("secretkey", "sessiontoken") and bool(value)) or _holds_secret(value)
+            for key, value in document.items()
+        )
+    return False
 
 
 def environment_overrides(environ: Mapping[str, str], driver_name: str) -> tuple[str, dict[str, Any]]:

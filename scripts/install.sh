@@ -13,6 +13,7 @@ packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci fi
 if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
     packages+=(python3-venv python3-dev)
 fi
+command -v systemd-analyze >/dev/null || packages+=(systemd)
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 

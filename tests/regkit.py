@@ -107,6 +107,7 @@ def run_registry(config_text: str, port: int, workdir: Path, *, detach: bool = F
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.yml"
     config_path.write_text(config_text)
+    config_path.chmod(0o600)  # it holds credentials
     log_path = workdir / "registry.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(

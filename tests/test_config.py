@@ -409,3 +409,17 @@ def test_statfs_option() -> None:
             mount_options=[("region", "us-east-1"), ("statfs", "all")],
             environ={},
         )
+
+
+def test_world_readable_credentials_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "mnt.yml"
+    path.write_text("bucket: b\nregion: us-east-1\nsecretkey: abcdefgh\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        build(source=None, mountpoint="/m", config_file=str(path), environ={})
+    assert "readable by every user" in caplog.text and "abcdefgh" not in caplog.text
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        build(source=None, mountpoint="/m", config_file=str(path), environ={})
+    assert "readable by every user" not in caplog.text
