@@ -173,7 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuietError as exc:
         print(f"s3regfs: error: {exc}", file=sys.stderr)
         return exc.exitcode
-    setup_logging(debug=config.debug, loglevel=config.driver.loglevel, secrets=_secrets(config))
+    setup_logging(
+        debug=config.debug,
+        loglevel=config.driver.loglevel,
+        secrets=_secrets(config),
+        systemd=config.under_systemd,
+    )
     if config.foreground:
         return _run_foreground(config)
     return _run_daemon(config)

@@ -385,6 +385,8 @@ class Config:
     database_enabled: bool = False
     #: systemd's $NOTIFY_SOCKET (Type=notify), "" outside systemd.
     notify_socket: str = ""
+    #: Started by systemd (stderr goes to the journal).
+    under_systemd: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -769,4 +771,5 @@ def build(
         config_file=config_file or "",
         database_enabled=settings.database_enabled,
         notify_socket=environ.get("NOTIFY_SOCKET", ""),
+        under_systemd=bool(environ.get("JOURNAL_STREAM") or environ.get("INVOCATION_ID")),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 XATTR_ETAG = b"user.s3.etag"
 XATTR_KEY = b"user.s3.key"
+CONTROL_NAME = ".s3regfs"
 XATTR_STORAGE_CLASS = b"user.s3.storage_class"
 XATTR_DIGEST = b"user.registry.digest"
 XATTR_MEDIATYPE = b"user.registry.mediatype"
@@ -173,6 +175,9 @@ class Operations(pyfuse3.Operations):
         self._dir_handles: dict[int, DirHandle] = {}
         self._writers: dict[int, FileWriter] = {}
         self.images = ImagesView(namespace, store, config.options.metadata_ttl)
+        # .s3regfs/stats: reachable by name, never listed (like _images).
+        self._control = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
+        self._stats_file = namespace.new_virtual("stats", self._control, is_dir=False)
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
         self.scanned_usage: tuple[int, int] | None = None
         #: (inode, ETag) of blobs that -o verify found not to match their digest.
@@ -202,7 +207,9 @@ class Operations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.InodeT(node.ino)
         attrs.generation = 0
-        view = self.images.owns(node)
+        view = self._virtual(node)
+        if node is self._stats_file:
+            node.size = len(self._stats_bytes())
         attrs.entry_timeout = self._options.metadata_ttl
         # A view file's size changes with its content (index.json): never cached.
         attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
@@ -242,8 +249,25 @@ class Operations(pyfuse3.Operations):
 
     def _check_writable(self, *nodes: Node) -> None:
         """EROFS with -o ro, and for anything of the read-only images view."""
-        if self._options.ro or any(self.images.owns(node) for node in nodes):
+        if self._options.ro or any(self._virtual(node) for node in nodes):
             raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _virtual(self, node: Node) -> bool:
+        return self.images.owns(node) or node is self._control or node is self._stats_file
+
+    def stats(self) -> dict[str, object]:
+        """What the stats file shows (and SIGUSR1 logs)."""
+        figures = self.store.stats()
+        figures["cache"] = {"hits": self.namespace.cache_hits, "misses": self.namespace.cache_misses}
+        figures["open_files"] = len(self._handles)
+        figures["open_uploads"] = sum(1 for writer in self._writers.values() if writer.uploading)
+        figures["files_being_written"] = len(self._writers)
+        figures["readahead_bytes"] = self.budget.used
+        figures["write_memory_bytes"] = self.write_memory.used
+        return figures
+
+    def _stats_bytes(self) -> bytes:
+        return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
 
     @staticmethod
     def _immutable(node: Node) -> bool:
@@ -253,8 +277,8 @@ class Operations(pyfuse3.Operations):
         return not node.is_dir and not node.local and layout.blob_digest(node.path) is not None
 
     def _check_not_view_name(self, parent: Node, name: bytes) -> None:
-        """The name ``_images`` at the root is the view's, whatever S3 holds."""
-        if parent is self.namespace.root and name == VIEW_NAME.encode():
+        """``_images`` and ``.s3regfs`` at the root are ours, whatever S3 holds."""
+        if parent is self.namespace.root and name in (VIEW_NAME.encode(), CONTROL_NAME.encode()):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _new_name(self, parent: Node, name: bytes) -> str:
@@ -354,6 +378,12 @@ class Operations(pyfuse3.Operations):
                 node = parent.parent or parent
             elif parent is self.namespace.root and name == VIEW_NAME.encode():
                 node = self.images.root  # always reachable by name
+            elif parent is self.namespace.root and name == CONTROL_NAME.encode():
+                node = self._control
+            elif parent is self._control:
+                if name != b"stats":
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                node = self._stats_file
             elif self.images.owns(parent):
                 node = await self.images.lookup(parent, self._decode(name))
             else:
@@ -447,7 +477,9 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         with errors_to_errno(f"listing {node.path or '/'!r}"):
-            if self.images.owns(node):
+            if node is self._control:
+                entries = [("stats", self._stats_file)]
+            elif self.images.owns(node):
                 entries = await self.images.children(node)
             else:
                 entries = [(child.name, child) for child in await self.namespace.list_children(node)]
@@ -518,11 +550,14 @@ class Operations(pyfuse3.Operations):
             self._check_writable(node)
             if self._immutable(node):
                 raise pyfuse3.FUSEError(errno.EROFS)
-        content = self.images.content(node)
+        content = self._stats_bytes() if node is self._stats_file else self.images.content(node)
         if content is not None:
             fh = self._new_fh()
             self._handles[fh] = FileHandle(node, None, None, content)
-            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
+            # direct_io: the stats change between getattr and read.
+            return pyfuse3.FileInfo(
+                fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=node is self._stats_file
+            )
         with errors_to_errno(f"open {node.path!r}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)

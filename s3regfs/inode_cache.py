@@ -138,6 +138,11 @@ class Namespace:
         self.root.mtime_ns = time.time_ns()
         self._inodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._warned: set[str] = set()
+        #: Inodes of nodes that are not in the bucket (the images view, .s3regfs).
+        self._virtual: set[int] = set()
+        #: Directory answers from the cache, and those that needed S3.
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     # -- inode table ----------------------------------------------------------
 
@@ -321,7 +326,11 @@ class Namespace:
 
     def usage(self) -> tuple[int, int]:
         """Bytes and count of the files the listings have seen so far."""
-        sizes = [node.size for node in self._inodes.values() if node.attached and not node.is_dir]
+        sizes = [
+            node.size
+            for node in self._inodes.values()
+            if node.attached and not node.is_dir and node.ino not in self._virtual
+        ]
         return sum(sizes), len(sizes)
 
     def new_virtual(self, name: str, parent: Node, *, is_dir: bool) -> Node:
@@ -331,6 +340,7 @@ class Namespace:
         node.mtime_ns = self.root.mtime_ns
         node.fresh_at = self._now()
         self._inodes[node.ino] = node
+        self._virtual.add(node.ino)
         return node
 
     async def resolve(self, path: str) -> Node:
@@ -351,7 +361,9 @@ class Namespace:
     async def ensure_listed(self, directory: Node) -> None:
         """Make *directory*'s children known and fresh (lists at most once at a time)."""
         if self.is_fresh(directory):
+            self.cache_hits += 1
             return
+        self.cache_misses += 1
         if directory.lock is None:
             directory.lock = trio.Lock()
         async with directory.lock:

@@ -86,29 +86,45 @@ class _QuietReleaseReplies(logging.Filter):
         return True
 
 
+#: syslog priorities by logging level, for journald's "<N>" line prefixes.
+_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
 class _Formatter(logging.Formatter):
-    def __init__(self, debug: bool) -> None:
+    """One line per record; under systemd with the syslog priority journald reads."""
+
+    def __init__(self, debug: bool, systemd: bool = False) -> None:
         fmt = (
             "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
             if debug
             else "s3regfs: %(levelname)s: %(message)s"
         )
         super().__init__(fmt, datefmt="%H:%M:%S")
+        self._systemd = systemd
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()
-        return super().format(record)
+        line = super().format(record)
+        if self._systemd:
+            priority = _PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+            line = "\n".join(f"<{priority}>{part}" for part in line.splitlines())
+        return line
 
 
 def setup_logging(
-    *, debug: bool, loglevel: frozenset[str] = frozenset(), secrets: Iterable[str] = ()
+    *,
+    debug: bool,
+    loglevel: frozenset[str] = frozenset(),
+    secrets: Iterable[str] = (),
+    systemd: bool = False,
 ) -> None:
-    """Log to stderr: INFO and above (DEBUG with *debug*), secrets redacted."""
+    """Log to stderr: INFO and above (DEBUG with *debug*), secrets redacted;
+    with *systemd*, each line starts with its syslog priority (``<6>``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(debug))
+    handler.setFormatter(_Formatter(debug, systemd))
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -11,6 +11,7 @@ raises QuietError for anything that stops it from mounting.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -156,7 +157,7 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
     operations = Operations(config, store, namespace)
     # Signals are caught from before the mount exists: a SIGTERM at any moment
     # ends in a clean unmount, never in a stale mount.
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         try:
             pyfuse3.init(operations, mountpoint, fuse_options(config))
         except RuntimeError as exc:
@@ -165,7 +166,7 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
         try:
             async with trio.open_nursery() as nursery:
                 operations.attach_nursery(nursery)
-                nursery.start_soon(_handle_signals, signals, namespace, mountpoint)
+                nursery.start_soon(_handle_signals, signals, operations, mountpoint)
                 nursery.start_soon(_announce_ready, mountpoint, on_ready)
                 if config.options.statfs == "scan":
                     nursery.start_soon(_scan_usage, store, config.driver.key_prefix, operations)
@@ -243,14 +244,18 @@ async def _scan_usage(store: S3Store, prefix: str, operations: Operations) -> No
         await trio.sleep(SCAN_INTERVAL)
 
 
-async def _handle_signals(signals: AsyncIterator[int], namespace: Namespace, mountpoint: str) -> None:
-    """SIGHUP drops the caches; SIGTERM and SIGINT unmount cleanly (committing
-    open files); a second SIGINT detaches the mount and exits at once."""
+async def _handle_signals(signals: AsyncIterator[int], operations: Operations, mountpoint: str) -> None:
+    """SIGHUP drops the caches; SIGUSR1 logs the request accounting; SIGTERM and
+    SIGINT unmount cleanly (committing open files); a second SIGINT detaches
+    the mount and exits at once."""
     interrupts = 0
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("SIGHUP: dropping metadata caches")
-            namespace.invalidate_all()
+            operations.namespace.invalidate_all()
+            continue
+        if signum == signal.SIGUSR1:
+            log.info("stats: %s", json.dumps(operations.stats(), sort_keys=True))
             continue
         if signum == signal.SIGINT:
             interrupts += 1

@@ -379,6 +379,11 @@ class FileWriter:
         self._base_key = key
         self._base_etag = etag
 
+    @property
+    def uploading(self) -> bool:
+        """A multipart upload of this file is open in S3."""
+        return self._upload is not None
+
     def _drop_tail(self) -> None:
         self._tail = None
         if self._tail_reserved:

@@ -423,3 +423,18 @@ def test_world_readable_credentials_warn(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING):
         build(source=None, mountpoint="/m", config_file=str(path), environ={})
     assert "readable by every user" not in caplog.text
+
+
+def test_log_lines_carry_syslog_priorities_under_systemd() -> None:
+    from s3regfs.log import _Formatter
+
+    record = logging.LogRecord("s3regfs.x", logging.WARNING, __file__, 1, "careful: %s", ("now",), None)
+    assert _Formatter(False, systemd=True).format(record) == "<4>s3regfs: warning: careful: now"
+    record = logging.LogRecord("s3regfs.x", logging.ERROR, __file__, 1, "bad", None, None)
+    assert _Formatter(False).format(record) == "s3regfs: error: bad"
+    assert build(
+        source="b",
+        mountpoint="/m",
+        mount_options=[("region", "us-east-1")],
+        environ={"JOURNAL_STREAM": "8:1"},
+    ).under_systemd

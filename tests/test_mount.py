@@ -535,3 +535,53 @@ def test_second_sigint_exits_at_once(moto: Any, s3: Any, bucket: str, tmp_path: 
         assert "second SIGINT" in mount.stderr
     finally:
         proxy.stop()
+
+
+def test_stats_file_and_sigusr1(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
+    import json
+
+    put_many(s3, bucket, {"d/a": b"x" * 1000, "d/b": b"y" * 2000})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
+        m = mount.path
+        assert ".s3regfs" not in os.listdir(m)  # reachable by name only
+        assert (m / "d/a").read_bytes() == b"x" * 1000
+        (m / "d/c").write_bytes(b"z" * 300)
+        stats = json.loads((m / ".s3regfs/stats").read_text())
+        assert (
+            stats["requests"]["LIST"] >= 2 and stats["requests"]["GET"] == 1 and stats["requests"]["PUT"] == 1
+        )
+        assert stats["bytes_in"] >= 1000 and stats["bytes_out"] == 300
+        assert stats["errors"] == 0 and stats["open_uploads"] == 0 and stats["cache"]["hits"] >= 1
+        assert os.listdir(m / ".s3regfs") == ["stats"]
+        with pytest.raises(OSError) as info:
+            (m / ".s3regfs/stats").write_text("{}")
+        assert info.value.errno == errno.EROFS
+        mount.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "stats: " not in mount.read_stderr():
+            time.sleep(0.1)
+        assert '"requests"' in mount.read_stderr()
+
+
+def test_secrets_never_logged_at_any_level(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    import re
+
+    put_many(s3, bucket, {"f": b"data"})
+    secret, token = "SECRETsecret0123456789abcdefghij", "SESSIONtoken0123456789abcdefghij"
+    env = {
+        "REGISTRY_STORAGE_S3_ACCESSKEY": "AKIAEXAMPLEACCESS",
+        "REGISTRY_STORAGE_S3_SECRETKEY": secret,
+        "REGISTRY_STORAGE_S3_SESSIONTOKEN": token,
+    }
+    levels = "loglevel=logdebug\\,logdebugwithsigning\\,logdebugwithhttpbody\\,logdebugwithrequestretries"
+    with mounted(
+        tmp_path / "mnt", ["-d", *endpoint_opts, "-o", levels, bucket], env=env, check_clean=False
+    ) as mount:
+        assert (mount.path / "f").read_bytes() == b"data"
+        (mount.path / "g").write_bytes(b"more")
+    log = mount.stderr
+    assert "botocore" in log and "Authorization" in log  # the levels did log requests
+    assert secret not in log and token not in log
+    assert not re.search(r"Signature=[0-9a-f]{64}", log)

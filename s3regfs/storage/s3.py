@@ -189,11 +189,14 @@ class S3Stream:
                 error = translate(exc, what)
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
+                    self._store.counters["errors"] += 1
                     raise error from exc
+                self._store.counters["retries"] += 1
                 log.debug("%s; resuming at offset %d (retry %d)", error, self.position, failures)
                 await self._store._backoff(failures)
                 continue
             self.position += len(data)
+            self._store.counters["bytes_in"] += len(data)
             return data
 
     async def _drop_body(self) -> None:
@@ -221,6 +224,23 @@ def object_headers(driver: DriverParams) -> dict[str, Any]:
     return headers
 
 
+#: Request types of the stats file, by boto3 operation.
+REQUEST_TYPES = {
+    "list_objects_v2": "LIST",
+    "head_object": "HEAD",
+    "get_object": "GET",
+    "put_object": "PUT",
+    "create_multipart_upload": "PUT",
+    "complete_multipart_upload": "PUT",
+    "upload_part": "PART",
+    "copy_object": "COPY",
+    "upload_part_copy": "COPY",
+    "delete_object": "DELETE",
+    "delete_objects": "DELETE",
+    "abort_multipart_upload": "DELETE",
+}
+
+
 class S3Store:
     """The ObjectStore on one boto3 client.  Build it with :meth:`create`."""
 
@@ -237,6 +257,8 @@ class S3Store:
         self._limiter = trio.CapacityLimiter(max_connections)
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
+        #: bytes_in, bytes_out, retries, errors (for the stats file).
+        self.counters: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def create(cls, driver: DriverParams, options: MountOptions) -> S3Store:
@@ -309,9 +331,26 @@ class S3Store:
                 error = translate(exc, what)
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > retries:
+                    if not isinstance(error, NotFound):  # a miss is an answer, not an error
+                        self.counters["errors"] += 1
                     raise error from exc
+                self.counters["retries"] += 1
                 log.debug("%s (attempt %d of %d)", error, failures, 1 + retries)
                 await self._backoff(failures)
+
+    def stats(self) -> dict[str, object]:
+        """Requests by type and by operation, bytes, retries and errors since the start."""
+        by_type: collections.Counter[str] = collections.Counter()
+        for operation, count in self.request_counts.items():
+            by_type[REQUEST_TYPES.get(operation, operation)] += count
+        return {
+            "requests": dict(sorted(by_type.items())),
+            "operations": dict(sorted(self.request_counts.items())),
+            "bytes_in": self.counters["bytes_in"],
+            "bytes_out": self.counters["bytes_out"],
+            "retries": self.counters["retries"],
+            "errors": self.counters["errors"],
+        }
 
     # -- ObjectStore ----------------------------------------------------------
 
@@ -392,6 +431,7 @@ class S3Store:
 
     async def put(self, key: str, data: bytes) -> str:
         """PutObject with the driver's headers; returns the ETag."""
+        self.counters["bytes_out"] += len(data)
         response = await self._call(
             "put_object",
             f"PUT s3://{self.bucket}/{key}",
@@ -414,6 +454,7 @@ class S3Store:
         return str(response["UploadId"])
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        self.counters["bytes_out"] += len(data)
         extra = (
             {"ChecksumAlgorithm": self._headers["ChecksumAlgorithm"]}
             if "ChecksumAlgorithm" in self._headers
