@@ -585,3 +585,18 @@ def test_secrets_never_logged_at_any_level(
     assert "botocore" in log and "Authorization" in log  # the levels did log requests
     assert secret not in log and token not in log
     assert not re.search(r"Signature=[0-9a-f]{64}", log)
+
+
+def test_sighup_drops_the_metadata_caches(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    put_many(s3, bucket, {"d/old": b"1"})
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "metadata_ttl=600", bucket]) as mount:
+        assert os.listdir(mount.path / "d") == ["old"]
+        s3.put_object(Bucket=bucket, Key="d/new", Body=b"2")
+        assert os.listdir(mount.path / "d") == ["old"]  # cached for metadata_ttl
+        mount.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sorted(os.listdir(mount.path / "d")) != ["new", "old"]:
+            time.sleep(0.1)
+        assert sorted(os.listdir(mount.path / "d")) == ["new", "old"]
