@@ -58,8 +58,6 @@ XATTR_MEDIATYPE = b"user.registry.mediatype"
 XATTR_TARGET = b"user.registry.target"
 XATTR_TARGET_EXISTS = b"user.registry.target_exists"
 XATTR_VERIFY = b"user.registry.verify"
-#: Blobs up to this size are read to tell whether they are manifests.
-MANIFEST_MAX = 4 * 1024 * 1024
 #: Link files hold one digest; anything larger is not a link.
 LINK_MAX = 1024
 
@@ -190,10 +188,6 @@ class Operations(pyfuse3.Operations):
     def attach_nursery(self, nursery: trio.Nursery) -> None:
         """Give the handlers the mount's nursery for background tasks."""
         self._nursery = nursery
-
-    @property
-    def open_files(self) -> int:
-        return len(self._handles)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -958,7 +952,7 @@ class Operations(pyfuse3.Operations):
         return text if layout.blob_data_path(text) else None
 
     async def _media_type(self, node: Node) -> str | None:
-        data = await self._read_small(node, MANIFEST_MAX)
+        data = await self._read_small(node, layout.MANIFEST_MAX)
         return layout.manifest_media_type(data) if data is not None else None
 
     async def _verify(self, node: Node, digest: str) -> bool:

@@ -46,7 +46,6 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 DIR_VERSION = b"Directory Transport Version: 1.1\n"
 LAYOUT_NAMES = ("blobs", "index.json", "oci-layout", "_tags")
 REF_NAME = "org.opencontainers.image.ref.name"
-MANIFEST_MAX = 4 * 1024 * 1024
 
 
 @dataclass
@@ -269,7 +268,7 @@ class ImagesView:
                 if blob is None:
                     log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)
                     continue
-                manifest = await self._small(blob) if blob.size <= MANIFEST_MAX else b""
+                manifest = await self._small(blob) if blob.size <= layout.MANIFEST_MAX else b""
             except StorageError as exc:
                 # One tag that changed or vanished meanwhile must not hide the others.
                 log.warning("%s:%s left out of the view: %s", name, tag_dir.name, exc)
@@ -348,7 +347,7 @@ class ImagesView:
                     digest = entry["digest"]
                     found[digest.partition(":")[2] + ".manifest.json"] = digest
                     child = await self._blob(digest)
-                    if child is not None and child.size <= MANIFEST_MAX:
+                    if child is not None and child.size <= layout.MANIFEST_MAX:
                         documents.append(await self._small(child))
         return sorted(found.items())
 

@@ -40,6 +40,9 @@ FLAT_LISTING_PAGES = 8
 
 NAME_MAX = 255
 
+#: Blobs up to this size are read to tell whether they are manifests.
+MANIFEST_MAX = 4 * 1024 * 1024
+
 
 def flat_listing_pages(path: str) -> int:
     """Delimiter-less pages to spend on listing directory *path* (0: none)."""
