@@ -118,7 +118,7 @@ DRIVER_PARAM_NAMES = (
 #: File-system options: name -> (default shown in --help, description).
 FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "ro": ("off", "mount read-only"),
-    "rw": ("on", "mount read-write (writes answer EROFS until write support lands)"),
+    "rw": ("on", "mount read-write"),
     "allow_other": ("off", "let other users see the mount (needs user_allow_other for non-root)"),
     "default_permissions": ("on", "let the kernel check permissions from the mode bits"),
     "uid": ("mounting user", "owner of every file"),
@@ -141,6 +141,14 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "statfs": (
         "seen",
         "df's used space: 'seen' (what listings saw) or 'scan' (a background count of the root)",
+    ),
+    "statedir": (
+        "$STATE_DIRECTORY, /var/lib/s3regfs (root) or ~/.local/state/s3regfs",
+        "where the journal of this mount's multipart uploads is kept",
+    ),
+    "abort_stale_uploads": (
+        "off",
+        "abort the multipart uploads an earlier s3regfs of this bucket left open (else report them)",
     ),
     "config": ("none", "the registry's config.yml (same as --config)"),
 }
@@ -369,6 +377,8 @@ class MountOptions:
     verify: bool = False
     images: bool = False
     statfs: str = "seen"
+    statedir: str = ""
+    abort_stale_uploads: bool = False
 
 
 @dataclass(frozen=True)
@@ -662,7 +672,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values["ro"] = value is None or parse_bool(name, value)
         elif name == "rw":
             values["ro"] = not (value is None or parse_bool(name, value))
-        elif name in ("allow_other", "default_permissions", "verify", "images"):
+        elif name in ("allow_other", "default_permissions", "verify", "images", "abort_stale_uploads"):
             values[name] = value is None or parse_bool(name, value)
         elif name in ("uid", "gid"):
             values[name] = parse_int(name, value, 0, 2**32 - 2)
@@ -691,6 +701,11 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values[name] = text
         elif name == "commit_timeout":
             values[name] = parse_seconds(name, value)
+        elif name == "statedir":
+            text = parse_str(value)
+            if not text:
+                raise ConfigError("the statedir option needs a directory")
+            values[name] = os.path.abspath(text)
         elif name == "spooldir":
             text = parse_str(value)
             if not text or not os.path.isdir(text):
@@ -700,7 +715,19 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             raise ConfigError(f"unknown option -o {name}")
     if values.get("readahead", MiB) < 128 * KiB:
         raise ConfigError("the readahead option must be at least 128K")
+    values.setdefault("statedir", default_statedir(os.environ))
     return MountOptions(**values)
+
+
+def default_statedir(environ: Mapping[str, str]) -> str:
+    """Where s3regfs keeps state (its upload journal) unless ``-o statedir`` says:
+    systemd's ``$STATE_DIRECTORY``, /var/lib/s3regfs for root, else the XDG state home."""
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/lib/s3regfs"
+    state_home = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state_home, "s3regfs")
 
 
 def build(

@@ -35,6 +35,7 @@ from s3regfs.errors import (
 from s3regfs.fs import Operations
 from s3regfs.inode_cache import Namespace
 from s3regfs.storage import S3Store, open_store
+from s3regfs.storage.journal import OpenUpload, UploadJournal, recover, target_name
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +151,74 @@ def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
         sd_notify(notify_socket, "STOPPING=1")
 
 
+def open_journal(config: Config) -> UploadJournal | None:
+    """This mount's upload journal (None for a read-only mount, or when the
+    state directory cannot be written: that is logged, and the mount goes on)."""
+    if config.options.ro:
+        return None
+    directory = os.path.join(config.options.statedir, "uploads")
+    try:
+        return UploadJournal(directory, journal_target(config))
+    except OSError as exc:
+        log.warning(
+            "cannot keep the upload journal in %s (%s): multipart uploads left by a crash "
+            "will not be reported; set -o statedir to a writable directory",
+            directory,
+            exc.strerror or exc,
+        )
+        return None
+
+
+def journal_target(config: Config) -> str:
+    return target_name(config.driver.endpoint_name, config.driver.bucket)
+
+
+async def recover_uploads(store: S3Store, journal: UploadJournal | None, config: Config) -> None:
+    """Report (or with -o abort_stale_uploads, abort) the multipart uploads that
+    earlier s3regfs processes of this bucket began and did not finish."""
+    abort = config.options.abort_stale_uploads
+    if abort and journal is None:
+        log.warning("abort_stale_uploads needs a read-write mount with a journal; nothing aborted")
+    found = await recover(
+        store,
+        journal,
+        os.path.join(config.options.statedir, "uploads"),
+        journal_target(config),
+        abort=abort,
+    )
+
+    def describe(uploads: list[OpenUpload]) -> str:
+        shown = ", ".join(f"{u.key!r} (upload {u.upload_id}, begun {u.began})" for u in uploads[:10])
+        return shown + (f" and {len(uploads) - 10} more" if len(uploads) > 10 else "")
+
+    if found.aborted:
+        log.info(
+            "aborted %d multipart uploads left open by an earlier s3regfs: %s",
+            len(found.aborted),
+            describe(found.aborted),
+        )
+    if found.still_open:
+        log.warning(
+            "%d multipart uploads begun by an earlier s3regfs were left open (was it killed?): %s; "
+            "no object was made from them. Mount with -o abort_stale_uploads to abort them",
+            len(found.still_open),
+            describe(found.still_open),
+        )
+
+
 async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | None) -> int:
     store = open_store(config)
     await probe_bucket(store, config)
+    store.journal = open_journal(config)
+    try:
+        await recover_uploads(store, store.journal, config)
+        return await _serve(config, mountpoint, on_ready, store)
+    finally:
+        if store.journal is not None:
+            store.journal.close()
+
+
+async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] | None, store: S3Store) -> int:
     namespace = Namespace(store, config.driver.key_prefix, config.options.metadata_ttl)
     operations = Operations(config, store, namespace)
     # Signals are caught from before the mount exists: a SIGTERM at any moment

@@ -13,8 +13,9 @@ import hashlib
 import os
 import random
 import re
-import statistics
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from tests.faultproxy import (
     upload_part,
 )
 from tests.test_write import body, keys, open_uploads, rng_bytes
-from tests.util import MotoServer, fuse_test_marker, mounted
+from tests.util import MotoServer, Mount, cleanup, fuse_test_marker, mounted, run_cli, spawn, wait_for_mount
 
 pytestmark = fuse_test_marker()
 
@@ -102,7 +103,9 @@ def test_reads_under_errors_and_resets_match_the_digest(
         Rule(any_request, status=503, code="SlowDown", probability=0.2),
         Rule(get_object, status=0, truncate_after=MiB + 4321, probability=0.2),
     ]
-    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=8,readahead=4M"), bucket], check_clean=False) as mount:
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=8,readahead=4M"), bucket], check_clean=False
+    ) as mount:
         for round_ in range(3):
             drop_page_cache()
             for blob in blobs:
@@ -166,10 +169,14 @@ def test_read_fails_with_eio_when_retries_run_out_and_the_next_read_works(
     assert "EIO" in mount.stderr or "error" in mount.stderr
 
 
-def test_a_stall_past_read_timeout_is_retried(s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path) -> None:
+def test_a_stall_past_read_timeout_is_retried(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
     data = rng_bytes(6 * MiB, 13)
     blob = put_blob(s3, bucket, data)
-    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "read_timeout=1"), bucket], check_clean=False) as mount:
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "read_timeout=1"), bucket], check_clean=False
+    ) as mount:
         (mount.path / blob).stat()
         # A body that stops after 1 MiB for 20 s, then an answer that starts 20 s late.
         proxy.rules = [
@@ -227,3 +234,299 @@ def test_outage_while_idle_and_during_a_read(s3: Any, bucket: str, proxy: FaultP
         print(f"\nread across a 2 s outage: {'EIO' if 'errno' in outcome else 'completed'}")
         assert read_all(mount.path / blob) == data
         assert sorted(os.listdir(mount.path / BLOBS)) == sorted({small.split("/")[5], blob.split("/")[5]})
+
+
+# -- retries, backoff, rate ------------------------------------------------------
+
+
+def fill(s3: Any, bucket: str, names: list[str], data: bytes = b"x") -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=data), names))
+
+
+def test_maxretries_backoff_and_jitter_counted_at_the_proxy(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    fill(s3, bucket, [f"d{i}/f" for i in range(4)])
+    gaps: list[list[float]] = []
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=3"), bucket], check_clean=False) as mount:
+        names = os.listdir(mount.path)
+        assert sorted(names) == [f"d{i}" for i in range(4)]
+        for name in names:
+            proxy.log.clear()
+            proxy.rules = [Rule(list_objects, status=500)]
+            with pytest.raises(OSError) as info:
+                os.listdir(mount.path / name)
+            assert info.value.errno == errno.EIO
+            times = proxy.times(list_objects)
+            assert len(times) == 4, times  # 1 + maxretries, not one more
+            gaps.append([b - a for a, b in zip(times, times[1:], strict=False)])
+        proxy.rules = []
+        assert os.listdir(mount.path / names[0]) == ["f"]  # and then it works
+    # Backoff n (1-based) waits 0.2 s * 2**(n-1) times a random factor in [0.5, 1].
+    for series in gaps:
+        for n, gap in enumerate(series, start=1):
+            nominal = 0.2 * 2 ** (n - 1)
+            assert 0.5 * nominal - 0.02 <= gap <= nominal + 0.25, (n, series)
+    firsts = [series[2] for series in gaps]
+    assert max(firsts) - min(firsts) > 0.01, gaps  # jitter: not the same wait every time
+    print(f"\nbackoff gaps (s): {[[round(g, 3) for g in s] for s in gaps]}")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "attempts", "error"),
+    [
+        (403, "AccessDenied", 1, errno.EACCES),
+        (400, "InvalidRequest", 1, errno.EIO),
+        (429, "TooManyRequests", 3, None),
+        (503, "SlowDown", 3, None),
+    ],
+)
+def test_which_errors_are_retried(
+    s3: Any,
+    bucket: str,
+    proxy: FaultProxy,
+    tmp_path: Path,
+    status: int,
+    code: str,
+    attempts: int,
+    error: int | None,
+) -> None:
+    fill(s3, bucket, ["d/f"])
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=5"), bucket], check_clean=False) as mount:
+        assert os.listdir(mount.path) == ["d"]
+        proxy.log.clear()
+        proxy.rules = [Rule(list_objects, status=status, code=code, count=2)]
+        if error is None:
+            assert os.listdir(mount.path / "d") == ["f"]
+        else:
+            with pytest.raises(OSError) as info:
+                os.listdir(mount.path / "d")
+            assert info.value.errno == error
+        assert proxy.count(list_objects) == attempts
+
+
+def test_maxrequestspersecond_caps_the_rate_at_the_proxy(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    names = [f"f{i:03}" for i in range(90)]
+    fill(s3, bucket, names)
+    rate = 25
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, f"maxrequestspersecond={rate}"), bucket], check_clean=False
+    ) as mount:
+        assert len(os.listdir(mount.path)) == len(names)
+        proxy.log.clear()
+        with ThreadPoolExecutor(12) as pool:  # far more demand than the cap
+            assert set(pool.map(lambda name: (mount.path / name).read_bytes(), names)) == {b"x"}
+    times = sorted(proxy.times(any_request))
+    measured = (len(times) - 1) / (times[-1] - times[0])
+    print(f"\nmaxrequestspersecond={rate}: {len(times)} requests at {measured:.1f}/s at the proxy")
+    assert len(times) >= len(names)
+    assert rate * 0.8 <= measured <= rate * 1.1
+
+
+# -- listings ---------------------------------------------------------------------
+
+
+def test_a_listing_that_fails_part_way_is_an_error_not_a_short_directory(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # "d" is listed flat (its whole subtree), the root one level at a time:
+    # both take two pages of 1,000 keys here.
+    flat = [f"d/{i:04}" for i in range(1100)]
+    wide = [f"{i:04}" for i in range(1100)]
+    fill(s3, bucket, flat + wide)
+    second_page = Rule(
+        lambda m, p: list_objects(m, p) and "continuation-token=" in p, status=503, code="SlowDown"
+    )
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=2"), bucket], check_clean=False) as mount:
+        proxy.rules = [second_page]
+        for directory in (mount.path, mount.path / "d"):
+            with pytest.raises(OSError) as info:
+                os.listdir(directory)
+            assert info.value.errno == errno.EIO
+            # find reports it too, and exits non-zero: no silent partial walk.
+            result = subprocess.run(["find", str(directory)], capture_output=True, text=True)
+            assert result.returncode != 0 and "Input/output error" in result.stderr
+        assert second_page.hits >= 6
+        proxy.rules = []
+        assert len(os.listdir(mount.path / "d")) == len(flat)
+        assert len(os.listdir(mount.path)) == len(wide) + 1
+
+
+# -- writes -------------------------------------------------------------------------
+
+
+def test_writes_under_faults_are_whole_or_an_error(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    writes = {
+        f"w{i}": rng_bytes(size, 20 + i)
+        for i, size in enumerate([0, 100, 4 * MiB, 12 * MiB, 11 * MiB + 3, 6 * MiB])
+    }
+    proxy.rules = [
+        Rule(
+            lambda m, p: upload_part(m, p) or complete_upload(m, p) or put_object(m, p),
+            status=503,
+            code="SlowDown",
+            probability=0.3,
+        ),
+        Rule(upload_part, status=500, lose_response=True, probability=0.2),
+    ]
+    outcomes: dict[str, int] = {}
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "chunksize=5242880,maxretries=3"), bucket], check_clean=False
+    ) as mount:
+        for name, data in writes.items():
+            try:
+                with open(mount.path / name, "wb") as f:
+                    f.write(data)
+                outcomes[name] = 0
+            except OSError as exc:
+                outcomes[name] = exc.errno or -1
+        proxy.rules = []
+    stored = set(keys(s3, bucket))
+    for name, data in writes.items():
+        if outcomes[name] == 0:
+            assert body(s3, bucket, name) == data, name
+        else:
+            assert outcomes[name] == errno.EIO and name not in stored, (name, outcomes[name])
+    assert open_uploads(s3, bucket) == []
+    print(f"\nwrites under faults: {outcomes}, {sum(r.hits for r in proxy.rules)} faults")
+    assert list(outcomes.values()).count(0) >= 4
+
+
+@pytest.mark.parametrize("lost", ["complete", "complete-gone", "put"])
+def test_a_lost_answer_is_retried_without_a_duplicate_or_an_error(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path, lost: str
+) -> None:
+    # The request reached S3 and did its work; only the answer was lost.
+    data = rng_bytes(1000 if lost == "put" else 12 * MiB, 30)
+    match = put_object if lost == "put" else complete_upload
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "chunksize=5242880"), bucket], check_clean=False
+    ) as mount:
+        proxy.rules = [Rule(match, status=500, lose_response=True, count=1)]
+        if lost == "complete-gone":
+            # As AWS may answer a repeated CompleteMultipartUpload once the first
+            # one finished: the upload is gone, the object is there.
+            proxy.rules.append(Rule(match, status=404, code="NoSuchUpload", count=1))
+        with open(mount.path / "f", "wb") as f:
+            f.write(data)
+        assert [rule.hits for rule in proxy.rules] == [1] * len(proxy.rules)
+        assert (mount.path / "f").read_bytes() == data
+    assert keys(s3, bucket) == ["f"] and body(s3, bucket, "f") == data
+    assert open_uploads(s3, bucket) == []
+
+
+def test_a_failed_overwrite_keeps_the_old_object_whole(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    old = rng_bytes(7 * MiB, 40)
+    s3.put_object(Bucket=bucket, Key="blob", Body=old)
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "chunksize=5242880,maxretries=1"), bucket], check_clean=False
+    ) as mount:
+        proxy.rules = [Rule(complete_upload, status=500)]
+        with pytest.raises(OSError) as info, open(mount.path / "blob", "wb") as f:
+            f.write(rng_bytes(12 * MiB, 41))
+        assert info.value.errno == errno.EIO
+        proxy.rules = [Rule(put_object, status=503, code="SlowDown")]
+        with pytest.raises(OSError) as info, open(mount.path / "small", "wb") as f:
+            f.write(b"never stored")
+        assert info.value.errno == errno.EIO
+        proxy.rules = []
+    assert keys(s3, bucket) == ["blob"]
+    assert body(s3, bucket, "blob") == old  # not truncated, not mixed
+    assert open_uploads(s3, bucket) == []
+
+
+# -- crash safety -------------------------------------------------------------------
+
+
+def uploads(s3: Any, bucket: str) -> dict[str, str]:
+    return {u["UploadId"]: u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+
+
+def test_kill_9_during_a_copy_leaves_no_object_and_the_next_mount_reports_our_upload(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    # The registry's own resumable upload, which s3regfs must never touch.
+    theirs_key = "docker/registry/v2/repositories/r/_uploads/0d6c/data"
+    theirs = s3.create_multipart_upload(Bucket=bucket, Key=theirs_key)["UploadId"]
+    s3.upload_part(Bucket=bucket, Key=theirs_key, UploadId=theirs, PartNumber=1, Body=b"partial layer")
+    source = tmp_path / "big"
+    source.write_bytes(rng_bytes(64 * MiB, 50))
+    state = tmp_path / "state"
+    args = [*endpoint_opts, "-o", f"chunksize=5242880,statedir={state}", bucket]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, None, Path(tempfile.mkstemp(prefix="s3regfs-", suffix=".err")[1]))  # type: ignore[arg-type]
+    spawn(mount, args)
+    try:
+        wait_for_mount(mount)
+        copy = subprocess.Popen(["cp", str(source), str(mnt / "big")], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        ours: list[str] = []
+        while not ours and time.monotonic() < deadline:
+            ours = [u for u, key in uploads(s3, bucket).items() if key == "big"]
+            time.sleep(0.05)
+        assert ours, "the copy never started its multipart upload"
+        while not s3.list_parts(Bucket=bucket, Key="big", UploadId=ours[0]).get("Parts"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(mount.process.pid, signal.SIGKILL)
+        mount.process.wait(10)
+        assert copy.wait(30) != 0  # cp sees the mount die
+        copy.stderr.close()  # type: ignore[union-attr]
+    finally:
+        cleanup(mount)
+    assert "big" not in keys(s3, bucket)  # no partial object, ever
+    assert uploads(s3, bucket) == {ours[0]: "big", theirs: theirs_key}
+    journals = list((state / "uploads").iterdir())
+    assert len(journals) == 1 and ours[0] in journals[0].read_text()
+
+    # The next mount reports our upload (by key and id) and touches nothing.
+    with mounted(mnt, args, check_clean=False) as mount:
+        assert os.listdir(mnt) == []
+    report = [line for line in mount.stderr.splitlines() if "left open" in line]
+    assert len(report) == 1 and "'big'" in report[0] and ours[0] in report[0] and theirs not in report[0]
+    assert "abort_stale_uploads" in report[0]
+    assert uploads(s3, bucket) == {ours[0]: "big", theirs: theirs_key}
+
+    # With the option, ours is aborted; the registry's upload stays.
+    with mounted(mnt, [*args[:-1], "-o", "abort_stale_uploads", bucket], check_clean=False) as mount:
+        pass
+    assert "aborted 1 multipart uploads" in mount.stderr and ours[0] in mount.stderr
+    assert uploads(s3, bucket) == {theirs: theirs_key}
+    assert s3.list_parts(Bucket=bucket, Key=theirs_key, UploadId=theirs)["Parts"][0]["Size"] == 13
+    # Nothing is left to report; the journal is gone after the clean unmount.
+    with mounted(mnt, args):
+        pass
+    assert list((state / "uploads").iterdir()) == []
+
+
+def test_a_dead_mount_is_named_and_cleared_with_fusermount(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = Mount(mnt, None, Path(tempfile.mkstemp(prefix="s3regfs-", suffix=".err")[1]))  # type: ignore[arg-type]
+    spawn(mount, [*endpoint_opts, bucket])
+    try:
+        wait_for_mount(mount)
+        os.kill(mount.process.pid, signal.SIGKILL)
+        mount.process.wait(10)
+        with pytest.raises(OSError) as info:
+            os.listdir(mnt)
+        assert info.value.errno == errno.ENOTCONN
+        result = run_cli([*endpoint_opts, bucket, str(mnt)])
+        assert result.returncode != 0
+        assert result.stderr.count("\n") == 1 and f"fusermount3 -uz {mnt}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=True)
+    with mounted(mnt, [*endpoint_opts, bucket]) as mount:
+        (mnt / "after").write_bytes(b"clean start")
+    assert body(s3, bucket, "after") == b"clean start"

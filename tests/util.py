@@ -117,8 +117,13 @@ def s3regfs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "s3regfs", *args]
 
 
+#: The mounts' state directory (their upload journals): the tests' own, not the machine's.
+STATE_DIRECTORY = tempfile.mkdtemp(prefix="s3regfs-state-")
+
+
 def mount_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env["STATE_DIRECTORY"] = STATE_DIRECTORY
     env.update(CREDENTIALS)
     env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})

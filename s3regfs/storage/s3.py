@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from s3regfs.errors import (
     TemporaryFailure,
 )
 from s3regfs.storage.base import BucketProbe, ListPage, ObjectInfo
+from s3regfs.storage.journal import UploadJournal
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,15 @@ class S3Stream:
         await self._drop_body()
 
 
+def multipart_etag(part_etags: list[str]) -> str:
+    """The ETag S3 gives an object completed from parts with these ETags
+    (the MD5 of their binary MD5s, then "-" and their count)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for etag in part_etags:
+        digest.update(bytes.fromhex(etag.strip('"')))
+    return f"{digest.hexdigest()}-{len(part_etags)}"
+
+
 def object_headers(driver: DriverParams) -> dict[str, Any]:
     """The headers the registry's driver sends on every request that creates an object."""
     headers: dict[str, Any] = {"ContentType": "application/octet-stream"}
@@ -238,6 +249,7 @@ REQUEST_TYPES = {
     "delete_object": "DELETE",
     "delete_objects": "DELETE",
     "abort_multipart_upload": "DELETE",
+    "list_parts": "LIST",
 }
 
 
@@ -257,6 +269,8 @@ class S3Store:
         self._limiter = trio.CapacityLimiter(max_connections)
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
+        #: Where the ids of the multipart uploads begun here are kept (see journal.py).
+        self.journal: UploadJournal | None = None
         #: bytes_in, bytes_out, retries, errors (for the stats file).
         self.counters: collections.Counter[str] = collections.Counter()
 
@@ -451,7 +465,29 @@ class S3Store:
             Key=key,
             **self._headers,
         )
-        return str(response["UploadId"])
+        upload_id = str(response["UploadId"])
+        if self.journal is not None:
+            self.journal.begun(key, upload_id)
+        return upload_id
+
+    def _end_upload(self, upload_id: str) -> None:
+        if self.journal is not None:
+            self.journal.ended(upload_id)
+
+    async def upload_exists(self, key: str, upload_id: str) -> bool:
+        """Whether multipart upload *upload_id* of *key* is still open (ListParts)."""
+        try:
+            await self._call(
+                "list_parts",
+                f"ListParts s3://{self.bucket}/{key}",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MaxParts=1,
+            )
+        except NotFound:
+            return False
+        return True
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         self.counters["bytes_out"] += len(data)
@@ -499,15 +535,43 @@ class S3Store:
         return str(response["CopyPartResult"]["ETag"]).strip('"')
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
-        """CompleteMultipartUpload with the parts sorted by number; returns the ETag."""
-        response = await self._call(
-            "complete_multipart_upload",
-            f"CompleteMultipartUpload s3://{self.bucket}/{key}",
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in sorted(parts)]},
-        )
+        """CompleteMultipartUpload with the parts sorted by number; returns the ETag.
+
+        An attempt whose answer was lost may have completed the upload: the
+        retry then finds no such upload.  The object is ours if its ETag is the
+        one these parts make (S3's multipart ETag); anything else is an error,
+        never a success on somebody else's object.
+        """
+        what = f"CompleteMultipartUpload s3://{self.bucket}/{key}"
+        try:
+            response = await self._call(
+                "complete_multipart_upload",
+                what,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in sorted(parts)]
+                },
+            )
+        except NotFound as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+            expected = multipart_etag([etag for _, etag in sorted(parts)])
+            try:
+                stored = await self.head(key)
+            except NotFound:
+                stored = None
+            if stored is None or stored.etag != expected:
+                raise RequestFailed(
+                    f"{what}: the upload is gone and the object is not the one it would have made",
+                    code="NoSuchUpload",
+                    status=404,
+                ) from exc
+            log.info("%s: completed by an earlier attempt whose answer was lost", what)
+            self._end_upload(upload_id)
+            return expected
+        self._end_upload(upload_id)
         return str(response.get("ETag", "")).strip('"')
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -520,6 +584,7 @@ class S3Store:
                 Key=key,
                 UploadId=upload_id,
             )
+        self._end_upload(upload_id)
 
     async def delete(self, key: str) -> None:
         """DeleteObject (a missing key is no error, as in S3)."""
