@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -191,3 +192,42 @@ async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
     namespace.forget(a.ino, 1)
     with pytest.raises(KeyError):
         namespace.get(a.ino)
+
+
+async def test_upload_journal_recovery_reads_dead_files_only(tmp_path: Path) -> None:
+    from s3regfs.storage.journal import UploadJournal, recover
+
+    class Store:
+        """A stand-in for S3 with one open upload ("u1"); "u2" is gone."""
+
+        def __init__(self) -> None:
+            self.aborted: list[str] = []
+
+        async def upload_exists(self, key: str, upload_id: str) -> bool:
+            return upload_id == "u1"
+
+        async def abort_multipart(self, key: str, upload_id: str) -> None:
+            self.aborted.append(upload_id)
+
+    directory = str(tmp_path)
+    dead = tmp_path / "t.1.jsonl"
+    dead.write_text(
+        '{"begin":"u1","key":"a","time":"T"}\n{"begin":"u2","key":"b","time":"T"}\n'
+        '{"begin":"u3","key":"c","time":"T"}\n{"end":"u3"}\n{"begin":"u4","ke'  # torn by a crash
+    )
+    (tmp_path / "other.1.jsonl").write_text('{"begin":"x","key":"x"}\n')  # another bucket's
+    live = UploadJournal(directory, "t", "live")  # a live mount of the same bucket: never read
+    live.begun("live-key", "u9")
+    store = Store()
+    mine = UploadJournal(directory, "t", "mine")
+    found = await recover(store, mine, directory, "t", abort=False)
+    assert [u.upload_id for u in found.still_open] == ["u1"] and found.gone == 1
+    assert store.aborted == [] and not dead.exists()
+    assert mine.open_count == 1  # carried over, so the next mount reports it again
+    mine.close()
+    again = UploadJournal(directory, "t", "again")
+    found = await recover(store, again, directory, "t", abort=True)
+    assert [u.upload_id for u in found.aborted] == ["u1"] and store.aborted == ["u1"]
+    again.close()
+    live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.1.jsonl", live.path.rsplit("/", 1)[1]]

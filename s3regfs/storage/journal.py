@@ -75,9 +75,9 @@ class UploadJournal:
     and never fails an upload (the data matters more than the bookkeeping).
     """
 
-    def __init__(self, directory: str, target: str) -> None:
+    def __init__(self, directory: str, target: str, instance: str = "") -> None:
         self.directory = directory
-        self.path = os.path.join(directory, f"{target}.{os.getpid()}.jsonl")
+        self.path = os.path.join(directory, f"{target}.{instance or os.getpid()}.jsonl")
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._file: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for life
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
