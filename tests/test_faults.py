@@ -363,7 +363,9 @@ def test_writes_under_faults_are_whole_or_an_error(
 ) -> None:
     writes = {
         f"w{i}": rng_bytes(size, 20 + i)
-        for i, size in enumerate([0, 100, 4 * MiB, 12 * MiB, 11 * MiB + 3, 6 * MiB])
+        for i, size in enumerate(
+            [0, 100, 4 * MiB, 12 * MiB, 11 * MiB + 3, 6 * MiB, 5 * MiB, 300, 16 * MiB, MiB]
+        )
     }
     proxy.rules = [
         Rule(
@@ -385,6 +387,7 @@ def test_writes_under_faults_are_whole_or_an_error(
                 outcomes[name] = 0
             except OSError as exc:
                 outcomes[name] = exc.errno or -1
+        faults = sum(rule.hits for rule in proxy.rules)
         proxy.rules = []
     stored = set(keys(s3, bucket))
     for name, data in writes.items():
@@ -393,8 +396,9 @@ def test_writes_under_faults_are_whole_or_an_error(
         else:
             assert outcomes[name] == errno.EIO and name not in stored, (name, outcomes[name])
     assert open_uploads(s3, bucket) == []
-    print(f"\nwrites under faults: {outcomes}, {sum(r.hits for r in proxy.rules)} faults")
-    assert list(outcomes.values()).count(0) >= 4
+    print(f"\nwrites under faults: {outcomes}, {faults} faults")
+    assert faults >= 3
+    assert list(outcomes.values()).count(0) >= 6
 
 
 @pytest.mark.parametrize("lost", ["complete", "complete-gone", "put"])
