@@ -692,6 +692,11 @@ class Operations(pyfuse3.Operations):
             for ino, writer in list(pending.items()):
                 if writer.unlinked:
                     continue  # discarded below: its upload must be aborted
+                if writer.failed and writer.dirty:
+                    # Its close() or fsync() already returned the error (the
+                    # kernel's release may still be on its way): storing the
+                    # data now would contradict what the caller was told.
+                    continue  # logged and discarded below
                 node = self.namespace.get(ino)
                 try:
                     await self._commit(node, writer)
@@ -699,7 +704,11 @@ class Operations(pyfuse3.Operations):
                 except Exception as exc:
                     log.error("%s: the data written was NOT stored: %s", node.path, exc)
         for ino, writer in pending.items():
-            if writer.dirty and not writer.unlinked:
+            if writer.failed and writer.dirty and not writer.unlinked:
+                log.error(
+                    "%s: the data written was NOT stored (the commit failed)", self.namespace.get(ino).path
+                )
+            elif writer.dirty and not writer.unlinked:
                 log.error(
                     "%s: the data written was NOT stored (unmounted before it was)",
                     self.namespace.get(ino).path,
