@@ -350,14 +350,14 @@ class Operations(pyfuse3.Operations):
             elif writer.failed and writer.dirty:
                 # close() already returned that error; retrying now, after the
                 # caller moved on, could leave an upload behind its back.
-                log.error("%s: the data written was NOT stored (the commit failed)", node.path)
+                log.error("%r: the data written was NOT stored (the commit failed)", node.path)
                 await writer.discard()
                 stored = False
             else:
                 try:
                     await self._commit(node, writer)
                 except Exception as exc:
-                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
                     await writer.discard()
                     stored = False
         finally:
@@ -710,11 +710,11 @@ class Operations(pyfuse3.Operations):
                     await self._commit(node, writer)
                     del pending[ino]
                 except Exception as exc:
-                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
         for ino, writer in pending.items():
             if writer.dirty and not writer.unlinked:
                 log.error(
-                    "%s: the data written was NOT stored (unmounted before it was)",
+                    "%r: the data written was NOT stored (unmounted before it was)",
                     self.namespace.get(ino).path,
                 )
             await writer.discard()
@@ -989,7 +989,7 @@ class Operations(pyfuse3.Operations):
             await stream.aclose()
         ok = hasher.hexdigest() == expected
         if not ok:
-            log.error("%s: content does not match its digest %s", self.namespace.key(node), digest)
+            log.error("%r: content does not match its digest %s", self.namespace.key(node), digest)
         return ok
 
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[pyfuse3.XAttrNameT]:

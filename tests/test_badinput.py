@@ -421,3 +421,22 @@ def test_images_view_survives_empty_links_and_blobs(
     assert "library/app:emptylink left out of the view: its link holds no digest ('')" in mount.stderr
     assert "library/app:nolink left out of the view" in mount.stderr
     assert "error:" not in mount.stderr and "Traceback" not in mount.stderr
+
+
+def test_a_newline_in_a_name_never_splits_a_log_line(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    # S3 stores such keys; moto answers 404 to them, so here the commit fails
+    # and is logged, naming the file: on one line, the newline escaped.
+    with mounted(tmp_path / "mnt", [*endpoint_opts, bucket], check_clean=False) as mount:
+        try:
+            (mount.path / "a\nb").write_bytes(b"x")
+        except OSError:
+            stored = False
+        else:
+            stored = True
+        assert ("a\nb" in os.listdir(mount.path)) is stored
+    assert "Traceback" not in mount.stderr
+    assert all(line.startswith("s3regfs: ") for line in mount.stderr.splitlines()), mount.stderr
+    if not stored:
+        assert "'a\\nb': the data written was NOT stored" in mount.stderr
