@@ -21,6 +21,7 @@ Nothing else in s3regfs reads the environment or argv.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -199,6 +200,17 @@ _BOOL_STRINGS = {
 # ---------------------------------------------------------------------------
 # Value parsing, as the drivers parse (see DRIVER-NOTES §1)
 
+#: What YAML parsing can raise on bad input besides YAMLError: a timestamp
+#: that is no date (``2001-02-30``: ValueError), nesting deeper than Python's
+#: stack (RecursionError).
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def _shown(text: str) -> str:
+    """*text* as an error message may show it: quoted when it holds a newline
+    or another unprintable character, so every message stays one line."""
+    return text if text.isprintable() else repr(text)
+
 
 def parse_bool(name: str, value: Any) -> bool:
     """A YAML bool, or a string Go's strconv.ParseBool accepts."""
@@ -221,7 +233,13 @@ def parse_int(name: str, value: Any, lo: int, hi: int) -> int:
         try:
             number = int(text, 0)
         except ValueError:  # "010": Python's base 0 refuses leading zeros
-            number = int(text, 10)
+            try:
+                number = int(text, 10)
+            except ValueError:  # over Python's 4,300 decimal digits: far out of any range
+                raise ConfigError(
+                    f"the {name} parameter should be a number between {lo} and {hi} (inclusive), "
+                    f"a {len(text)}-character number invalid"
+                ) from None
     else:
         raise ConfigError(f"{name} parameter must be an integer, {value!r} invalid")
     if not lo <= number <= hi:
@@ -248,6 +266,10 @@ def parse_size(name: str, value: Any) -> int:
     if not match:
         raise ConfigError(f"the {name} option takes a size in bytes such as 64M, {value!r} invalid")
     scale = {"": 1, "k": KiB, "m": MiB, "g": GiB}[match.group(2).lower()]
+    if len(match.group(1)) > 30:  # int() refuses 4,300 digits; no size needs 30
+        raise ConfigError(
+            f"the {name} option takes a size in bytes such as 64M, a {len(match.group(1))}-digit size invalid"
+        )
     return int(match.group(1)) * scale
 
 
@@ -256,8 +278,8 @@ def parse_seconds(name: str, value: Any) -> float:
         seconds = float(parse_str(value))
     except ValueError:
         raise ConfigError(f"the {name} option takes a number of seconds, {value!r} invalid") from None
-    if seconds < 0 or seconds != seconds:
-        raise ConfigError(f"the {name} option takes a number of seconds >= 0, {value!r} invalid")
+    if seconds < 0 or not math.isfinite(seconds):  # inf would overflow socket timeouts
+        raise ConfigError(f"the {name} option takes a finite number of seconds >= 0, {value!r} invalid")
     return seconds
 
 
@@ -457,7 +479,7 @@ def read_config_file(path: str) -> FileSettings:
         raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
     try:
         document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except _YAML_FAILURES as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"config file {path}: not valid YAML{where}") from None
@@ -540,7 +562,7 @@ def environment_overrides(environ: Mapping[str, str], driver_name: str) -> tuple
                 param = rest[len(token) :].lower()
                 try:
                     value = yaml.safe_load(environ[name])
-                except yaml.YAMLError:
+                except _YAML_FAILURES:
                     value = environ[name]
                 found.setdefault(driver, {})[param] = value
                 break
@@ -585,8 +607,9 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     region = parse_str(p.get("region"))
     if not region and not endpoint:
         raise ConfigError("no region parameter provided (required unless regionendpoint is set)")
-    if region and not re.match(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$", region):
-        raise ConfigError(f"invalid region provided: {region}")
+    # fullmatch: "$" would let a trailing newline through.
+    if region and not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", region):
+        raise ConfigError(f"invalid region provided: {_shown(region)}")
     values["region"] = region
     for name, default in (
         ("encrypt", False),
@@ -655,7 +678,7 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
         )
     values["checksum_algorithm"] = algorithm
     redirect = parse_str(p.get("redirectendpoint"))
-    if redirect and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]+/?$", redirect):
+    if redirect and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+/?", redirect):
         raise ConfigError(
             f"the redirectendpoint parameter must be a URL with a scheme and a host and "
             f"no path or query, {redirect!r} invalid"
@@ -678,7 +701,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             values[name] = parse_int(name, value, 0, 2**32 - 2)
         elif name == "umask":
             text = parse_str(value)
-            if not re.match(r"^0?[0-7]{1,4}$", text):
+            if not re.fullmatch(r"0?[0-7]{1,4}", text):
                 raise ConfigError(f"the umask option takes an octal mask such as 022, {text!r} invalid")
             values["umask"] = int(text, 8) & 0o777
         elif name in ("metadata_ttl", "connect_timeout", "read_timeout"):
@@ -712,7 +735,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
                 raise ConfigError(f"the spooldir option needs an existing directory, {text!r} invalid")
             values[name] = os.path.abspath(text)
         else:
-            raise ConfigError(f"unknown option -o {name}")
+            raise ConfigError(f"unknown option -o {_shown(name)}")
     if values.get("readahead", MiB) < 128 * KiB:
         raise ConfigError("the readahead option must be at least 128K")
     values.setdefault("statedir", default_statedir(os.environ))
@@ -765,7 +788,7 @@ def build(
         elif key in FS_OPTION_HELP:
             fs_opts[key] = value
         else:
-            raise ConfigError(f"unknown option -o {key}")
+            raise ConfigError(f"unknown option -o {_shown(key)}")
 
     settings = read_config_file(config_file) if config_file else FileSettings()
     merged = _check_known(settings.params, f"config file {config_file}") if config_file else {}

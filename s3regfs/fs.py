@@ -275,21 +275,32 @@ class Operations(pyfuse3.Operations):
         if parent is self.namespace.root and name in (VIEW_NAME.encode(), CONTROL_NAME.encode()):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _new_name(self, parent: Node, name: bytes) -> str:
+    def _check_length(self, parent: Node, name: bytes, *, is_dir: bool = False) -> None:
+        """ENAMETOOLONG for a component over NAME_MAX bytes, or a path whose key
+        would be over S3's KEY_MAX bytes (a directory's key is its prefix
+        ``key/``, which everything below it starts with).  Lookups answer it
+        too, as a local file system does, instead of ENOENT."""
+        if len(name) > layout.NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        if self._virtual(parent):
+            return  # the images view and .s3regfs are not keys
+        # Every byte of a key: the prefix, the parent's path, "/", the name.
+        key = layout.key_of(self.namespace.key_prefix, parent.path).encode("utf-8")
+        length = len(key) + (1 if parent.path else 0) + len(name) + (1 if is_dir else 0)
+        if length > KEY_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+    def _new_name(self, parent: Node, name: bytes, *, is_dir: bool = False) -> str:
         """A name a new entry may take in *parent*, or the errno why not."""
         if not parent.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if len(name) > layout.NAME_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        self._check_length(parent, name, is_dir=is_dir)
         try:
             text = name.decode("utf-8")
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.EILSEQ) from None  # S3 keys are UTF-8
         if layout.name_problem(text):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        key = layout.key_of(self.namespace.key_prefix, layout.join(parent.path, text))
-        if len(key.encode("utf-8")) > KEY_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         return text
 
     async def _existing(self, parent: Node, name: str) -> Node | None:
@@ -339,14 +350,14 @@ class Operations(pyfuse3.Operations):
             elif writer.failed and writer.dirty:
                 # close() already returned that error; retrying now, after the
                 # caller moved on, could leave an upload behind its back.
-                log.error("%s: the data written was NOT stored (the commit failed)", node.path)
+                log.error("%r: the data written was NOT stored (the commit failed)", node.path)
                 await writer.discard()
                 stored = False
             else:
                 try:
                     await self._commit(node, writer)
                 except Exception as exc:
-                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
                     await writer.discard()
                     stored = False
         finally:
@@ -379,10 +390,12 @@ class Operations(pyfuse3.Operations):
                     raise pyfuse3.FUSEError(errno.ENOENT)
                 node = self._stats_file
             elif self.images.owns(parent):
+                self._check_length(parent, name)
                 node = await self.images.lookup(parent, self._decode(name))
             else:
                 if not parent.is_dir:
                     raise pyfuse3.FUSEError(errno.ENOTDIR)
+                self._check_length(parent, name)
                 node = await self.namespace.lookup(parent, self._decode(name))
             self.namespace.remember(node)
             return self._attrs(node)
@@ -504,7 +517,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable(parent)
         self._check_not_view_name(parent, name)
         with errors_to_errno(f"mkdir {parent.path!r}/{name!r}"):
-            text = self._new_name(parent, name)
+            text = self._new_name(parent, name, is_dir=True)
             if await self._existing(parent, text) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             # In memory only: a "dir/" marker object would show up in the
@@ -702,7 +715,7 @@ class Operations(pyfuse3.Operations):
                     await self._commit(node, writer)
                     del pending[ino]
                 except Exception as exc:
-                    log.error("%s: the data written was NOT stored: %s", node.path, exc)
+                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
         for ino, writer in pending.items():
             if writer.failed and writer.dirty and not writer.unlinked:
                 log.error(
@@ -710,7 +723,7 @@ class Operations(pyfuse3.Operations):
                 )
             elif writer.dirty and not writer.unlinked:
                 log.error(
-                    "%s: the data written was NOT stored (unmounted before it was)",
+                    "%r: the data written was NOT stored (unmounted before it was)",
                     self.namespace.get(ino).path,
                 )
             await writer.discard()
@@ -762,7 +775,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
         with errors_to_errno(f"rename {old_parent.path!r}/{name_old!r} -> {new_parent.path!r}/{name_new!r}"):
             node = await self.namespace.lookup(old_parent, self._decode(name_old))
-            new_name = self._new_name(new_parent, name_new)
+            new_name = self._new_name(new_parent, name_new, is_dir=node.is_dir)
             target = await self._existing(new_parent, new_name)
             if target is node:
                 return
@@ -837,6 +850,12 @@ class Operations(pyfuse3.Operations):
             token = page.next_token
             if token is None:
                 break
+        # S3 would refuse a key over KEY_MAX in the middle of the copies,
+        # leaving both trees behind: refuse the whole rename before any copy.
+        relatives = [info.key[len(prefix) :] for info in sources]
+        relatives += [inner.path[len(node.path) + 1 :] for inner in self.namespace.descendants(node)]
+        if any(len((dest_prefix + relative).encode("utf-8")) > KEY_MAX for relative in relatives):
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         limiter = trio.CapacityLimiter(max(1, self._options.max_connections // 2))
 
         new_etags: dict[str, str] = {}
@@ -979,7 +998,7 @@ class Operations(pyfuse3.Operations):
             await stream.aclose()
         ok = hasher.hexdigest() == expected
         if not ok:
-            log.error("%s: content does not match its digest %s", self.namespace.key(node), digest)
+            log.error("%r: content does not match its digest %s", self.namespace.key(node), digest)
         return ok
 
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[pyfuse3.XAttrNameT]:

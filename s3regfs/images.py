@@ -264,6 +264,14 @@ class ImagesView:
         for tag_dir in await self._list(f"{base}/_manifests/tags"):
             try:
                 target = await self._tag_target(f"{base}/_manifests/tags/{tag_dir.name}")
+                if layout.blob_data_path(target) is None:  # an empty or garbled link
+                    log.warning(
+                        "%s:%s left out of the view: its link holds no digest (%r)",
+                        name,
+                        tag_dir.name,
+                        target[:100],
+                    )
+                    continue
                 blob = repo.blobs.get(target) or await self._blob(target)
                 if blob is None:
                     log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)

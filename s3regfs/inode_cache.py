@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 
+#: A key that is both an object and a directory prefix ("a" and "a/b"): the
+#: directory is shown (also by lookups), the object stays hidden until the
+#: directory is gone.
+_HIDDEN_FILE = "hiding object %r: it is also a directory prefix, and %s is shown"
+
 
 class Node:
     """One file or directory.  Directories have *children* (None for files)."""
@@ -215,17 +220,10 @@ class Namespace:
         if child is not None and (_pinned(child) or (not child.is_dir and self.is_fresh(child))):
             return child  # made or being written here: S3 may not know it yet
         key = layout.key_of(self.key_prefix, path)
-        if child is None or not child.is_dir:
-            try:
-                info = await self._store.head(key)
-            except NotFound:
-                pass
-            else:
-                if child is None:
-                    child = self._new_node(name, parent, False)
-                    parent.children[name] = child
-                self._set_file(child, info)
-                return child
+        # The directory first: where a key is both a file and a directory
+        # prefix ("a" and "a/b"), listings show the directory, and so must
+        # this.  (In the registry's wide directories the children are mostly
+        # directories, so this is also the cheaper order.)
         page = await self._store.list_page(key + "/", max_keys=1)
         if page.objects or page.prefixes:
             if child is None or not child.is_dir:
@@ -234,6 +232,19 @@ class Namespace:
                 child = self._new_node(name, parent, True)
                 child.mtime_ns = parent.mtime_ns
                 parent.children[name] = child
+            return child
+        try:
+            info = await self._store.head(key)
+        except NotFound:
+            pass
+        else:
+            if child is None or child.is_dir:
+                if child is not None:
+                    del parent.children[name]
+                    self._detach(child)
+                child = self._new_node(name, parent, False)
+                parent.children[name] = child
+            self._set_file(child, info)
             return child
         if child is not None:
             del parent.children[name]
@@ -414,17 +425,20 @@ class Namespace:
         self._mark_fresh(directory, gen, started)
         directory.list_cost = cost
 
-    def _warn_once(self, key: str, problem: str) -> None:
+    def _warn_once(
+        self, key: str, problem: str, message: str = "skipping key %r: %s cannot be a file name"
+    ) -> None:
+        """Log *message* about *key* once per mount (listings repeat every TTL)."""
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("skipping key %r: %s cannot be a file name", key, problem)
+            log.warning(message, key, problem)
 
     def _child_dir(self, parent: Node, name: str, gen: int) -> Node | None:
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None or not child.is_dir:
             if child is not None:
-                self._warn_once(self.key(child), "it is also a directory prefix; the directory is shown")
+                self._warn_once(self.key(child), "the directory", _HIDDEN_FILE)
                 self._detach(child)
             child = self._new_node(name, parent, True)
             child.mtime_ns = parent.mtime_ns or time.time_ns()
@@ -435,11 +449,20 @@ class Namespace:
     def _ingest(
         self, directory: Node, prefix: str, info: ObjectInfo, gen: int, touched: dict[int, Node]
     ) -> None:
-        split = layout.split_key(info.key[len(prefix) :])
+        relative = info.key[len(prefix) :]
+        split = layout.split_key(relative)
         if isinstance(split, str):
             self._warn_once(info.key, split)
-            return
-        parts, marker = split
+            parts, marker = layout.leading_directories(relative), True
+        else:
+            parts, marker = split
+            if marker and info.size:
+                # Some tools store data in "dir/" objects; it has no name here.
+                self._warn_once(
+                    info.key,
+                    f"{info.size} bytes",
+                    "directory marker %r holds %s: shown as a directory, its content is not",
+                )
         node = directory
         dirs = parts if marker else parts[:-1]
         for name in dirs:
@@ -453,7 +476,7 @@ class Namespace:
         name = parts[-1]
         leaf = node.children.get(name)
         if leaf is not None and leaf.is_dir:
-            self._warn_once(info.key, "it is also a directory prefix; the directory is shown")
+            self._warn_once(info.key, "the directory", _HIDDEN_FILE)
             leaf.seen_gen = max(leaf.seen_gen, gen)
             return
         if leaf is None:
@@ -468,7 +491,7 @@ class Namespace:
             return
         problem = layout.name_problem(name)
         if problem:
-            self._warn_once(child_prefix, problem)
+            self._warn_once(child_prefix, problem, "skipping the keys under %r: %s cannot be a file name")
             return
         self._child_dir(directory, name, gen)
 

@@ -71,7 +71,11 @@ def name_problem(name: str) -> str | None:
         return f"a {name!r} component"
     if "\0" in name:
         return "a NUL byte"
-    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no S3 key or kernel name holds one
+        return "a component that is not valid UTF-8"
+    if len(encoded) > NAME_MAX:
         return f"a component over {NAME_MAX} bytes"
     return None
 
@@ -82,6 +86,10 @@ def split_key(relative: str) -> tuple[list[str], bool] | str:
     Returns (components, is_directory_marker) or, for a key POSIX cannot
     name, the reason.  A key ending in "/" is a directory marker: it makes
     its directories exist and is not a file.
+
+    Any other character is an ordinary one, a newline too: POSIX names and S3
+    keys may both hold it, and ListObjectsV2 answers carry it URL-encoded
+    (boto3 asks for ``EncodingType=url`` and decodes).
     """
     if relative == "":
         return [], True  # the listed directory's own marker
@@ -94,6 +102,18 @@ def split_key(relative: str) -> tuple[list[str], bool] | str:
         if problem:
             return problem
     return parts, marker
+
+
+def leading_directories(relative: str) -> list[str]:
+    """The directories a key POSIX cannot name still shows: its components
+    before the first bad one (``x//y`` -> ``["x"]``).  A delimited listing
+    shows them too (as the common prefix ``x/``), so a directory looks the same
+    whichever way it was listed."""
+    parts = relative.split("/")
+    for index, part in enumerate(parts[:-1]):
+        if name_problem(part):
+            return parts[:index]
+    return parts[:-1]
 
 
 def blob_digest(path: str) -> str | None:

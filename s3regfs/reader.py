@@ -270,7 +270,7 @@ class ObjectReader:
                         await trio.to_thread.run_sync(hasher.update, data)
                         if stream.position == self.size and hasher.hexdigest() != self._expected:
                             # Decided before the last chunk is handed out.
-                            log.error("%s: content does not match its digest (read with -o verify)", self.key)
+                            log.error("%r: content does not match its digest (read with -o verify)", self.key)
                             self._corrupt = True
                     self._chunks.append((self._stream_pos, data))
                     self._buffered += len(data)

@@ -4,16 +4,29 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from s3regfs.cli import main, parse_argv
 from s3regfs.config import (
+    CANNED_ACLS,
+    CHECKSUM_ALGORITHMS,
+    DRIVER_PARAM_NAMES,
+    FS_OPTION_HELP,
+    LOGLEVEL_FLAGS,
+    STORAGE_CLASSES,
+    DriverParams,
     GiB,
     MiB,
+    MountOptions,
     build,
     build_driver,
+    build_options,
     normalize_root,
     parse_bool,
     parse_int,
@@ -438,3 +451,201 @@ def test_log_lines_carry_syslog_priorities_under_systemd() -> None:
         mount_options=[("region", "us-east-1")],
         environ={"JOURNAL_STREAM": "8:1"},
     ).under_systemd
+
+
+# ---------------------------------------------------------------------------
+# Any input: a valid configuration, or ConfigError with a one-line message.
+
+BOUNDED = settings(max_examples=200, deadline=None)
+
+#: Values a user writes, right and wrong, and what YAML makes of them.
+_WORDS = st.sampled_from(
+    [
+        "",
+        "true",
+        "False",
+        "1",
+        "0x500000",
+        "5242880",
+        " 6291456 ",
+        "10M",
+        "64M",
+        "1GiB",
+        "022",
+        "2.5",
+        "1e999",
+        "inf",
+        "nan",
+        "-1",
+        "us-east-1",
+        "us-east-1\n",
+        "STANDARD_ia",
+        "private",
+        "logdebug,logdebugwithsigning",
+        "off",
+        "http://h:9000",
+        "https://cdn.example/\n",
+        "sha256",
+        "scan",
+        "1" * 5000,
+        "2001-02-30",
+        "a\nb",
+    ]
+)
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30), _WORDS)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _one_line(exc: ConfigError) -> None:
+    message = str(exc)
+    assert message and message.isprintable(), repr(message)
+
+
+def _valid_driver(d: DriverParams) -> None:
+    assert d.bucket and isinstance(d.bucket, str)
+    assert d.region or d.regionendpoint
+    assert d.region == "" or d.region.isprintable() and "\n" not in d.region
+    assert 5 * MiB <= d.chunksize <= 5 * GiB and 5 * MiB <= d.multipartcopychunksize <= 5 * GiB
+    assert 0 <= d.multipartcopythresholdsize <= 5 * GiB and d.multipartcopymaxconcurrency >= 1
+    assert d.maxretries >= 0 and d.maxrequestspersecond >= 0
+    assert d.storageclass in STORAGE_CLASSES and d.objectacl in CANNED_ACLS
+    assert d.checksum_algorithm in ("", *CHECKSUM_ALGORITHMS)
+    assert d.loglevel <= set(LOGLEVEL_FLAGS.values())
+    for name in ("encrypt", "secure", "skipverify", "v4auth", "pathstyle", "objectownership"):
+        assert isinstance(getattr(d, name), bool)
+    assert d.key_prefix == "" or (d.key_prefix.endswith("/") and not d.key_prefix.startswith("/"))
+
+
+def _valid_options(o: MountOptions) -> None:
+    for seconds in (o.metadata_ttl, o.connect_timeout, o.read_timeout, o.commit_timeout):
+        assert 0 <= seconds < float("inf")
+    assert o.readahead >= 128 * 1024 and o.readahead_total >= 0
+    assert 0 <= o.umask <= 0o777 and 1 <= o.max_connections <= 1024
+    assert 0 <= o.uid < 2**32 - 1 and 0 <= o.gid < 2**32 - 1
+    assert o.statfs in ("seen", "scan")
+    assert o.fsname and "," not in o.fsname and o.subtype and "," not in o.subtype
+
+
+@BOUNDED
+@given(st.dictionaries(st.sampled_from(DRIVER_PARAM_NAMES) | st.text(max_size=12), _VALUES, max_size=10))
+@example({"bucket": "b", "region": "us-east-1\n"})
+@example({"bucket": "b", "region": "us-east-1", "redirectendpoint": "http://h\n"})
+@example({"bucket": "b", "region": "us-east-1", "chunksize": "1" * 5000})
+def test_any_driver_parameters_parse_or_are_refused_in_one_line(raw: dict[str, object]) -> None:
+    try:
+        params = build_driver(raw)
+    except ConfigError as exc:
+        _one_line(exc)
+    else:
+        _valid_driver(params)
+
+
+@BOUNDED
+@given(
+    st.dictionaries(
+        st.sampled_from([name for name in FS_OPTION_HELP if name != "config"]) | st.text(max_size=12),
+        st.none() | st.text(max_size=20) | _WORDS,
+        max_size=8,
+    )
+)
+@example({"uid": "1" * 5000})
+@example({"readahead": "1" * 5000})
+@example({"metadata_ttl": "1e999"})
+@example({"connect_timeout": "inf"})
+@example({"umask": "022\n"})
+def test_any_mount_options_parse_or_are_refused_in_one_line(raw: dict[str, str | None]) -> None:
+    try:
+        options = build_options(raw, source="bucket")
+    except ConfigError as exc:
+        _one_line(exc)
+    else:
+        _valid_options(options)
+
+
+_OPTION_NAMES = st.sampled_from(
+    [name for name in (*DRIVER_PARAM_NAMES, *FS_OPTION_HELP) if name not in ("config", "spooldir")]
+)
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.tuples(_OPTION_NAMES | st.text(max_size=8), st.none() | _WORDS | st.text(max_size=12)), max_size=8
+    ),
+    st.dictionaries(
+        st.sampled_from(
+            ["REGISTRY_STORAGE_S3_", "REGISTRY_STORAGE_S3AWS_", "REGISTRY_STORAGE_S3_V2_"]
+        ).flatmap(lambda head: _OPTION_NAMES.map(lambda name: head + name.upper())),
+        _WORDS | st.text(max_size=12),
+        max_size=3,
+    ),
+)
+@example([("region", "us-east-1")], {"REGISTRY_STORAGE_S3_KEYID": "2001-02-30"})
+@example([("region", "us-east-1"), ("a\nb", None)], {})
+def test_any_command_line_and_environment_build_or_are_refused_in_one_line(
+    items: list[tuple[str, str | None]], environ: dict[str, str]
+) -> None:
+    # Written as on the command line (commas and backslashes escaped), then split.
+    text = ",".join(
+        key if value is None else key + "=" + value.replace("\\", "\\\\").replace(",", "\\,")
+        for key, value in items
+    )
+    options = [item for item in split_mount_options(text) if item[0] not in ("config", "spooldir")]
+    try:
+        cfg = build(source="bucket", mountpoint="/m", mount_options=options, environ=environ)
+    except ConfigError as exc:
+        _one_line(exc)
+    else:
+        _valid_driver(cfg.driver)
+        _valid_options(cfg.options)
+
+
+_KEYS = st.text(min_size=1, max_size=10).map(str.strip).filter(lambda k: k and not set(k) & set(",=\\"))
+
+
+@BOUNDED
+@given(st.lists(st.tuples(_KEYS, st.none() | st.text(max_size=15)), max_size=6))
+def test_mount_option_text_round_trips(items: list[tuple[str, str | None]]) -> None:
+    text = ",".join(
+        key if value is None else key + "=" + value.replace("\\", "\\\\").replace(",", "\\,")
+        for key, value in items
+    )
+    assert split_mount_options(text) == items
+
+
+_DOCUMENTS = st.one_of(
+    st.dictionaries(st.sampled_from(DRIVER_PARAM_NAMES) | st.text(max_size=8), _VALUES, max_size=6).map(
+        lambda params: {"storage": {"s3": params}}
+    ),
+    st.tuples(
+        st.sampled_from(["s3", "s3aws", "s3_v2", "filesystem", "delete"]),
+        st.dictionaries(st.sampled_from(DRIVER_PARAM_NAMES), _VALUES, max_size=6),
+        st.dictionaries(st.sampled_from(list(FS_OPTION_HELP)) | st.text(max_size=6), _VALUES, max_size=3),
+    ).map(lambda t: {"storage": {t[0]: t[1]}, "s3regfs": t[2]}),
+    st.dictionaries(
+        st.sampled_from(["bucket", "region", "storage", "s3regfs", "database"]), _VALUES, max_size=4
+    ),
+    _VALUES,
+)
+
+
+@BOUNDED
+@given(st.one_of(_DOCUMENTS.map(yaml.safe_dump), st.text(max_size=200)))
+@example("storage:\n  s3:\n    bucket: b\n    region: 2001-02-30\n")
+@example("[" * 2000)
+@example("bucket: b\nregion: us-east-1\ns3regfs: [1]\n")
+def test_any_config_file_builds_or_is_refused_in_one_line(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            cfg = build(source=None, mountpoint="/m", config_file=str(path), environ={})
+        except ConfigError as exc:
+            _one_line(exc)
+        else:
+            _valid_driver(cfg.driver)
+            _valid_options(cfg.options)

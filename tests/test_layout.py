@@ -1,11 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""Key splitting and the registry-layout listing plan (pure)."""
+"""Key splitting, path <-> key mapping for any input, and the registry-layout listing plan (pure)."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 
 from s3regfs import layout
+from s3regfs.config import normalize_root
 
 
 @pytest.mark.parametrize(
@@ -61,3 +64,96 @@ def test_blob_paths() -> None:
     assert layout.blob_data_path("garbage") is None
     assert layout.is_link(f"docker/registry/v2/repositories/a/b/_layers/sha256/{hexdigest}/link")
     assert not layout.is_link("docker/registry/v2/blobs/link")
+
+
+# ---------------------------------------------------------------------------
+# Path <-> key mapping, for any input.
+
+BOUNDED = settings(max_examples=200, deadline=None)
+
+#: Components a POSIX file name may be: no "/" or NUL, not "", "." or "..",
+#: at most NAME_MAX bytes of UTF-8 (so no lone surrogate).  Anything else goes: spaces, "%", "+",
+#: "#", "?", "\\", quotes, newlines, control characters, any script.
+_COMPONENTS = st.one_of(
+    st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=40),
+    st.sampled_from(
+        ["sp ace", "%2F", "a+b", "#?&=", "\\", "\"'", "é", "😀", "nl\nx", "...", ".a", "n" * 255]
+    ),
+).filter(lambda name: layout.name_problem(name) is None)
+_PATHS = st.lists(_COMPONENTS, min_size=1, max_size=6)
+_ROOTS = st.text(st.characters(blacklist_characters="\0"), max_size=20).map(normalize_root)
+_BAD = st.sampled_from(["", ".", "..", "a\0b", "n" * 256, "é" * 128, "\ud800"])
+
+
+@BOUNDED
+@given(_ROOTS, _PATHS)
+def test_any_valid_path_maps_to_a_key_and_back(prefix: str, parts: list[str]) -> None:
+    path = "/".join(parts)
+    key = layout.key_of(prefix, path)
+    assert key.startswith(prefix)
+    assert layout.split_key(key[len(prefix) :]) == (parts, False)
+    directory = layout.dir_prefix(prefix, path)
+    assert directory == key + "/"
+    assert layout.split_key(directory[len(prefix) :]) == (parts, True)
+    # Relative to any directory on the way, the rest of the path.
+    for cut in range(len(parts)):
+        parent = layout.dir_prefix(prefix, "/".join(parts[:cut]))
+        assert key.startswith(parent)
+        assert layout.split_key(key[len(parent) :]) == (parts[cut:], False)
+    assert layout.leading_directories(key[len(prefix) :]) == parts[:-1]
+
+
+@BOUNDED
+@given(_ROOTS, _PATHS, _BAD, st.data())
+@example("", ["x", "y"], "", None)
+def test_any_bad_component_is_refused(
+    prefix: str, parts: list[str], bad: str, data: st.DataObject | None
+) -> None:
+    where = 1 if data is None else data.draw(st.integers(0, len(parts)))
+    broken = [*parts[:where], bad, *parts[where:]]
+    # An empty last component is a "dir/" marker, not a bad key.
+    assume(not (bad == "" and where == len(parts)))
+    relative = layout.key_of(prefix, "/".join(broken))[len(prefix) :]
+    assert layout.name_problem(bad) is not None
+    problem = layout.split_key(relative)
+    assert isinstance(problem, str) and problem
+    # Only what comes before the bad component still shows, as directories.
+    assert layout.leading_directories(relative) == broken[:where]
+
+
+@BOUNDED
+@given(_COMPONENTS)
+def test_valid_names_fit_name_max(name: str) -> None:
+    assert 0 < len(name.encode("utf-8")) <= layout.NAME_MAX
+    assert "/" not in name and name not in (".", "..")
+
+
+def test_name_problem_counts_bytes_not_characters() -> None:
+    assert layout.name_problem("é" * 127 + "a") is None  # 255 bytes
+    assert layout.name_problem("é" * 128) is not None  # 256 bytes, 128 characters
+    assert layout.name_problem("n" * 255) is None
+
+
+@pytest.mark.parametrize(
+    ("relative", "directories"),
+    [
+        ("x//y", ["x"]),
+        ("a/../b", ["a"]),
+        ("./c", []),
+        ("..", []),
+        ("p/q/" + "n" * 256, ["p", "q"]),
+        ("x/./", ["x"]),
+    ],
+)
+def test_leading_directories_of_bad_keys(relative: str, directories: list[str]) -> None:
+    assert isinstance(layout.split_key(relative), str)
+    assert layout.leading_directories(relative) == directories
+
+
+@pytest.mark.parametrize("relative", ["nl\nkey", "dir\n/file\n", "cr\r\nlf", "\n"])
+def test_newlines_are_ordinary_characters(relative: str) -> None:
+    # moto cannot store such keys, so this is tested here only: a newline is
+    # a character of a POSIX name like any other, never a separator.
+    parts = relative.rstrip("/").split("/")
+    assert layout.split_key(relative) == (parts, relative.endswith("/"))
+    assert layout.key_of("r/", relative.rstrip("/")) == "r/" + relative.rstrip("/")
