@@ -28,6 +28,9 @@ _REDACTIONS = (
         re.compile(r"(?i)(['\"]?x-amz-security-token['\"]?\s*[:=]\s*['\"]?(?:b['\"])?)[^'\",}\r\n]+"),
         r"\1<redacted>",
     ),
+    # botocore.auth's debug line "Signature:\n<hex>" (the Authorization header's
+    # signature: enough to replay that request for 15 minutes).
+    (re.compile(r"(?m)(^Signature:\s*)\S+"), r"\1<redacted>"),
     # Presigned query strings.
     (
         re.compile(r"(?i)((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature)=)[^&\s'\"]+"),
