@@ -578,9 +578,13 @@ class S3Store:
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise RequestFailed(
-                    f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')!r}: {first.get('Code')}",
-                    code=str(first.get("Code", "")),
+                code = str(first.get("Code", ""))
+                # Each key is authorized on its own (s3:DeleteObject): a refusal
+                # is EACCES, as DeleteObject's would be, not EIO.
+                failure = AccessDenied if code == "AccessDenied" else RequestFailed
+                raise failure(
+                    f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')!r}: {code}",
+                    code=code,
                 )
 
     async def copy(self, source: str, dest: str, size: int, source_etag: str | None = None) -> str:
