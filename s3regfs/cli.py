@@ -21,6 +21,7 @@ from s3regfs import __version__
 from s3regfs.config import (
     DRIVER_PARAM_NAMES,
     FS_OPTION_HELP,
+    SECRET_PARAMS,
     Config,
     DriverParams,
     build,
@@ -152,9 +153,46 @@ def build_config(args: Arguments) -> Config:
 
 
 def _secrets(config: Config | None) -> list[str]:
+    """Values no log line may show: the driver's, and those boto3's chain reads
+    from the environment."""
     if config is None:
         return []
-    return [config.driver.secretkey, config.driver.sessiontoken]
+    return [
+        config.driver.secretkey,
+        config.driver.sessiontoken,
+        os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        os.environ.get("AWS_SESSION_TOKEN", ""),
+    ]
+
+
+def hide_from_ps(values: Sequence[str]) -> int:
+    """Overwrite *values* with ``x`` in this process's own argument memory, the
+    bytes ps and /proc/PID/cmdline show (as MySQL's client does with -p), so a
+    secret given with -o is not visible for the life of the mount; it still is
+    from the exec until here.  Python keeps its own copy of argv.  Linux only,
+    best effort; returns how many occurrences were overwritten."""
+    import ctypes
+
+    wanted = {v for value in values if value for v in (value, value.replace(",", "\\,"))}
+    if not wanted:
+        return 0
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        # Fields 48 and 49 of proc(5), counted from field 3 (the state).
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, IndexError, ValueError):
+        return 0
+    area = ctypes.string_at(start, end - start)
+    count = 0
+    for value in sorted(wanted, key=len, reverse=True):
+        needle = value.encode()
+        offset = area.find(needle)
+        while offset >= 0:
+            ctypes.memset(start + offset, ord("x"), len(needle))
+            count += 1
+            offset = area.find(needle, offset + len(needle))
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuietError as exc:
         print(f"s3regfs: error: {exc}", file=sys.stderr)
         return exc.exitcode
+    hide_from_ps([value or "" for key, value in args.mount_options if key in SECRET_PARAMS])
     setup_logging(
         debug=config.debug,
         loglevel=config.driver.loglevel,

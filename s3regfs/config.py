@@ -778,8 +778,8 @@ def build(
         elif key in DRIVER_PARAM_NAMES:
             if key in SECRET_PARAMS and value:
                 log.warning(
-                    "-o %s on the command line is visible to every user in ps; prefer the "
-                    "config file or the environment",
+                    "-o %s on the command line is visible to every user in ps while s3regfs "
+                    "starts (it then blanks it out); prefer the config file or the environment",
                     key,
                 )
             driver_opts[key] = "true" if value is None else value

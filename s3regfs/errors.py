@@ -16,6 +16,7 @@ Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
         ├── PreconditionFailed    the object changed under an open reader (412)
         ├── InvalidRange          a range past the end of the object (416)
         ├── IntegrityError        a blob's bytes do not hash to its digest (-o verify)
+        ├── TLSError              the endpoint's certificate is not trusted, or the CA bundle is unusable
         ├── TemporaryFailure      5xx, 429/SlowDown, connection errors and timeouts
         └── RequestFailed         any other refusal (4xx)
 
@@ -103,6 +104,19 @@ class InvalidRange(StorageError):
 
 class IntegrityError(StorageError):
     """A blob's content does not match the digest it is stored under."""
+
+
+class TLSError(StorageError):
+    """TLS verification failed for good: the endpoint's certificate is not
+    trusted (self-signed, unknown CA, wrong name), or the CA bundle cannot be
+    read.  Not retried: the next attempt would fail the same way.  *reason*
+    is the short cause, without the request; *bundle* says the CA bundle is
+    at fault, not the certificate."""
+
+    def __init__(self, message: str, *, reason: str, bundle: bool = False) -> None:
+        super().__init__(message, code="TLSError")
+        self.reason = reason
+        self.bundle = bundle
 
 
 class TemporaryFailure(StorageError):

@@ -24,7 +24,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import pyfuse3
@@ -367,8 +367,19 @@ class Operations(pyfuse3.Operations):
                 if self._writers.get(node.ino) is writer:
                     del self._writers[node.ino]
                 node.writing = False
-                if not stored and node.local and not node.is_dir:
-                    self.namespace.remove(node)  # never stored: no ghost entry
+                if not stored and not node.is_dir:
+                    if node.local:
+                        self.namespace.remove(node)  # never stored: no ghost entry
+                    else:
+                        await self._back_to_stored(node)
+
+    async def _back_to_stored(self, node: Node) -> None:
+        """After a failed commit was dropped, the file is again what S3 holds:
+        its size and ETag are the stored object's (one HEAD), not the ones of
+        the data that was never stored, which reads would ask S3 for."""
+        node.fresh_at = None
+        with suppress(StorageError):  # stale: the next open tries again
+            await self.namespace.refresh_file(node)
 
     # -- metadata -------------------------------------------------------------------
 

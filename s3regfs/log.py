@@ -14,7 +14,7 @@ import logging.handlers
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ _REDACTIONS = (
         re.compile(r"(?i)(['\"]?x-amz-security-token['\"]?\s*[:=]\s*['\"]?(?:b['\"])?)[^'\",}\r\n]+"),
         r"\1<redacted>",
     ),
+    # botocore.auth's debug line "Signature:\n<hex>" (the Authorization header's
+    # signature: enough to replay that request for 15 minutes).
+    (re.compile(r"(?m)(^Signature:\s*)\S+"), r"\1<redacted>"),
     # Presigned query strings.
     (
         re.compile(r"(?i)((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature)=)[^&\s'\"]+"),
@@ -67,23 +70,38 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return text
 
 
-class _QuietReleaseReplies(logging.Filter):
-    """Demote pyfuse3's "fuse_<op>(): fuse_reply_* failed with No such file or
-    directory" to debug: the kernel no longer waits for that reply (the request
-    was interrupted, or was a read-ahead or release nobody waits for); the
-    operation itself completed, nothing is lost."""
+class _DemoteToDebug(logging.Filter):
+    """Demote the records *matches* picks to debug: a library's warning that
+    says nothing to act on, or what s3regfs's own message says better."""
+
+    def __init__(self, matches: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._matches = matches
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if (
-            message.startswith("fuse_")
-            and "fuse_reply_" in message
-            and "No such file or directory" in message
-        ):
+        if self._matches(record.getMessage()):
             record.levelno = logging.DEBUG
             record.levelname = "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         return True
+
+
+def _release_reply(message: str) -> bool:
+    """pyfuse3's "fuse_<op>(): fuse_reply_* failed with No such file or
+    directory": the kernel no longer waits for that reply (the request was
+    interrupted, or was a read-ahead or release nobody waits for); the
+    operation itself completed, nothing is lost."""
+    return message.startswith("fuse_") and "fuse_reply_" in message and "No such file or directory" in message
+
+
+def _hostname_mismatch(message: str) -> bool:
+    """urllib3's "Certificate did not match expected hostname: ... Certificate:
+    {...}": the failed request's error says it in one line."""
+    return message.startswith("Certificate did not match expected hostname")
+
+
+#: Library loggers and the records of theirs demoted to debug.
+_DEMOTED = (("pyfuse3", _release_reply), ("urllib3.connection", _hostname_mismatch))
 
 
 #: syslog priorities by logging level, for journald's "<N>" line prefixes.
@@ -128,9 +146,10 @@ def setup_logging(
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    pyfuse3_log = logging.getLogger("pyfuse3")
-    if not any(isinstance(f, _QuietReleaseReplies) for f in pyfuse3_log.filters):
-        pyfuse3_log.addFilter(_QuietReleaseReplies())
+    for name, matches in _DEMOTED:
+        library_log = logging.getLogger(name)
+        if not any(isinstance(f, _DemoteToDebug) for f in library_log.filters):
+            library_log.addFilter(_DemoteToDebug(matches))
     # Third-party libraries stay at WARNING unless loglevel asks for more.
     for name in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -31,6 +31,7 @@ from s3regfs.errors import (
     StartupError,
     StorageError,
     TemporaryFailure,
+    TLSError,
 )
 from s3regfs.fs import Operations
 from s3regfs.inode_cache import Namespace
@@ -86,6 +87,14 @@ async def probe_bucket(store: S3Store, config: Config) -> None:
         raise StartupError(
             f"{where}: access denied (the credentials need s3:ListBucket on the bucket)"
         ) from None
+    except TLSError as exc:
+        hint = (
+            "AWS_CA_BUNDLE (or ca_bundle in the AWS config) must name a PEM file of CA certificates"
+            if exc.bundle
+            else "set skipverify=true to accept it, or AWS_CA_BUNDLE to a PEM file holding the "
+            "certificate of the CA that signed it"
+        )
+        raise StartupError(f"{where}: {exc.reason} ({hint})") from None
     except TemporaryFailure as exc:
         reasons = {
             "EndpointConnectionError": "cannot connect",

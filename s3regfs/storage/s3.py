@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import logging
 import random
+import ssl
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -28,10 +30,12 @@ import botocore.config
 import botocore.exceptions
 import trio
 import urllib3.exceptions
+import urllib3.util.ssl_match_hostname
 
 from s3regfs.config import DriverParams, MountOptions
 from s3regfs.errors import (
     AccessDenied,
+    ConfigError,
     InvalidCredentials,
     InvalidRange,
     NoSuchBucket,
@@ -40,6 +44,7 @@ from s3regfs.errors import (
     RequestFailed,
     StorageError,
     TemporaryFailure,
+    TLSError,
 )
 from s3regfs.storage.base import BucketProbe, ListPage, ObjectInfo
 from s3regfs.storage.journal import UploadJournal
@@ -100,10 +105,34 @@ class RateLimiter:
             await trio.sleep(wait)
 
 
+def _tls_failure(exc: botocore.exceptions.SSLError, what: str) -> TLSError | None:
+    """A TLS failure that would happen again on every attempt (an untrusted or
+    misnamed certificate, an unusable CA bundle), or None for one that may not
+    (a handshake cut short)."""
+    inner = exc.kwargs.get("error")
+    cause = inner.args[0] if isinstance(inner, urllib3.exceptions.SSLError) and inner.args else inner
+    bundle = False
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        reason = f"TLS certificate verify failed: {cause.verify_message or cause.reason}"
+    elif isinstance(cause, urllib3.util.ssl_match_hostname.CertificateError):  # urllib3's host name check
+        reason = f"TLS certificate verify failed: {cause}"
+    elif isinstance(cause, ssl.SSLError) and cause.library in ("X509", "PEM"):
+        reason, bundle = f"cannot load the CA bundle: {cause.reason}", True
+    elif isinstance(cause, OSError) and not isinstance(cause, ssl.SSLError):
+        reason, bundle = f"cannot load the CA bundle: {cause.strerror or cause}", True
+    else:
+        return None
+    return TLSError(f"{what}: {reason}", reason=reason, bundle=bundle)
+
+
 def translate(exc: BaseException, what: str) -> StorageError:
     """Map a botocore/urllib3 exception to the most specific StorageError."""
     if isinstance(exc, StorageError):
         return exc
+    if isinstance(exc, botocore.exceptions.SSLError):
+        failure = _tls_failure(exc, what)
+        if failure is not None:
+            return failure
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -301,21 +330,32 @@ class S3Store:
             response_checksum_validation=checksum,
             tcp_keepalive=True,
         )
-        if driver.accesskey and driver.secretkey:
-            session = boto3.session.Session(
-                aws_access_key_id=driver.accesskey,
-                aws_secret_access_key=driver.secretkey,
-                aws_session_token=driver.sessiontoken or None,
+        scheme = (driver.endpoint_url or ("https:" if driver.secure else "http:")).partition(":")[0].lower()
+        if driver.skipverify and scheme == "https":
+            # Said once here, not by urllib3 on every request (botocore's own
+            # filter for that warning does not hold across threads).
+            log.warning("skipverify is set: the TLS certificate of %s is not verified", driver.endpoint_name)
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        try:
+            if driver.accesskey and driver.secretkey:
+                session = boto3.session.Session(
+                    aws_access_key_id=driver.accesskey,
+                    aws_secret_access_key=driver.secretkey,
+                    aws_session_token=driver.sessiontoken or None,
+                )
+            else:
+                session = boto3.session.Session()
+            client = session.client(
+                "s3",
+                endpoint_url=driver.endpoint_url,
+                use_ssl=driver.secure if driver.endpoint_url is None else None,
+                verify=False if driver.skipverify else None,
+                config=client_config,
             )
-        else:
-            session = boto3.session.Session()
-        client = session.client(
-            "s3",
-            endpoint_url=driver.endpoint_url,
-            use_ssl=driver.secure if driver.endpoint_url is None else None,
-            verify=False if driver.skipverify else None,
-            config=client_config,
-        )
+        except botocore.exceptions.BotoCoreError as exc:
+            # The environment botocore reads: an empty AWS_CA_BUNDLE, an
+            # unknown AWS_PROFILE...  A user error, not a crash.
+            raise ConfigError(f"cannot set up the S3 client: {exc}") from None
         return cls(client, driver, options.max_connections)
 
     # -- plumbing -----------------------------------------------------------
@@ -603,9 +643,13 @@ class S3Store:
             errors = response.get("Errors") or []
             if errors:
                 first = errors[0]
-                raise RequestFailed(
-                    f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')!r}: {first.get('Code')}",
-                    code=str(first.get("Code", "")),
+                code = str(first.get("Code", ""))
+                # Each key is authorized on its own (s3:DeleteObject): a refusal
+                # is EACCES, as DeleteObject's would be, not EIO.
+                failure = AccessDenied if code == "AccessDenied" else RequestFailed
+                raise failure(
+                    f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')!r}: {code}",
+                    code=code,
                 )
 
     async def copy(self, source: str, dest: str, size: int, source_etag: str | None = None) -> str:
