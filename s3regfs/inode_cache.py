@@ -220,24 +220,27 @@ class Namespace:
         if child is not None and (_pinned(child) or (not child.is_dir and self.is_fresh(child))):
             return child  # made or being written here: S3 may not know it yet
         key = layout.key_of(self.key_prefix, path)
-        # The directory first: where a key is both a file and a directory
-        # prefix ("a" and "a/b"), listings show the directory, and so must
-        # this.  (In the registry's wide directories the children are mostly
-        # directories, so this is also the cheaper order.)
-        page = await self._store.list_page(key + "/", max_keys=1)
-        if page.objects or page.prefixes:
+        # One delimited listing of the name itself answers both questions: the
+        # object "name" is the first key of its prefix, and "name/" shows as a
+        # common prefix (only keys "name" + a byte below "/" come before it).
+        # Where a key is both a file and a directory prefix ("a" and "a/b"),
+        # listings show the directory, and so must this.
+        page = await self._store.list_page(key, delimiter="/")
+        is_dir = key + "/" in page.prefixes
+        if not is_dir and page.next_token is not None:
+            is_dir = bool((await self._store.list_page(key + "/", max_keys=1)).objects)
+        info = next((each for each in page.objects if each.key == key), None)
+        if is_dir:
             if child is None or not child.is_dir:
                 if child is not None:
                     self._detach(child)
                 child = self._new_node(name, parent, True)
                 child.mtime_ns = parent.mtime_ns
                 parent.children[name] = child
+            if info is not None:
+                self._warn_once(key, "the directory", _HIDDEN_FILE)
             return child
-        try:
-            info = await self._store.head(key)
-        except NotFound:
-            pass
-        else:
+        if info is not None:
             if child is None or child.is_dir:
                 if child is not None:
                     del parent.children[name]

@@ -727,8 +727,8 @@ def test_read_only_policy_without_ro_answers_eacces(
     refused = [line for line in errors if line.endswith("AccessDenied Access Denied")]
     assert re.findall(r": (\w+) s3://", "\n".join(refused)) == ["PUT", "DELETE", "CopyObject", "PUT"], errors
     assert sorted(set(errors) - set(refused)) == [
-        "s3regfs: error: existing: the data written was NOT stored (the commit failed)",
-        "s3regfs: error: new: the data written was NOT stored (the commit failed)",
+        "s3regfs: error: 'existing': the data written was NOT stored (the commit failed)",
+        "s3regfs: error: 'new': the data written was NOT stored (the commit failed)",
     ]
     stored = policy_endpoint.client("admin").list_objects_v2(Bucket=POLICY_BUCKET, Prefix=f"{policy_root}/")
     assert [o["Key"] for o in stored["Contents"]] == [f"{policy_root}/existing"]
