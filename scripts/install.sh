@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install s3regfs and everything its tests and demo use, on Debian, as root:
 # Debian packages (FUSE 3 and its headers for pyfuse3, the registry and skopeo
-# for the end-to-end tests, attr for getfattr), a virtual environment in .venv,
+# for the end-to-end tests, attr for getfattr, the system python3 that the
+# tests run as an unprivileged user), a virtual environment in .venv,
 # and an `s3regfs` launcher in /usr/local/bin for mount(8) and systemd.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,7 +10,7 @@ repo=$(pwd)
 python=${PYTHON:-python3}
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci findutils util-linux ca-certificates)
+packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci findutils util-linux ca-certificates python3-minimal)
 if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
     packages+=(python3-venv python3-dev)
 fi
