@@ -730,7 +730,7 @@ class Operations(pyfuse3.Operations):
         for ino, writer in pending.items():
             if writer.failed and writer.dirty and not writer.unlinked:
                 log.error(
-                    "%s: the data written was NOT stored (the commit failed)", self.namespace.get(ino).path
+                    "%r: the data written was NOT stored (the commit failed)", self.namespace.get(ino).path
                 )
             elif writer.dirty and not writer.unlinked:
                 log.error(

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 
+#: Keys asked for when one name is checked: the object and its directory
+#: prefix, past the few names that sort between them ("v1" < "v1.0" < "v1/").
+LOOKUP_PAGE = 100
+
 #: A key that is both an object and a directory prefix ("a" and "a/b"): the
 #: directory is shown (also by lookups), the object stays hidden until the
 #: directory is gone.
@@ -225,7 +229,7 @@ class Namespace:
         # common prefix (only keys "name" + a byte below "/" come before it).
         # Where a key is both a file and a directory prefix ("a" and "a/b"),
         # listings show the directory, and so must this.
-        page = await self._store.list_page(key, delimiter="/")
+        page = await self._store.list_page(key, delimiter="/", max_keys=LOOKUP_PAGE)
         is_dir = key + "/" in page.prefixes
         if not is_dir and page.next_token is not None:
             is_dir = bool((await self._store.list_page(key + "/", max_keys=1)).objects)

@@ -186,8 +186,14 @@ async def recover_uploads(store: S3Store, journal: UploadJournal | None, config:
     """Report (or with -o abort_stale_uploads, abort) the multipart uploads that
     earlier s3regfs processes of this bucket began and did not finish."""
     abort = config.options.abort_stale_uploads
+    if config.options.ro:
+        # A later read-write mount reports them; a read-only one may lack
+        # s3:ListMultipartUploadParts and could not abort anyway.
+        if abort:
+            log.warning("abort_stale_uploads needs a read-write mount; nothing aborted")
+        return
     if abort and journal is None:
-        log.warning("abort_stale_uploads needs a read-write mount with a journal; nothing aborted")
+        log.warning("abort_stale_uploads needs the upload journal; nothing aborted")
     found = await recover(
         store,
         journal,

@@ -348,8 +348,10 @@ class FileWriter:
                 etag = await self._commit_general()
             else:
                 etag = await self._commit_stream()
-        except BaseException:
-            self.failed = True
+        except BaseException as exc:
+            # A cancelled commit (the unmount's commit_timeout) reported no
+            # error to anybody: it is not "failed".
+            self.failed = isinstance(exc, Exception)
             with trio.CancelScope(shield=True):
                 await self._abort_upload()
             raise

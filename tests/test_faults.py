@@ -15,7 +15,6 @@ import random
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -267,7 +266,9 @@ def test_maxretries_backoff_and_jitter_counted_at_the_proxy(
     for series in gaps:
         for n, gap in enumerate(series, start=1):
             nominal = 0.2 * 2 ** (n - 1)
-            assert 0.5 * nominal - 0.02 <= gap <= nominal + 0.25, (n, series)
+            # (the upper bound allows for a busy machine: the gap includes the request)
+            assert 0.5 * nominal - 0.02 <= gap <= nominal + 0.6, (n, series)
+        assert series[2] > series[0], series  # it grows
     firsts = [series[2] for series in gaps]
     assert max(firsts) - min(firsts) > 0.01, gaps  # jitter: not the same wait every time
     print(f"\nbackoff gaps (s): {[[round(g, 3) for g in s] for s in gaps]}")
@@ -323,7 +324,8 @@ def test_maxrequestspersecond_caps_the_rate_at_the_proxy(
     measured = (len(times) - 1) / (times[-1] - times[0])
     print(f"\nmaxrequestspersecond={rate}: {len(times)} requests at {measured:.1f}/s at the proxy")
     assert len(times) >= len(names)
-    assert rate * 0.8 <= measured <= rate * 1.1
+    assert measured <= rate * 1.1
+    assert measured >= rate * 0.5  # the workload was enough to reach the cap
 
 
 # -- listings ---------------------------------------------------------------------
@@ -424,6 +426,30 @@ def test_a_lost_answer_is_retried_without_a_duplicate_or_an_error(
     assert open_uploads(s3, bucket) == []
 
 
+def test_a_retried_complete_that_finds_no_upload_and_another_object_fails(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # The first Complete never reached S3; its retry is told the upload is
+    # gone. The object at the key is an older one: not ours, so close() fails
+    # and the upload (still open in fact) is aborted.
+    old = b"the object somebody else stored"
+    s3.put_object(Bucket=bucket, Key="f", Body=old)
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "chunksize=5242880"), bucket], check_clean=False
+    ) as mount:
+        proxy.rules = [
+            Rule(complete_upload, status=500, count=1),
+            Rule(complete_upload, status=404, code="NoSuchUpload", count=1),
+        ]
+        with pytest.raises(OSError) as info, open(mount.path / "f", "wb") as f:
+            f.write(rng_bytes(12 * MiB, 31))
+        assert info.value.errno == errno.EIO
+        assert [rule.hits for rule in proxy.rules] == [1, 1]
+    assert "the upload is gone and the object is not the one it would have made" in mount.stderr
+    assert body(s3, bucket, "f") == old
+    assert open_uploads(s3, bucket) == []
+
+
 def test_a_failed_overwrite_keeps_the_old_object_whole(
     s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -466,11 +492,12 @@ def test_kill_9_during_a_copy_leaves_no_object_and_the_next_mount_reports_our_up
     args = [*endpoint_opts, "-o", f"chunksize=5242880,statedir={state}", bucket]
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    mount = Mount(mnt, None, Path(tempfile.mkstemp(prefix="s3regfs-", suffix=".err")[1]))  # type: ignore[arg-type]
+    mount = Mount(mnt, None, tmp_path / "daemon.err")  # type: ignore[arg-type]
     spawn(mount, args)
+    copy: subprocess.Popen[bytes] | None = None
     try:
         wait_for_mount(mount)
-        copy = subprocess.Popen(["cp", str(source), str(mnt / "big")], stderr=subprocess.PIPE)
+        copy = subprocess.Popen(["cp", str(source), str(mnt / "big")], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         ours: list[str] = []
         while not ours and time.monotonic() < deadline:
@@ -483,9 +510,11 @@ def test_kill_9_during_a_copy_leaves_no_object_and_the_next_mount_reports_our_up
         os.kill(mount.process.pid, signal.SIGKILL)
         mount.process.wait(10)
         assert copy.wait(30) != 0  # cp sees the mount die
-        copy.stderr.close()  # type: ignore[union-attr]
     finally:
         cleanup(mount)
+        if copy is not None and copy.poll() is None:
+            copy.kill()
+            copy.wait()
     assert "big" not in keys(s3, bucket)  # no partial object, ever
     assert uploads(s3, bucket) == {ours[0]: "big", theirs: theirs_key}
     journals = list((state / "uploads").iterdir())
@@ -516,7 +545,7 @@ def test_a_dead_mount_is_named_and_cleared_with_fusermount(
 ) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    mount = Mount(mnt, None, Path(tempfile.mkstemp(prefix="s3regfs-", suffix=".err")[1]))  # type: ignore[arg-type]
+    mount = Mount(mnt, None, tmp_path / "daemon.err")  # type: ignore[arg-type]
     spawn(mount, [*endpoint_opts, bucket])
     try:
         wait_for_mount(mount)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +233,57 @@ async def test_upload_journal_recovery_reads_dead_files_only(tmp_path: Path) -> 
     again.close()
     live.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.1.jsonl", live.path.rsplit("/", 1)[1]]
+
+
+def test_multipart_etag_is_the_one_s3_computes(s3: Any, bucket: str) -> None:
+    from s3regfs.storage.s3 import multipart_etag
+
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    parts = []
+    for number, data in enumerate([b"a" * (5 * 1024 * 1024), b"tail"], start=1):
+        etag = s3.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=number, Body=data)["ETag"]
+        parts.append({"PartNumber": number, "ETag": etag})
+    done = s3.complete_multipart_upload(
+        Bucket=bucket, Key="m", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    assert multipart_etag([p["ETag"] for p in parts]) == done["ETag"].strip('"')
+    assert multipart_etag([p["ETag"] for p in parts]).endswith("-2")
+
+
+async def test_stale_lookup_past_many_names_sorting_before_the_directory(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # "v1.0000" ... sort between the object "v1" and the prefix "v1/": the one
+    # delimited listing of "v1" is cut short before it reaches "v1/".
+    keys = [f"big/v1.{i:04d}" for i in range(1100)] + ["big/v1/x", "big/v2"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"z"), keys))
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=0.2)
+    big = await namespace.lookup(namespace.root, "big")
+    assert len(await namespace.list_children(big)) == 1102
+    await trio.sleep(0.3)
+    lists = store.request_counts["list_objects_v2"]
+    assert (await namespace.lookup(big, "v1")).is_dir
+    assert store.request_counts["list_objects_v2"] == lists + 2  # the name, then "v1/"
+    v2 = await namespace.lookup(big, "v2")
+    assert not v2.is_dir and v2.size == 1
+    with pytest.raises(NotFound):
+        await namespace.lookup(big, "v3")
+
+
+def test_upload_journals_never_share_a_file(tmp_path: Path) -> None:
+    from s3regfs.storage.journal import UploadJournal
+
+    # A pid can come back after a crash: the new journal must not reopen (and
+    # at its clean exit delete) the dead one of the same pid.
+    first = UploadJournal(str(tmp_path), "t", "42")
+    first.begun("k", "u1")
+    second = UploadJournal(str(tmp_path), "t", "42")
+    assert first.path != second.path
+    second.close()
+    assert os.path.exists(first.path) and "u1" in Path(first.path).read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging file left
+    first.close()

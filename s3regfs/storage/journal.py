@@ -11,7 +11,7 @@ left (:func:`recover`): uploads still open are reported, or aborted when
 asked, and only those: the registry's own resumable uploads (and anybody
 else's) are never touched, because only ids recorded here are.
 
-One file per live process, ``<target>.<pid>.jsonl`` in the journal
+One file per live process, ``<target>.<pid>-<random>.jsonl`` in the journal
 directory, held with an exclusive ``flock`` while the process lives: a file
 whose lock can be taken belongs to a dead process.  ``<target>`` is a hash of
 the endpoint and the bucket, so a mount only looks at its own bucket's
@@ -28,9 +28,13 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
+
+import trio
 
 from s3regfs.errors import StorageError
 
@@ -71,55 +75,81 @@ def _read(file: IO[str]) -> dict[str, OpenUpload]:
 class UploadJournal:
     """This process's journal file (see the module docstring).
 
+    The file gets a name of its own (pid and a random part: a pid alone can
+    come back after a crash) and is created under a temporary name, locked,
+    and only then renamed into place, so no other mount ever sees it unlocked.
+
     Writing is best effort: a journal that cannot be written is logged once
     and never fails an upload (the data matters more than the bookkeeping).
+    :meth:`begun` fsyncs: call it on a worker thread.  Methods may be called
+    from several threads.
     """
 
     def __init__(self, directory: str, target: str, instance: str = "") -> None:
         self.directory = directory
-        self.path = os.path.join(directory, f"{target}.{instance or os.getpid()}.jsonl")
+        name = f"{target}.{instance or os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        self.path = os.path.join(directory, name)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._file: IO[str] | None = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for life
-        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        staging = os.path.join(directory, f".{name}.new")
+        file = open(staging, "x", encoding="utf-8")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(staging, self.path)
+        except OSError:
+            file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            raise
+        self._file: IO[str] | None = file
+        self._lock = threading.Lock()
         self._open: set[str] = set()
         self._failed = False
 
-    def _append(self, entry: dict[str, str], *, sync: bool) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            self._file.flush()
-            if sync:
-                os.fsync(self._file.fileno())
-        except OSError as exc:
-            if not self._failed:
-                self._failed = True
-                log.warning("cannot write the upload journal %s: %s", self.path, exc)
+    def _append(self, entry: dict[str, str], *, sync: bool) -> bool:
+        with self._lock:
+            if self._file is None:
+                return False
+            try:
+                self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                self._file.flush()
+                if sync:
+                    os.fsync(self._file.fileno())
+            except OSError as exc:
+                if not self._failed:
+                    self._failed = True
+                    log.warning("cannot write the upload journal %s: %s", self.path, exc)
+                return False
+            return True
 
-    def begun(self, key: str, upload_id: str, began: str = "") -> None:
-        self._open.add(upload_id)
+    def begun(self, key: str, upload_id: str, began: str = "") -> bool:
+        """Record an open upload (durably); False if it could not be written."""
+        with self._lock:
+            self._open.add(upload_id)
         began = began or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._append({"begin": upload_id, "key": key, "time": began}, sync=True)
+        return self._append({"begin": upload_id, "key": key, "time": began}, sync=True)
 
     def ended(self, upload_id: str) -> None:
-        if upload_id in self._open:
+        with self._lock:
+            if upload_id not in self._open:
+                return
             self._open.discard(upload_id)
-            self._append({"end": upload_id}, sync=False)
+        self._append({"end": upload_id}, sync=False)
 
     @property
     def open_count(self) -> int:
-        return len(self._open)
+        with self._lock:
+            return len(self._open)
 
     def close(self) -> None:
         """Release the file; remove it when no upload is left open."""
-        if self._file is None:
-            return
-        file, self._file = self._file, None
-        if not self._open:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-        file.close()
+        with self._lock:
+            if self._file is None:
+                return
+            file, self._file = self._file, None
+            if not self._open:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            file.close()
 
 
 @contextlib.contextmanager
@@ -141,8 +171,12 @@ def _dead_journals(directory: str, target: str, own: str) -> Iterator[list[tuple
                 continue
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Another mount may have recovered and removed it between our
+                # open and our lock: then it is no longer ours to read.
+                if os.fstat(file.fileno()).st_nlink == 0:
+                    raise FileNotFoundError(path)
             except OSError:
-                file.close()  # a live mount of the same bucket owns it
+                file.close()  # a live mount owns it, or it is gone
                 continue
             held.append((path, file))
         yield held
@@ -180,6 +214,9 @@ async def recover(
     own = journal.path if journal is not None else ""
     with _dead_journals(directory, target, own) as dead:
         for path, file in dead:
+            # The file goes only once every upload still open in it is carried
+            # into this mount's journal.
+            carried = True
             for upload in _read(file).values():
                 try:
                     exists = await store.upload_exists(upload.key, upload.upload_id)
@@ -195,8 +232,11 @@ async def recover(
                     continue
                 result.still_open.append(upload)
                 if journal is not None:
-                    journal.begun(upload.key, upload.upload_id, upload.began)
-            if journal is not None:
+                    written = await trio.to_thread.run_sync(
+                        journal.begun, upload.key, upload.upload_id, upload.began
+                    )
+                    carried = carried and written
+            if journal is not None and carried:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
     return result

@@ -507,7 +507,8 @@ class S3Store:
         )
         upload_id = str(response["UploadId"])
         if self.journal is not None:
-            self.journal.begun(key, upload_id)
+            # Durable before any part is sent (an fsync: on a worker thread).
+            await trio.to_thread.run_sync(self.journal.begun, key, upload_id)
         return upload_id
 
     def _end_upload(self, upload_id: str) -> None:
@@ -597,12 +598,15 @@ class S3Store:
         except NotFound as exc:
             if exc.code != "NoSuchUpload":
                 raise
-            expected = multipart_etag([etag for _, etag in sorted(parts)])
+            try:
+                expected = multipart_etag([etag for _, etag in sorted(parts)])
+            except ValueError:  # not MD5 ETags (SSE-C, some S3-compatible stores)
+                expected = ""
             try:
                 stored = await self.head(key)
             except NotFound:
                 stored = None
-            if stored is None or stored.etag != expected:
+            if stored is None or not expected or stored.etag != expected:
                 raise RequestFailed(
                     f"{what}: the upload is gone and the object is not the one it would have made",
                     code="NoSuchUpload",
