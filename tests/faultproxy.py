@@ -7,7 +7,8 @@ request reached moto, a body cut short (the full Content-Length promised,
 fewer bytes sent, then the connection closed), a stall (headers and some
 bytes, then silence past the client's read timeout), or a delay.  A rule
 fires for a given *count* of matching requests, or for a *probability* of
-them (from a seeded generator, so a run can be repeated).  :meth:`outage`
+them (drawn from a seeded generator; with parallel requests the order of the
+draws, and so which request fails, still varies from run to run).  :meth:`outage`
 refuses connections for a while: the listening socket is closed and every
 open connection is reset, as a dead endpoint would do.
 

@@ -146,7 +146,7 @@ def test_secret_given_with_o_is_blanked_from_argv(
         assert "-o secretkey on the command line is visible to every user in ps" in result.stderr
         assert secret not in result.stderr
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize(
