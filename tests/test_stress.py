@@ -64,6 +64,9 @@ DRAIN_DEADLINE = 60.0
 WRITE_RATE = 2 * MiB
 RSS_LIMIT = 400 * MiB
 SEED = int(os.environ.get("S3REGFS_STRESS_SEED", "20240611"))
+#: More -o options for the mount, to try the load with other settings
+#: (``readahead_total=4M,max_connections=4``...).
+EXTRA_OPTIONS = os.environ.get("S3REGFS_STRESS_OPTIONS", "")
 CHUNKSIZE = 5 * MiB
 ROOT = "docker/registry/v2"
 
@@ -395,6 +398,8 @@ def test_readers_writers_and_find_at_once(
     rss: list[tuple[float, int]] = []
     rss_stop = threading.Event()
     options = [*endpoint_opts, "-o", f"chunksize={CHUNKSIZE},metadata_ttl=5"]
+    if EXTRA_OPTIONS:
+        options += ["-o", EXTRA_OPTIONS]
     try:
         with (
             mounted(tmp_path / "mnt", [*options, bucket], env={"PYTHONFAULTHANDLER": "1"}) as mount,
@@ -531,3 +536,34 @@ def test_readers_writers_and_find_at_once(
     directories = {str(Path(path).parent) for path in [*static, *load.written]}
     directories |= {str(parent) for d in list(directories) for parent in Path(d).parents}
     assert counts.get("list_objects_v2", 0) <= len(directories) * (SECONDS / 5 + 2), counts
+
+
+def test_open_streams_stay_within_max_connections(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    """More files streaming at once than max_connections: each open stream
+    keeps a connection, so they must share the pool with the other requests
+    (urllib3 warns "Connection pool is full" when more are checked out)."""
+    rng = random.Random(5)
+    bodies = {f"blob{i}": rng.randbytes(4 * MiB + i) for i in range(8)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket=bucket, Key=item[0], Body=item[1]), bodies.items()))
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "max_connections=2", bucket]) as mount:
+        started = threading.Barrier(len(bodies))
+
+        def digest(name: str) -> str:
+            h = hashlib.sha256()
+            with open(mount.path / name, "rb") as f:
+                h.update(f.read(256 * 1024))
+                started.wait()  # every file has its stream open now
+                while chunk := f.read(256 * 1024):
+                    h.update(chunk)
+                    time.sleep(0.01)
+            return h.hexdigest()
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            digests = dict(zip(bodies, pool.map(digest, bodies), strict=True))
+    assert digests == {name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
+    assert "Connection pool is full" not in mount.stderr
+    # A stream without a connection of its own reads 1 MiB chunks as ranged GETs.
+    assert mount.request_counts()["get_object"] <= sum(-(-len(body) // MiB) + 1 for body in bodies.values())
