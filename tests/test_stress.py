@@ -62,7 +62,8 @@ DRAIN_DEADLINE = 60.0
 #: enough to keep multipart uploads going all the time, bounded so moto's
 #: memory and the checks afterwards stay small.
 WRITE_RATE = 2 * MiB
-RSS_LIMIT = 400 * MiB
+#: Measured: 150 MiB at most (230 MiB without the two malloc arenas).
+RSS_LIMIT = 320 * MiB
 SEED = int(os.environ.get("S3REGFS_STRESS_SEED", "20240611"))
 #: More -o options for the mount, to try the load with other settings
 #: (``readahead_total=4M,max_connections=4``...).
