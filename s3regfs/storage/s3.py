@@ -6,6 +6,15 @@ synchronous: every call runs on a worker thread through
 ``trio.to_thread.run_sync`` behind one CapacityLimiter, with one shared
 client (boto3 clients are thread-safe once created; sessions are not).
 
+Connections: the limiter has a token per connection of the pool
+(``max_connections``), and whoever uses a connection holds a token: a
+request for the whole call, a ranged GET until its body is read (in the same
+call), an open stream (read-ahead) for its life.  Streams take their token
+only if it is free at once and streams hold fewer than half of them; a stream
+without one reads chunk by chunk as ranged GETs.  So the pool is never
+exceeded (urllib3 would open extra connections and discard them with a
+warning), and idle streams can never keep other requests waiting.
+
 Retries live here and only here: botocore's own retries are switched off
 (``total_max_attempts=1``), and :meth:`S3Store._call` makes at most
 ``1 + maxretries`` attempts, with exponential backoff and jitter, on 5xx,
@@ -188,15 +197,34 @@ def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
 
 
 class S3Stream:
-    """A GET body read in order; resumes after a broken connection."""
+    """A GET body read in order; resumes after a broken connection.
 
-    def __init__(self, store: S3Store, key: str, start: int, end: int, etag: str | None, body: Any) -> None:
+    An open body keeps its connection between reads, so a stream keeps one
+    only while it holds a *slot* (see :meth:`S3Store._take_stream_slot`);
+    without one, each read is a ranged GET of its own.
+    """
+
+    def __init__(self, store: S3Store, key: str, start: int, end: int, etag: str | None) -> None:
         self._store = store
         self._key = key
         self._end = end
         self._etag = etag
-        self._body: Any = body
+        self._body: Any = None
+        self._slot = False
+        #: The slot is this stream's connection: its own calls do not take
+        #: another token of the store's limiter (one call at a time).
+        self._limiter = trio.CapacityLimiter(1)
         self.position = start
+
+    async def _open_body(self, retries: int | None) -> bool:
+        """Open the body from the current position if a slot is (or becomes) ours."""
+        if not self._slot:
+            self._slot = self._store._take_stream_slot(self)
+        if self._slot:
+            self._body = await self._store._get_body(
+                self._key, self.position, self._end, self._etag, retries=retries, limiter=self._limiter
+            )
+        return self._slot
 
     async def read(self, size: int) -> bytes:
         size = min(size, self._end - self.position)
@@ -208,11 +236,13 @@ class S3Stream:
         failures = 0
         while True:
             try:
-                if self._body is None:
-                    self._body = await self._store._get_body(
-                        self._key, self.position, self._end, self._etag, retries=0
-                    )
-                data: bytes = await self._store._in_thread(self._body.read, size)
+                data: bytes
+                if self._body is not None or await self._open_body(retries=0):
+                    data = await self._store._in_thread(self._body.read, size, limiter=self._limiter)
+                else:
+                    # No connection to keep: this chunk is a request of its own.
+                    end = self.position + size
+                    data = await self._store._get_bytes(self._key, self.position, end, self._etag, retries=0)
                 if not data:
                     raise TemporaryFailure(f"{what}: body ended at {self.position}, expected {self._end}")
             except Exception as exc:  # noqa: BLE001 - translated right below
@@ -233,10 +263,16 @@ class S3Stream:
     async def _drop_body(self) -> None:
         body, self._body = self._body, None
         if body is not None:
-            await self._store._in_thread(body.close)
+            await self._store._in_thread(body.close, limiter=self._limiter)
 
     async def aclose(self) -> None:
-        await self._drop_body()
+        """Close the body and give the slot back; idempotent."""
+        try:
+            await self._drop_body()
+        finally:
+            if self._slot:
+                self._slot = False
+                self._store._give_stream_slot(self)
 
 
 def multipart_etag(part_etags: list[str]) -> str:
@@ -295,7 +331,13 @@ class S3Store:
         self._headers = object_headers(driver)
         self.bucket = driver.bucket
         self.maxretries = driver.maxretries
+        #: One token per connection in use (the pool holds max_connections).
         self._limiter = trio.CapacityLimiter(max_connections)
+        #: Open streams hold a token for their life, at most half of them: the
+        #: other requests hold theirs only while they run, so they always
+        #: progress, however many streams sit idle.
+        self._stream_slots = max_connections // 2
+        self._streams = 0
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
         #: Where the ids of the multipart uploads begun here are kept (see journal.py).
@@ -360,18 +402,50 @@ class S3Store:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
+    async def _in_thread(
+        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        """Run *fn* on a worker thread holding a connection token (of *limiter*
+        when the caller's token is elsewhere: an open stream's slot)."""
+        return await trio.to_thread.run_sync(lambda: fn(*args), limiter=limiter or self._limiter)
+
+    def _take_stream_slot(self, stream: S3Stream) -> bool:
+        """A token for *stream*'s connection, if one is free now and streams
+        hold fewer than half of them; never waits (a stream without a slot
+        reads by ranged GETs, so no reader waits for an idle one)."""
+        if self._streams >= self._stream_slots:
+            return False
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(stream)
+        except trio.WouldBlock:
+            return False
+        self._streams += 1
+        return True
+
+    def _give_stream_slot(self, stream: S3Stream) -> None:
+        self._streams -= 1
+        self._limiter.release_on_behalf_of(stream)
 
     async def _backoff(self, failures: int) -> None:
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
         await trio.sleep(delay * random.uniform(0.5, 1.0))
 
-    async def _call(self, operation: str, what: str, *, retries: int | None = None, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        operation: str,
+        what: str,
+        *,
+        retries: int | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+        consume: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """One API call with the retry policy of the module docstring.
 
         *retries* lowers the retry budget for this call (the mount-time probe
-        fails fast: at most two attempts).
+        fails fast: at most two attempts).  *limiter*: see :meth:`_in_thread`.
+        *consume* runs on the response in the same thread, holding the same
+        token (a GET's body is read before its connection counts as free).
         """
         method = getattr(self._client, operation)
         retries = self.maxretries if retries is None else min(retries, self.maxretries)
@@ -380,7 +454,9 @@ class S3Store:
             await self._rate.acquire()
             self.request_counts[operation] += 1
             try:
-                return await self._in_thread(lambda: method(**kwargs))
+                return await self._in_thread(
+                    lambda: consume(method(**kwargs)) if consume else method(**kwargs), limiter=limiter
+                )
             except Exception as exc:  # noqa: BLE001 - translated right below
                 error = translate(exc, what)
                 failures += 1
@@ -438,9 +514,7 @@ class S3Store:
         )
         return _object_info(key, response)
 
-    async def _get_body(
-        self, key: str, start: int, end: int, etag: str | None, *, retries: int | None = None
-    ) -> Any:
+    def _get_kwargs(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -448,24 +522,70 @@ class S3Store:
         }
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
-        response = await self._call("get_object", f"GET s3://{self.bucket}/{key}", retries=retries, **kwargs)
+        return kwargs
+
+    async def _get_body(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        retries: int | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> Any:
+        """GetObject of [start, end), its body left to read: the caller's
+        *limiter* must stand for the connection until the body is closed."""
+        response = await self._call(
+            "get_object",
+            f"GET s3://{self.bucket}/{key}",
+            retries=retries,
+            limiter=limiter,
+            **self._get_kwargs(key, start, end, etag),
+        )
         return response["Body"]
+
+    async def _get_bytes(
+        self, key: str, start: int, end: int, etag: str | None, *, retries: int | None = None
+    ) -> bytes:
+        """GetObject of [start, end), its body read in the same call."""
+
+        def read_body(response: Any) -> bytes:
+            body = response["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            if len(data) != end - start:
+                raise TemporaryFailure(f"GET s3://{self.bucket}/{key}: {len(data)} bytes of {end - start}")
+            return data
+
+        data: bytes = await self._call(
+            "get_object",
+            f"GET s3://{self.bucket}/{key}",
+            retries=retries,
+            consume=read_body,
+            **self._get_kwargs(key, start, end, etag),
+        )
+        return data
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         if end <= start:
             return b""
-        stream = S3Stream(self, key, start, end, etag, None)
-        chunks: list[bytes] = []
-        try:
-            while stream.position < end:
-                chunks.append(await stream.read(end - stream.position))
-        finally:
-            await stream.aclose()
-        return b"".join(chunks)
+        data = await self._get_bytes(key, start, end, etag)
+        self.counters["bytes_in"] += len(data)
+        return data
 
     async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
-        body = await self._get_body(key, start, end, etag) if end > start else None
-        return S3Stream(self, key, start, end, etag, body)
+        stream = S3Stream(self, key, start, end, etag)
+        if end > start:
+            try:
+                await stream._open_body(retries=None)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+        return stream
 
     async def probe(self, key_prefix: str) -> BucketProbe:
         # One listing both proves the bucket and finds GitLab's lock files.
