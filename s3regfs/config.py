@@ -601,6 +601,13 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     bucket = parse_str(p.get("bucket"))
     if not bucket:
         raise ConfigError("no bucket parameter provided")
+    # S3's rules (with the legacy upper case and underscores that us-east-1
+    # allowed): anything else could only fail at the first request, and a
+    # comma or space would break the fsname shown in /proc/mounts.
+    if not isinstance(p.get("bucket"), str | int) or not re.fullmatch(
+        r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}", bucket
+    ):
+        raise ConfigError(f"the bucket parameter must be an S3 bucket name, {bucket!r} invalid")
     values["bucket"] = bucket
     endpoint = parse_str(p.get("regionendpoint"))
     values["regionendpoint"] = endpoint

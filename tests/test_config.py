@@ -133,6 +133,10 @@ def test_required_parameters() -> None:
     with pytest.raises(ConfigError, match="no region parameter provided"):
         build_driver({"bucket": "b"})
     assert build_driver({"bucket": "b", "regionendpoint": "http://h:9000"}).region == ""
+    for bad in ([None, None], {"a": 1}, "a,b", "my bucket", "-x"):
+        with pytest.raises(ConfigError, match="must be an S3 bucket name"):
+            driver(bucket=bad)
+    assert driver(bucket="Legacy_Bucket.1").bucket == "Legacy_Bucket.1"
 
 
 def test_v4auth_false_refused_on_amazon() -> None:
