@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -73,7 +74,7 @@ DEBUG_LEVELS = "loglevel=logdebug\\,logdebugwithsigning\\,logdebugwithhttpbody\\
 
 @pytest.mark.parametrize("source", ["config file", "environment"])
 def test_secrets_stay_out_of_argv_proc_mounts_and_debug_logs(
-    moto: MotoServer, s3: Any, bucket: str, tmp_path: Path, source: str
+    moto: MotoServer, s3: Any, bucket: str, tmp_path: Path, source: str, other_user: None
 ) -> None:
     s3.put_object(Bucket=bucket, Key="f", Body=b"data")
     secret = "SECRET" + uuid.uuid4().hex
@@ -105,8 +106,8 @@ def test_secrets_stay_out_of_argv_proc_mounts_and_debug_logs(
         refused = subprocess.run(
             [
                 "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
+                f"--reuid={OTHER['uid']}",
+                f"--regid={OTHER['gid']}",
                 "--clear-groups",
                 "cat",
                 f"/proc/{mount.process.pid}/environ",
@@ -175,7 +176,46 @@ def test_client_setup_errors_are_one_line_without_secrets(
 
 # -- who may use the mount -------------------------------------------------------------
 
-NOBODY = 65534  # nobody:nogroup on Debian
+#: The second, unprivileged user of these tests, made for them (see other_user).
+OTHER_USER = "s3regfs-test"
+OTHER: dict[str, int] = {}
+
+
+def _make_other_user() -> bool:
+    """Create OTHER_USER (with its own group) unless it exists; True if created."""
+    try:
+        pwd.getpwnam(OTHER_USER)
+        return False
+    except KeyError:
+        pass
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            OTHER_USER,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return True
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[None]:
+    """The second user exists for this module's tests, and is removed after them."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to create a second user")
+    created = _make_other_user()
+    entry = pwd.getpwnam(OTHER_USER)
+    OTHER.update(uid=entry.pw_uid, gid=entry.pw_gid)
+    yield
+    if created:
+        subprocess.run(["userdel", OTHER_USER], check=False, capture_output=True)
+
 
 #: Run as another user by /usr/bin/python3 (the test's virtual environment may
 #: not be readable by it): each operation's outcome, "ok" or the errno's name.
@@ -201,12 +241,12 @@ print(json.dumps([attempt(op, path) for op, path in json.loads(sys.argv[1])]))
 """
 
 
-def as_other_user(*operations: tuple[str, Path], uid: int = NOBODY, gid: int = NOBODY) -> list[str]:
+def as_other_user(*operations: tuple[str, Path]) -> list[str]:
     result = subprocess.run(
         [
             "setpriv",
-            f"--reuid={uid}",
-            f"--regid={gid}",
+            f"--reuid={OTHER['uid']}",
+            f"--regid={OTHER['gid']}",
             "--clear-groups",
             "/usr/bin/python3",
             "-I",
@@ -226,7 +266,7 @@ def as_other_user(*operations: tuple[str, Path], uid: int = NOBODY, gid: int = N
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
+def shared_dir(other_user: None) -> Iterator[Path]:
     """A directory every user may traverse (pytest's tmp_path is root's alone)."""
     if not os.access("/usr/bin/python3", os.X_OK) or shutil.which("setpriv") is None:
         pytest.skip("needs /usr/bin/python3 and setpriv to act as another user")
@@ -270,11 +310,11 @@ def test_without_allow_other_only_the_mounting_user_gets_in(
         ),
         # Every file is the other user's.
         (
-            f"uid={NOBODY}",
+            "uid={uid}",
             {"write": "ok", "create": "ok", "mkdir": "ok", "chmod": "ok", "unlink": "ok"},
         ),
         # Group-writable and the other user's group.
-        (f"gid={NOBODY},umask=002", {"write": "ok", "create": "ok", "mkdir": "ok", "unlink": "ok"}),
+        ("gid={gid},umask=002", {"write": "ok", "create": "ok", "mkdir": "ok", "unlink": "ok"}),
     ],
 )
 def test_allow_other_follows_uid_gid_and_umask(
@@ -282,6 +322,7 @@ def test_allow_other_follows_uid_gid_and_umask(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="f", Body=b"data")
     s3.put_object(Bucket=bucket, Key="doomed", Body=b"delete me")
+    options = options.format(**OTHER)
     with mounted(shared_dir / "mnt", [*endpoint_opts, "-o", f"allow_other,{options}", bucket]) as mount:
         mnt = mount.path
         targets = {
