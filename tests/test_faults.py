@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -133,13 +134,19 @@ def test_a_reset_mid_stream_resumes_at_the_offset_reached(
     with mounted(tmp_path / "mnt", [*proxy_opts(proxy), bucket], check_clean=False) as mount:
         (mount.path / blob).stat()
         proxy.log.clear()
-        proxy.rules = [Rule(get_object, status=0, truncate_after=cut, count=1)]
+        # The body breaks at the cut; the first attempt to resume gets a 503.
+        proxy.rules = [
+            Rule(get_object, status=0, truncate_after=cut, count=1),
+            Rule(get_object, status=503, code="SlowDown", count=1),
+        ]
         assert read_all(mount.path / blob) == data
+        stats = json.loads((mount.path / ".s3regfs" / "stats").read_text())
+        assert stats["retries"] >= 1 and stats["errors"] == 0  # recovered: not an error
     starts = get_ranges(proxy)
     assert starts[0] == 0 and len(starts) >= 2, starts
-    # The second GET starts where the delivered bytes ended (at most the cut,
+    # The resuming GETs start where the delivered bytes ended (at most the cut,
     # not the start again): nothing is read twice into the file, nothing skipped.
-    assert 0 < starts[1] <= cut, starts
+    assert len(starts) >= 3 and 0 < starts[1] == starts[2] <= cut, starts
 
 
 def test_read_fails_with_eio_when_retries_run_out_and_the_next_read_works(

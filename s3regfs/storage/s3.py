@@ -222,7 +222,13 @@ class S3Stream:
             self._slot = self._store._take_stream_slot(self)
         if self._slot:
             self._body = await self._store._get_body(
-                self._key, self.position, self._end, self._etag, retries=retries, limiter=self._limiter
+                self._key,
+                self.position,
+                self._end,
+                self._etag,
+                retries=retries,
+                limiter=self._limiter,
+                count_errors=retries != 0,  # a re-open inside read(): read() counts
             )
         return self._slot
 
@@ -242,7 +248,9 @@ class S3Stream:
                 else:
                     # No connection to keep: this chunk is a request of its own.
                     end = self.position + size
-                    data = await self._store._get_bytes(self._key, self.position, end, self._etag, retries=0)
+                    data = await self._store._get_bytes(
+                        self._key, self.position, end, self._etag, retries=0, count_errors=False
+                    )
                 if not data:
                     raise TemporaryFailure(f"{what}: body ended at {self.position}, expected {self._end}")
             except Exception as exc:  # noqa: BLE001 - translated right below
@@ -438,12 +446,15 @@ class S3Store:
         retries: int | None = None,
         limiter: trio.CapacityLimiter | None = None,
         consume: Callable[[Any], Any] | None = None,
+        count_errors: bool = True,
         **kwargs: Any,
     ) -> Any:
         """One API call with the retry policy of the module docstring.
 
         *retries* lowers the retry budget for this call (the mount-time probe
-        fails fast: at most two attempts).  *limiter*: see :meth:`_in_thread`.
+        fails fast: at most two attempts).  Without *count_errors* a final
+        failure is not counted in the stats: the caller retries it and counts
+        what it finally gives up on (a stream).  *limiter*: see :meth:`_in_thread`.
         *consume* runs on the response in the same thread, holding the same
         token (a GET's body is read before its connection counts as free).
         """
@@ -461,7 +472,7 @@ class S3Store:
                 error = translate(exc, what)
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > retries:
-                    if not isinstance(error, NotFound):  # a miss is an answer, not an error
+                    if count_errors and not isinstance(error, NotFound):  # a miss is an answer
                         self.counters["errors"] += 1
                     raise error from exc
                 self.counters["retries"] += 1
@@ -533,6 +544,7 @@ class S3Store:
         *,
         retries: int | None = None,
         limiter: trio.CapacityLimiter | None = None,
+        count_errors: bool = True,
     ) -> Any:
         """GetObject of [start, end), its body left to read: the caller's
         *limiter* must stand for the connection until the body is closed."""
@@ -541,12 +553,20 @@ class S3Store:
             f"GET s3://{self.bucket}/{key}",
             retries=retries,
             limiter=limiter,
+            count_errors=count_errors,
             **self._get_kwargs(key, start, end, etag),
         )
         return response["Body"]
 
     async def _get_bytes(
-        self, key: str, start: int, end: int, etag: str | None, *, retries: int | None = None
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        retries: int | None = None,
+        count_errors: bool = True,
     ) -> bytes:
         """GetObject of [start, end), its body read in the same call."""
 
@@ -565,6 +585,7 @@ class S3Store:
             f"GET s3://{self.bucket}/{key}",
             retries=retries,
             consume=read_body,
+            count_errors=count_errors,
             **self._get_kwargs(key, start, end, etag),
         )
         return data
