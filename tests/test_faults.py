@@ -570,3 +570,35 @@ def test_a_dead_mount_is_named_and_cleared_with_fusermount(
     with mounted(mnt, [*endpoint_opts, bucket]) as mount:
         (mnt / "after").write_bytes(b"clean start")
     assert body(s3, bucket, "after") == b"clean start"
+
+
+# -- memory under many open files ---------------------------------------------------
+
+
+def test_idle_open_files_holding_the_read_ahead_budget_do_not_starve_a_reader(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    idle_data = [rng_bytes(16 * MiB, 60 + i) for i in range(3)]
+    idle_blobs = [put_blob(s3, bucket, data) for data in idle_data]
+    active_data = rng_bytes(24 * MiB, 63)
+    active = put_blob(s3, bucket, active_data)
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "readahead=4M,readahead_total=6M"), bucket], check_clean=False
+    ) as mount:
+        drop_page_cache()
+        # Three files read a little and left open: their read-ahead fills the budget.
+        idle = [open(mount.path / blob, "rb", buffering=0) for blob in idle_blobs]
+        try:
+            for f in idle:
+                assert f.read(MiB) and f.read(MiB)
+            time.sleep(3)  # idle now
+            proxy.log.clear()
+            assert read_all(mount.path / active) == active_data
+            gets = [r for r in proxy.log if get_object(r.method, r.path) and active.split("/")[-2] in r.path]
+            # One stream, not a ranged GET per chunk for want of memory.
+            assert len(gets) <= 2, [r.headers.get("range") for r in gets]
+            for f, data in zip(idle, idle_data, strict=True):
+                assert f.read(4 * MiB) == data[2 * MiB : 6 * MiB]  # and the idle ones go on
+        finally:
+            for f in idle:
+                f.close()
