@@ -10,7 +10,6 @@ raises QuietError for anything that stops it from mounting.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import json
@@ -19,7 +18,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pyfuse3
 import trio
@@ -150,10 +149,21 @@ M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
 
 
-def limit_malloc_arenas() -> None:
-    """Best effort (glibc only), before any worker thread exists."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+def limit_malloc_arenas(environ: Mapping[str, str]) -> bool:
+    """Best effort (glibc only), before any worker thread exists, in every
+    mount (foreground or not); a user's own MALLOC_ARENA_MAX or
+    GLIBC_TUNABLES setting wins.  True if the limit was set."""
+    if "MALLOC_ARENA_MAX" in environ or "arena_max" in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done = bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+    log.debug("malloc arenas limited to %d: %s", MALLOC_ARENAS, done)
+    return done
 
 
 def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
@@ -164,7 +174,7 @@ def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
     and STOPPING=1 when the mount stops.
     """
     mountpoint = check_mountpoint(config.mountpoint)
-    limit_malloc_arenas()
+    limit_malloc_arenas(os.environ)
     # Only the process systemd started may notify (NotifyAccess=main): with -f.
     notify_socket = config.notify_socket if config.foreground else ""
 

@@ -287,3 +287,44 @@ def test_upload_journals_never_share_a_file(tmp_path: Path) -> None:
     assert os.path.exists(first.path) and "u1" in Path(first.path).read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging file left
     first.close()
+
+
+async def test_stream_slots_come_back_on_close_cancel_and_failure(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="obj", Body=b"x" * (3 * 1024 * 1024))
+    store = make_store(moto.url, bucket, max_connections="4")
+    # Closed after a read.
+    stream = await store.open_stream("obj", 0, 3 * 1024 * 1024)
+    assert store._streams == 1 and len(await stream.read(1024)) == 1024
+    await stream.aclose()
+    # Cancelled while it holds its body (aclose in a cancelled scope still closes).
+    with trio.CancelScope() as scope:
+        stream = await store.open_stream("obj", 0, 3 * 1024 * 1024)
+        scope.cancel()
+        try:
+            await trio.sleep(1)
+        finally:
+            await stream.aclose()
+    # Failing to open (no such key).
+    with pytest.raises(NotFound):
+        await store.open_stream("missing", 0, 10)
+    assert store._streams == 0 and store._limiter.borrowed_tokens == 0
+    # And the slots are there to take again: two of four (streams keep half free).
+    streams = [await store.open_stream("obj", 0, 3 * 1024 * 1024) for _ in range(3)]
+    assert store._streams == 2
+    assert [len(await s.read(1024 * 1024)) for s in streams] == [1024 * 1024] * 3
+    for each in streams:
+        await each.aclose()
+    assert store._streams == 0 and store._limiter.borrowed_tokens == 0
+
+
+def test_malloc_arenas_are_limited_unless_the_user_says_otherwise() -> None:
+    from s3regfs.mount import limit_malloc_arenas
+
+    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "8"}) is False
+    assert limit_malloc_arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
+        "/lib/aarch64-linux-gnu/libc.so.6"
+    ):
+        assert limit_malloc_arenas({}) is True  # glibc: mallopt answered 1

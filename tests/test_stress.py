@@ -556,7 +556,7 @@ def test_open_streams_stay_within_max_connections(
             h = hashlib.sha256()
             with open(mount.path / name, "rb") as f:
                 h.update(f.read(256 * 1024))
-                started.wait()  # every file has its stream open now
+                started.wait(timeout=60)  # every file has its stream open now
                 while chunk := f.read(256 * 1024):
                     h.update(chunk)
                     time.sleep(0.01)

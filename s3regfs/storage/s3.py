@@ -216,8 +216,12 @@ class S3Stream:
         self._limiter = trio.CapacityLimiter(1)
         self.position = start
 
-    async def _open_body(self, retries: int | None) -> bool:
-        """Open the body from the current position if a slot is (or becomes) ours."""
+    async def _open_body(self, *, within_read: bool) -> bool:
+        """Open the body from the current position if a slot is (or becomes) ours.
+
+        *within_read*: a re-open inside :meth:`read`, which retries it (and
+        counts its failures) under its own budget: one attempt, not counted.
+        """
         if not self._slot:
             self._slot = self._store._take_stream_slot(self)
         if self._slot:
@@ -226,9 +230,9 @@ class S3Stream:
                 self.position,
                 self._end,
                 self._etag,
-                retries=retries,
+                retries=0 if within_read else None,
                 limiter=self._limiter,
-                count_errors=retries != 0,  # a re-open inside read(): read() counts
+                count_errors=not within_read,
             )
         return self._slot
 
@@ -243,7 +247,7 @@ class S3Stream:
         while True:
             try:
                 data: bytes
-                if self._body is not None or await self._open_body(retries=0):
+                if self._body is not None or await self._open_body(within_read=True):
                     data = await self._store._in_thread(self._body.read, size, limiter=self._limiter)
                 else:
                     # No connection to keep: this chunk is a request of its own.
@@ -258,7 +262,8 @@ class S3Stream:
                 error = translate(exc, what)
                 failures += 1
                 if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
-                    self._store.counters["errors"] += 1
+                    if not isinstance(error, NotFound):  # a miss is an answer, as in _call
+                        self._store.counters["errors"] += 1
                     raise error from exc
                 self._store.counters["retries"] += 1
                 log.debug("%s; resuming at offset %d (retry %d)", error, self.position, failures)
@@ -271,7 +276,10 @@ class S3Stream:
     async def _drop_body(self) -> None:
         body, self._body = self._body, None
         if body is not None:
-            await self._store._in_thread(body.close, limiter=self._limiter)
+            # Shielded: a cancelled caller must still close it, or its
+            # connection stays checked out with no token standing for it.
+            with trio.CancelScope(shield=True):
+                await self._store._in_thread(body.close, limiter=self._limiter)
 
     async def aclose(self) -> None:
         """Close the body and give the slot back; idempotent."""
@@ -415,7 +423,9 @@ class S3Store:
     ) -> T:
         """Run *fn* on a worker thread holding a connection token (of *limiter*
         when the caller's token is elsewhere: an open stream's slot)."""
-        return await trio.to_thread.run_sync(lambda: fn(*args), limiter=limiter or self._limiter)
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args), limiter=limiter if limiter is not None else self._limiter
+        )
 
     def _take_stream_slot(self, stream: S3Stream) -> bool:
         """A token for *stream*'s connection, if one is free now and streams
@@ -601,7 +611,7 @@ class S3Store:
         stream = S3Stream(self, key, start, end, etag)
         if end > start:
             try:
-                await stream._open_body(retries=None)
+                await stream._open_body(within_read=False)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
