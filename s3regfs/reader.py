@@ -22,12 +22,18 @@ that is actually waiting, however many files are open.
 Concurrency: reads on one handle are serialised by a lock (the kernel sends
 several concurrently during its own read-ahead); data is kept 1 MiB behind
 the furthest read so slightly reordered requests still hit the buffer.
+
+Idle readers: a stream whose reader has not moved for IDLE_STREAM_SECONDS
+ends and gives back its buffer and connection, so open but unused files
+(a program holding many open) do not keep memory and connections from the
+readers that read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,6 +49,10 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 INITIAL_WINDOW = 1024 * 1024
 KEEP_BEHIND = 1024 * 1024
+#: A stream whose reader has not moved for this long ends: its buffer goes back
+#: to the budget and its connection to the pool.  A reader that comes back
+#: gets a new stream from where it stopped (one more GET).
+IDLE_STREAM_SECONDS = 5.0
 
 
 #: Read-ahead memory of all open files (the ``readahead_total`` option).
@@ -104,6 +114,7 @@ class ObjectReader:
         self._error: StorageError | None = None
         self._data_arrived = trio.Event()
         self._consumer_moved = trio.Event()
+        self._moved_at = 0.0
         self._producer_scope: trio.CancelScope | None = None
         self._producer_done = trio.Event()
         self._producer_done.set()
@@ -188,6 +199,7 @@ class ObjectReader:
         self._wake_producer()
 
     def _wake_producer(self) -> None:
+        self._moved_at = trio.current_time()
         self._consumer_moved.set()
         self._consumer_moved = trio.Event()
 
@@ -210,6 +222,7 @@ class ObjectReader:
         self._streaming = True
         self._stalled = False
         self._error = None
+        self._moved_at = trio.current_time()
         self._producer_done = trio.Event()
         self._producer_scope = trio.CancelScope()
         self._nursery.start_soon(self._produce, offset, self._producer_scope, self._producer_done)
@@ -226,6 +239,20 @@ class ObjectReader:
         self._buffered = 0
         self._buf_start = self._stream_pos = 0
 
+    def _idle(self, idle_after: float) -> bool:
+        """If the reader has not moved for *idle_after* seconds (and waits for
+        nothing), end the stream: give the buffer back (no await, so no read
+        sees it half-dropped); the producer's exit closes the stream."""
+        if self._waiting or trio.current_time() - self._moved_at < idle_after:
+            return False
+        log.debug("read-ahead of %s idle at %d: stream ended", self.key, self._stream_pos)
+        self._streaming = False
+        self._budget.give(self._buffered)
+        self._chunks.clear()
+        self._buffered = 0
+        self._buf_start = self._stream_pos = 0
+        return True
+
     def _publish(self) -> None:
         # The waiting read has its answer (data, stall or error); until it waits
         # again the producer must not treat it as waiting (no forced chunks).
@@ -236,13 +263,18 @@ class ObjectReader:
     async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
         stream: ObjectStream | None = None
         hasher: Any = hashlib.new(self._algorithm) if self._algorithm and start == 0 else None
+        # -o verify's hash needs one stream from the first byte: never idle out.
+        idle_after = IDLE_STREAM_SECONDS if hasher is None else math.inf
         try:
             with scope:
                 stream = await self._store.open_stream(self.key, start, self.size, self._etag)
                 while stream.position < self.size:
                     ahead = stream.position - self._furthest
                     if ahead >= self._window and not self._waiting:
-                        await self._consumer_moved.wait()
+                        with trio.move_on_at(self._moved_at + idle_after):
+                            await self._consumer_moved.wait()
+                        if self._idle(idle_after):
+                            return
                         continue
                     want = min(CHUNK, self.size - stream.position)
                     if not self._budget.try_take(want):
@@ -257,7 +289,10 @@ class ObjectReader:
                                 self._publish()
                             # Both events are taken now, before any checkpoint, so
                             # a give() or a read in between cannot be missed.
-                            await _first_of(self._budget.freed_event().wait, self._consumer_moved.wait)
+                            with trio.move_on_at(self._moved_at + idle_after):
+                                await _first_of(self._budget.freed_event().wait, self._consumer_moved.wait)
+                            if self._idle(idle_after):
+                                return
                             continue
                     self._stalled = False
                     try:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from s3regfs.reader import IDLE_STREAM_SECONDS
 from tests.faultproxy import (
     FaultProxy,
     Rule,
@@ -75,6 +76,13 @@ def read_all(path: Path, size: int = MiB) -> bytes:
     with open(path, "rb", buffering=0) as f:
         while piece := f.read(size):
             pieces.append(piece)
+    return b"".join(pieces)
+
+
+def read_all_from(f: Any) -> bytes:
+    pieces = []
+    while piece := f.read(MiB):
+        pieces.append(piece)
     return b"".join(pieces)
 
 
@@ -575,30 +583,34 @@ def test_a_dead_mount_is_named_and_cleared_with_fusermount(
 # -- memory under many open files ---------------------------------------------------
 
 
-def test_idle_open_files_holding_the_read_ahead_budget_do_not_starve_a_reader(
+def test_idle_open_files_give_back_read_ahead_and_connections(
     s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     idle_data = [rng_bytes(16 * MiB, 60 + i) for i in range(3)]
     idle_blobs = [put_blob(s3, bucket, data) for data in idle_data]
     active_data = rng_bytes(24 * MiB, 63)
     active = put_blob(s3, bucket, active_data)
-    with mounted(
-        tmp_path / "mnt", [*proxy_opts(proxy, "readahead=4M,readahead_total=6M"), bucket], check_clean=False
-    ) as mount:
+    # Six connections: streams may hold three, as many as there are idle files.
+    options = "readahead=4M,readahead_total=6M,max_connections=6"
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, options), bucket], check_clean=False) as mount:
         drop_page_cache()
-        # Three files read a little and left open: their read-ahead fills the budget.
+        stats_file = mount.path / ".s3regfs" / "stats"
+        # Three files read a little and left open: their streams fill the
+        # read-ahead budget and hold every connection streams may have.
         idle = [open(mount.path / blob, "rb", buffering=0) for blob in idle_blobs]
         try:
             for f in idle:
                 assert f.read(MiB) and f.read(MiB)
-            time.sleep(3)  # idle now
+            assert json.loads(stats_file.read_text())["readahead_bytes"] > 0
+            time.sleep(IDLE_STREAM_SECONDS + 1.5)  # idle now: their streams end
+            assert json.loads(stats_file.read_text())["readahead_bytes"] == 0
             proxy.log.clear()
             assert read_all(mount.path / active) == active_data
             gets = [r for r in proxy.log if get_object(r.method, r.path) and active.split("/")[-2] in r.path]
-            # One stream, not a ranged GET per chunk for want of memory.
+            # One stream, not a ranged GET per chunk for want of memory or a connection.
             assert len(gets) <= 2, [r.headers.get("range") for r in gets]
             for f, data in zip(idle, idle_data, strict=True):
-                assert f.read(4 * MiB) == data[2 * MiB : 6 * MiB]  # and the idle ones go on
+                assert read_all_from(f) == data[2 * MiB :]  # and the idle ones go on
         finally:
             for f in idle:
                 f.close()
