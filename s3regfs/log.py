@@ -108,6 +108,9 @@ _DEMOTED = (("pyfuse3", _release_reply), ("urllib3.connection", _hostname_mismat
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class _Formatter(logging.Formatter):
     """One line per record; under systemd with the syslog priority journald reads."""
 
@@ -119,6 +122,14 @@ class _Formatter(logging.Formatter):
         )
         super().__init__(fmt, datefmt="%H:%M:%S")
         self._systemd = systemd
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        if record.name.startswith("s3regfs"):
+            # s3regfs's own messages are one line each, whatever a key or an S3
+            # error message holds (a newline in a key must not forge a line);
+            # a traceback, added after this, keeps its lines.
+            record.message = _CONTROL.sub(lambda m: repr(m.group())[1:-1], record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelname = record.levelname.lower()

@@ -653,3 +653,24 @@ def test_any_config_file_builds_or_is_refused_in_one_line(text: str) -> None:
         else:
             _valid_driver(cfg.driver)
             _valid_options(cfg.options)
+
+
+def test_own_log_lines_stay_one_line_whatever_a_key_holds() -> None:
+    import logging
+    import sys
+
+    from s3regfs.log import _Formatter
+
+    formatter = _Formatter(debug=False)
+    record = logging.LogRecord(
+        "s3regfs.fs", logging.ERROR, __file__, 1, "PUT s3://b/%s: failed", ("a\nb\x1b",), None
+    )
+    assert formatter.format(record) == "s3regfs: error: PUT s3://b/a\\nb\\x1b: failed"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord(
+            "s3regfs.fs", logging.ERROR, __file__, 1, "oops %s", ("k\r",), sys.exc_info()
+        )
+    lines = formatter.format(record).splitlines()
+    assert lines[0] == "s3regfs: error: oops k\\r" and lines[-1] == "ValueError: boom"  # traceback kept
