@@ -328,3 +328,25 @@ def test_malloc_arenas_are_limited_unless_the_user_says_otherwise() -> None:
         "/lib/aarch64-linux-gnu/libc.so.6"
     ):
         assert limit_malloc_arenas({}) is True  # glibc: mallopt answered 1
+
+
+async def test_a_dead_journal_stays_when_its_uploads_cannot_be_carried_over(tmp_path: Path) -> None:
+    from s3regfs.storage.journal import UploadJournal, recover
+
+    class Store:
+        async def upload_exists(self, key: str, upload_id: str) -> bool:
+            return True
+
+        async def abort_multipart(self, key: str, upload_id: str) -> None:
+            raise AssertionError("nothing is aborted without abort=True")
+
+    dead = tmp_path / "t.1.jsonl"
+    dead.write_text('{"begin":"u1","key":"a","time":"T"}\n')
+    mine = UploadJournal(str(tmp_path), "t", "mine")
+    assert mine._file is not None
+    mine._file.close()
+    mine._file = open("/dev/full", "w")  # the disk is full: every write fails  # noqa: SIM115
+    found = await recover(Store(), mine, str(tmp_path), "t", abort=False)
+    assert [u.upload_id for u in found.still_open] == ["u1"]
+    assert dead.exists()  # kept, so the next mount reports u1 again
+    mine.close()  # and closing a journal on a full disk raises nothing

@@ -149,7 +149,8 @@ class UploadJournal:
             if not self._open:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
-            file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the last flush too
+                file.close()
 
 
 @contextlib.contextmanager
