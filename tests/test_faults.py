@@ -614,3 +614,26 @@ def test_idle_open_files_give_back_read_ahead_and_connections(
         finally:
             for f in idle:
                 f.close()
+
+
+def test_an_outage_longer_than_the_retry_budget_fails_reads_with_eio_then_recovers(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    data = rng_bytes(8 * MiB, 70)
+    blob = put_blob(s3, bucket, data)
+    s3.put_object(Bucket=bucket, Key="other/f", Body=b"other")
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=1,metadata_ttl=0"), bucket], check_clean=False
+    ) as mount:
+        (mount.path / blob).stat()
+        drop_page_cache()
+        with proxy.outage():
+            with pytest.raises(OSError) as info:
+                read_all(mount.path / blob)
+            assert info.value.errno == errno.EIO
+            with pytest.raises(OSError) as info:
+                os.listdir(mount.path / "other")
+            assert info.value.errno == errno.EIO
+            assert mount.process.poll() is None  # the daemon lives on
+        assert read_all(mount.path / blob) == data
+        assert os.listdir(mount.path / "other") == ["f"]
