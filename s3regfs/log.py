@@ -108,7 +108,9 @@ _DEMOTED = (("pyfuse3", _release_reply), ("urllib3.connection", _hostname_mismat
 _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What could end a line: C0 and C1 controls, DEL, and the Unicode line and
+#: paragraph separators (str.splitlines breaks on all of them).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class _Formatter(logging.Formatter):
@@ -136,7 +138,7 @@ class _Formatter(logging.Formatter):
         line = super().format(record)
         if self._systemd:
             priority = _PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
-            line = "\n".join(f"<{priority}>{part}" for part in line.splitlines())
+            line = "\n".join(f"<{priority}>{part}" for part in line.split("\n"))
         return line
 
 

@@ -243,10 +243,15 @@ class ObjectReader:
         """If the reader has not moved for *idle_after* seconds (and waits for
         nothing), end the stream: give the buffer back (no await, so no read
         sees it half-dropped); the producer's exit closes the stream."""
-        if self._waiting or trio.current_time() - self._moved_at < idle_after:
+        # The same sum as the waits' deadline, so a deadline that fired is idle.
+        if self._waiting or trio.current_time() < self._moved_at + idle_after:
             return False
         log.debug("read-ahead of %s idle at %d: stream ended", self.key, self._stream_pos)
         self._streaming = False
+        # A reader that comes back starts small again: a slow but steady one
+        # (reading less than every IDLE_STREAM_SECONDS) must not fetch a grown
+        # window at every restart.
+        self._window = INITIAL_WINDOW
         self._budget.give(self._buffered)
         self._chunks.clear()
         self._buffered = 0
@@ -256,6 +261,10 @@ class ObjectReader:
     def _publish(self) -> None:
         # The waiting read has its answer (data, stall or error); until it waits
         # again the producer must not treat it as waiting (no forced chunks).
+        # Its wait counts as a move: the chunk it is about to take must not be
+        # dropped as idle because the wait was long (a slow GET, a retry).
+        if self._waiting:
+            self._moved_at = trio.current_time()
         self._waiting = False
         self._data_arrived.set()
         self._data_arrived = trio.Event()

@@ -674,3 +674,9 @@ def test_own_log_lines_stay_one_line_whatever_a_key_holds() -> None:
         )
     lines = formatter.format(record).splitlines()
     assert lines[0] == "s3regfs: error: oops k\\r" and lines[-1] == "ValueError: boom"  # traceback kept
+    # Under systemd every line gets its priority: a Unicode line separator in a
+    # key must not start a forged line of its own.
+    journal = _Formatter(debug=False, systemd=True)
+    forged = "a\u2028<6>s3regfs: info: forged\x85"
+    record = logging.LogRecord("s3regfs.fs", logging.ERROR, __file__, 1, "GET %s", (forged,), None)
+    assert journal.format(record) == "<3>s3regfs: error: GET a\\u2028<6>s3regfs: info: forged\\x85"

@@ -602,7 +602,10 @@ def test_idle_open_files_give_back_read_ahead_and_connections(
             for f in idle:
                 assert f.read(MiB) and f.read(MiB)
             assert json.loads(stats_file.read_text())["readahead_bytes"] > 0
-            time.sleep(IDLE_STREAM_SECONDS + 1.5)  # idle now: their streams end
+            time.sleep(IDLE_STREAM_SECONDS)  # idle now: their streams end
+            deadline = time.monotonic() + 15
+            while json.loads(stats_file.read_text())["readahead_bytes"] and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert json.loads(stats_file.read_text())["readahead_bytes"] == 0
             proxy.log.clear()
             assert read_all(mount.path / active) == active_data
@@ -619,21 +622,28 @@ def test_idle_open_files_give_back_read_ahead_and_connections(
 def test_an_outage_longer_than_the_retry_budget_fails_reads_with_eio_then_recovers(
     s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    data = rng_bytes(8 * MiB, 70)
+    # Larger than what socket buffers hold: the outage cuts the stream.
+    data = rng_bytes(48 * MiB, 70)
     blob = put_blob(s3, bucket, data)
     s3.put_object(Bucket=bucket, Key="other/f", Body=b"other")
     with mounted(
-        tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=1,metadata_ttl=0"), bucket], check_clean=False
+        tmp_path / "mnt",
+        [*proxy_opts(proxy, "maxretries=1,metadata_ttl=0,readahead=2M"), bucket],
+        check_clean=False,
     ) as mount:
-        (mount.path / blob).stat()
         drop_page_cache()
-        with proxy.outage():
-            with pytest.raises(OSError) as info:
-                read_all(mount.path / blob)
-            assert info.value.errno == errno.EIO
-            with pytest.raises(OSError) as info:
-                os.listdir(mount.path / "other")
-            assert info.value.errno == errno.EIO
-            assert mount.process.poll() is None  # the daemon lives on
+        received = bytearray()
+        with open(mount.path / blob, "rb", buffering=0) as f:
+            received += f.read(MiB)  # the stream is open before the outage
+            with proxy.outage():
+                with pytest.raises(OSError) as info:
+                    while piece := f.read(MiB):
+                        received += piece
+                assert info.value.errno == errno.EIO
+                assert len(received) < len(data) and data.startswith(received)
+                with pytest.raises(OSError) as info:
+                    os.listdir(mount.path / "other")
+                assert info.value.errno == errno.EIO
+                assert mount.process.poll() is None  # the daemon lives on
         assert read_all(mount.path / blob) == data
         assert os.listdir(mount.path / "other") == ["f"]
