@@ -36,6 +36,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -234,6 +235,9 @@ class ObjectReader:
             self._producer_scope = None
         with trio.CancelScope(shield=True):
             await self._producer_done.wait()
+        self._drop_buffer()
+
+    def _drop_buffer(self) -> None:
         self._budget.give(self._buffered)
         self._chunks.clear()
         self._buffered = 0
@@ -252,11 +256,15 @@ class ObjectReader:
         # (reading less than every IDLE_STREAM_SECONDS) must not fetch a grown
         # window at every restart.
         self._window = INITIAL_WINDOW
-        self._budget.give(self._buffered)
-        self._chunks.clear()
-        self._buffered = 0
-        self._buf_start = self._stream_pos = 0
+        self._drop_buffer()
         return True
+
+    async def _wait_unless_idle(self, wait: Callable[[], Awaitable[None]], idle_after: float) -> bool:
+        """Await *wait* until the reader's idle deadline; True if the stream
+        ended meanwhile for want of a reader (see :meth:`_idle`)."""
+        with trio.move_on_at(self._moved_at + idle_after):
+            await wait()
+        return self._idle(idle_after)
 
     def _publish(self) -> None:
         # The waiting read has its answer (data, stall or error); until it waits
@@ -280,9 +288,7 @@ class ObjectReader:
                 while stream.position < self.size:
                     ahead = stream.position - self._furthest
                     if ahead >= self._window and not self._waiting:
-                        with trio.move_on_at(self._moved_at + idle_after):
-                            await self._consumer_moved.wait()
-                        if self._idle(idle_after):
+                        if await self._wait_unless_idle(self._consumer_moved.wait, idle_after):
                             return
                         continue
                     want = min(CHUNK, self.size - stream.position)
@@ -298,9 +304,10 @@ class ObjectReader:
                                 self._publish()
                             # Both events are taken now, before any checkpoint, so
                             # a give() or a read in between cannot be missed.
-                            with trio.move_on_at(self._moved_at + idle_after):
-                                await _first_of(self._budget.freed_event().wait, self._consumer_moved.wait)
-                            if self._idle(idle_after):
+                            either = partial(
+                                _first_of, self._budget.freed_event().wait, self._consumer_moved.wait
+                            )
+                            if await self._wait_unless_idle(either, idle_after):
                                 return
                             continue
                     self._stalled = False
