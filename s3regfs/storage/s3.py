@@ -161,8 +161,6 @@ def translate(exc: BaseException, what: str) -> StorageError:
             return PreconditionFailed(message, code=code, status=status)
         if code == "InvalidRange" or status == 416:
             return InvalidRange(message, code=code, status=status)
-        if code in _TEMPORARY_CODES or status == 429 or status >= 500:
-            return TemporaryFailure(message, code=code, status=status)
         return RequestFailed(message, code=code, status=status)
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return InvalidCredentials(f"{what}: no usable credentials ({exc})", code="NoCredentials")
@@ -535,15 +533,13 @@ class S3Store:
         )
         return _object_info(key, response)
 
-    def _get_kwargs(self, key: str, start: int, end: int, etag: str | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "Range": f"bytes={start}-{end - 1}",
-        }
+    async def _get_object(self, key: str, start: int, end: int, etag: str | None, **call_options: Any) -> Any:
+        """GetObject of [start, end), pinned to *etag* (If-Match); *call_options*
+        go to :meth:`_call` (retries, limiter, consume, count_errors)."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{end - 1}"}
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
-        return kwargs
+        return await self._call("get_object", f"GET s3://{self.bucket}/{key}", **call_options, **kwargs)
 
     async def _get_body(
         self,
@@ -558,13 +554,8 @@ class S3Store:
     ) -> Any:
         """GetObject of [start, end), its body left to read: the caller's
         *limiter* must stand for the connection until the body is closed."""
-        response = await self._call(
-            "get_object",
-            f"GET s3://{self.bucket}/{key}",
-            retries=retries,
-            limiter=limiter,
-            count_errors=count_errors,
-            **self._get_kwargs(key, start, end, etag),
+        response = await self._get_object(
+            key, start, end, etag, retries=retries, limiter=limiter, count_errors=count_errors
         )
         return response["Body"]
 
@@ -590,13 +581,8 @@ class S3Store:
                 raise TemporaryFailure(f"GET s3://{self.bucket}/{key}: {len(data)} bytes of {end - start}")
             return data
 
-        data: bytes = await self._call(
-            "get_object",
-            f"GET s3://{self.bucket}/{key}",
-            retries=retries,
-            consume=read_body,
-            count_errors=count_errors,
-            **self._get_kwargs(key, start, end, etag),
+        data: bytes = await self._get_object(
+            key, start, end, etag, retries=retries, consume=read_body, count_errors=count_errors
         )
         return data
 
@@ -735,6 +721,7 @@ class S3Store:
         never a success on somebody else's object.
         """
         what = f"CompleteMultipartUpload s3://{self.bucket}/{key}"
+        parts = sorted(parts)
         try:
             response = await self._call(
                 "complete_multipart_upload",
@@ -742,15 +729,13 @@ class S3Store:
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in sorted(parts)]
-                },
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in parts]},
             )
         except NotFound as exc:
             if exc.code != "NoSuchUpload":
                 raise
             try:
-                expected = multipart_etag([etag for _, etag in sorted(parts)])
+                expected = multipart_etag([etag for _, etag in parts])
             except ValueError:  # not MD5 ETags (SSE-C, some S3-compatible stores)
                 expected = ""
             try:
