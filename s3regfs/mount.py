@@ -194,7 +194,7 @@ def open_journal(config: Config) -> UploadJournal | None:
     state directory cannot be written: that is logged, and the mount goes on)."""
     if config.options.ro:
         return None
-    directory = os.path.join(config.options.statedir, "uploads")
+    directory = journal_directory(config)
     try:
         return UploadJournal(directory, journal_target(config))
     except OSError as exc:
@@ -205,6 +205,10 @@ def open_journal(config: Config) -> UploadJournal | None:
             exc.strerror or exc,
         )
         return None
+
+
+def journal_directory(config: Config) -> str:
+    return os.path.join(config.options.statedir, "uploads")
 
 
 def journal_target(config: Config) -> str:
@@ -223,13 +227,7 @@ async def recover_uploads(store: S3Store, journal: UploadJournal | None, config:
         return
     if abort and journal is None:
         log.warning("abort_stale_uploads needs the upload journal; nothing aborted")
-    found = await recover(
-        store,
-        journal,
-        os.path.join(config.options.statedir, "uploads"),
-        journal_target(config),
-        abort=abort,
-    )
+    found = await recover(store, journal, journal_directory(config), journal_target(config), abort=abort)
 
     def describe(uploads: list[OpenUpload]) -> str:
         shown = ", ".join(f"{u.key!r} (upload {u.upload_id}, begun {u.began})" for u in uploads[:10])

@@ -27,7 +27,9 @@ def go_env() -> dict[str, str]:
     return env
 
 
-def registry_config(endpoint: str, bucket: str, rootdirectory: str, port: int) -> str:
+def _config(storage: str, port: int) -> str:
+    """A registry config.yml around *storage* (the driver's section, indented
+    under ``storage:``): quiet logs, deletes on, no upload purging."""
     return f"""\
 version: 0.1
 log:
@@ -35,6 +37,20 @@ log:
   accesslog:
     disabled: true
 storage:
+{storage}\
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def registry_config(endpoint: str, bucket: str, rootdirectory: str, port: int) -> str:
+    return _config(
+        f"""\
   s3:
     accesskey: {CREDENTIALS["AWS_ACCESS_KEY_ID"]}
     secretkey: {CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
@@ -46,16 +62,11 @@ storage:
     v4auth: true
     chunksize: 5242880
     storageclass: STANDARD
-  delete:
-    enabled: true
   redirect:
     disable: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{port}
-"""
+""",
+        port,
+    )
 
 
 @dataclass
@@ -75,23 +86,7 @@ class Registry:
 
 def filesystem_registry_config(rootdirectory: Path, port: int) -> str:
     """A registry that stores on a plain directory (here: an s3regfs mount)."""
-    return f"""\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {rootdirectory}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{port}
-"""
+    return _config(f"  filesystem:\n    rootdirectory: {rootdirectory}\n", port)
 
 
 def start_registry(
