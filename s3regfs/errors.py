@@ -8,6 +8,9 @@ Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
     │   ├── ConfigError           a bad parameter, option or config file (exit 2)
     │   ├── StartupError          the bucket or endpoint cannot be used (exit 3)
     │   └── MountpointError       the mount point cannot be used (exit 4)
+    ├── SpoolFull                 no room in the local spool (spoolmax, or a full disk)
+    ├── WriteLost                 an open file's pending data will not be stored:
+    │                             a write, truncate or commit of it failed (*cause*)
     └── StorageError              a failed S3 request, after retries
         ├── NotFound              no such key (404 NoSuchKey)
         │   └── NoSuchBucket
@@ -63,6 +66,25 @@ class MountpointError(QuietError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_MOUNTPOINT)
+
+
+class SpoolFull(S3RegFSError):
+    """The spool has no room (spoolmax reached, or the disk is full)."""
+
+
+class WriteLost(S3RegFSError):
+    """The data written to an open file will never be stored.
+
+    Raised by every write, truncate and commit of a file once one of them has
+    failed (*cause*: the first failure, a :class:`SpoolFull` or a
+    :class:`StorageError`): the object in S3 stays as it was before the file
+    was opened for writing (or after its last successful commit), and no later
+    close or fsync may change it to a state a writer was told had failed.
+    """
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what}: the data written will NOT be stored ({cause})")
+        self.cause = cause
 
 
 class StorageError(S3RegFSError):

@@ -23,8 +23,8 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 
 import pyfuse3
@@ -38,14 +38,16 @@ from s3regfs.errors import (
     InvalidRange,
     NotFound,
     PreconditionFailed,
+    SpoolFull,
     StorageError,
+    WriteLost,
 )
 from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget
 from s3regfs.storage.base import ObjectInfo
 from s3regfs.storage.s3 import S3Store
-from s3regfs.writer import FileWriter, SpoolFull, SpoolSpace, WriteMemory
+from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,37 @@ LINK_MAX = 1024
 BLOCK_SIZE = 1024 * 1024
 #: S3's limit on a key's length, in bytes.
 KEY_MAX = 1024
+#: Reads that meet a changed object follow it to its new version this many
+#: times before they give up (an object rewritten faster than it can be read).
+NEW_VERSION_ATTEMPTS = 3
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+def _quote(name: str | bytes) -> str:
+    """A file name or path as log lines show it: always a quoted str (bytes
+    that are not UTF-8 as backslash escapes), so a name cannot split a line."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "backslashreplace")
+    return repr(name)
+
+
+def _child(parent: Node, name: bytes) -> str:
+    """The quoted path of *name* in *parent*, for log lines."""
+    return _quote(layout.join(parent.path, name.decode("utf-8", "backslashreplace")))
+
+
+def _lost_errno(cause: BaseException) -> int:
+    """The errno of a write, truncate or commit that failed (and of every later
+    one of the same open file): ENOSPC or EACCES when that is the cause, else
+    EIO, never ENOENT (a 404 to an upload means the upload, not the file)."""
+    if isinstance(cause, SpoolFull):
+        return errno.ENOSPC
+    if isinstance(cause, AccessDenied):
+        return errno.EACCES
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return cause.errno
+    return errno.EIO
 
 
 def _errno_for(exc: StorageError) -> int:
@@ -115,6 +146,9 @@ def errors_to_errno(what: str) -> Iterator[None]:
         else:
             log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(code) from exc
+    except WriteLost as exc:
+        log.error("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(_lost_errno(exc.cause)) from exc
     except SpoolFull as exc:
         log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(errno.ENOSPC) from exc
@@ -145,6 +179,9 @@ class FileHandle:
     writer: FileWriter | None
     #: A file of the images view built in memory (oci-layout, index.json, version).
     data: bytes | None = None
+    #: A read of this handle returned bytes of the object: from now on it is
+    #: pinned to that version (a changed object is ESTALE, not a switch).
+    served: bool = False
 
 
 class Operations(pyfuse3.Operations):
@@ -172,6 +209,8 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, FileHandle] = {}
         self._dir_handles: dict[int, DirHandle] = {}
         self._writers: dict[int, FileWriter] = {}
+        #: close_all() began: the kernel needs no more invalidations.
+        self._closing = False
         self.images = ImagesView(namespace, store, config.options.metadata_ttl)
         # .s3regfs/stats: reachable by name, never listed (like _images).
         self._control = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
@@ -333,53 +372,94 @@ class Operations(pyfuse3.Operations):
         return writer
 
     async def _commit(self, node: Node, writer: FileWriter) -> None:
-        if await writer.commit():
-            self.namespace.stored(node, size=writer.size, etag=writer.etag)
-            # The kernel's page cache holds what was written: it may stay.
-            node.cached_etag = writer.etag
+        async with self._poison_guard(node, writer):
+            if await writer.commit():
+                self.namespace.stored(node, size=writer.size, etag=writer.etag)
+                # The kernel's page cache holds what was written: it may stay.
+                node.cached_etag = writer.etag
+
+    @asynccontextmanager
+    async def _poison_guard(self, node: Node, writer: FileWriter) -> AsyncIterator[None]:
+        """Around a write, truncate or commit of *writer*: if it fails, the
+        file's pending data is lost for good (see :class:`WriteLost`), and the
+        name shows again what S3 holds."""
+        try:
+            yield
+        except WriteLost:
+            with trio.CancelScope(shield=True):
+                await self._abandon(node, writer)
+            raise
+
+    async def _abandon(self, node: Node, writer: FileWriter) -> None:
+        """*writer*'s data will never be stored.  Detach it from the inode, so a
+        new open starts from the stored object, and make the name what S3
+        holds: a file never stored disappears, an existing one gets its stored
+        size and ETag back; the kernel forgets what it cached of either.  The
+        handles that hold *writer* keep failing until they are released.
+        Logs (once) what was not stored and why."""
+        if self._writers.get(node.ino) is not writer:
+            return  # already abandoned, or replaced
+        del self._writers[node.ino]
+        node.writing = False
+        cause = writer.failure if writer.failure is not None else "unmounted before it was stored"
+        log.error("%s: the data written was NOT stored: %s", _quote(node.path), cause)
+        if node.local and not node.is_dir:
+            parent, name = node.parent, node.name
+            if parent is not None and parent.children is not None and parent.children.get(name) is node:
+                self.namespace.remove(node)
+                await self._forget_entry(parent, name)
+        elif not node.is_dir:
+            node.size = writer.stored_size
+            node.etag = writer.etag
+            node.fresh_at = None  # the next open asks S3 (one HEAD)
+            await self._forget_inode(node, data=True)
+
+    async def _forget_entry(self, parent: Node, name: str) -> None:
+        """The kernel forgets *name* in *parent* (its dentry and the attributes
+        it cached with it) before this returns.  Not with ``deleted=``: that
+        takes the file's own inode lock, which a write in progress holds."""
+        if self._nursery is None or self._closing:
+            return  # not serving a kernel (tests that drive the handlers directly, unmount)
+        with suppress(OSError):  # the kernel did not know it
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name.encode("utf-8"))
+
+    async def _forget_inode(self, node: Node, *, data: bool) -> None:
+        """The kernel forgets *node*'s attributes now and, with *data*, its
+        cached pages soon.  Dropping pages waits for the page locks that a read
+        or write of the inode in progress holds until it is answered, so that
+        part runs in the background, never awaited by a handler."""
+        if self._nursery is None or self._closing:
+            return
+        with suppress(OSError):
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
+        if data:
+            node.cached_etag = ""
+            self._nursery.start_soon(self._forget_pages, node.ino)
+
+    @staticmethod
+    async def _forget_pages(ino: int) -> None:
+        with suppress(OSError):
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False, abandon_on_cancel=True)
 
     async def _drop_writer(self, node: Node, writer: FileWriter) -> None:
-        """One user fewer; the last one commits (or discards) and closes."""
+        """One user fewer; the last one commits (or discards) and closes.  A
+        commit that fails here has nobody to tell but the log."""
         writer.refs -= 1
         if writer.refs > 0:
             return
-        stored = True
         try:
-            if writer.unlinked:
-                await writer.discard()
-            elif writer.failed and writer.dirty:
-                # close() already returned that error; retrying now, after the
-                # caller moved on, could leave an upload behind its back.
-                log.error("%r: the data written was NOT stored (the commit failed)", node.path)
-                await writer.discard()
-                stored = False
-            else:
-                try:
+            if not writer.unlinked and writer.failure is None:
+                with suppress(WriteLost):
                     await self._commit(node, writer)
-                except Exception as exc:
-                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
-                    await writer.discard()
-                    stored = False
         finally:
             # Opened again while this commit was awaited: the writer lives on.
             if writer.refs == 0:
+                if writer.failure is not None or writer.unlinked:
+                    await writer.discard()
                 writer.close()
                 if self._writers.get(node.ino) is writer:
                     del self._writers[node.ino]
-                node.writing = False
-                if not stored and not node.is_dir:
-                    if node.local:
-                        self.namespace.remove(node)  # never stored: no ghost entry
-                    else:
-                        await self._back_to_stored(node)
-
-    async def _back_to_stored(self, node: Node) -> None:
-        """After a failed commit was dropped, the file is again what S3 holds:
-        its size and ETag are the stored object's (one HEAD), not the ones of
-        the data that was never stored, which reads would ask S3 for."""
-        node.fresh_at = None
-        with suppress(StorageError):  # stale: the next open tries again
-            await self.namespace.refresh_file(node)
+                    node.writing = False
 
     # -- metadata -------------------------------------------------------------------
 
@@ -387,7 +467,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        with errors_to_errno(f"lookup {parent.path!r}/{name!r}"):
+        with errors_to_errno(f"lookup {_child(parent, name)}"):
             if name == b".":
                 node = parent
             elif name == b"..":
@@ -430,7 +510,7 @@ class Operations(pyfuse3.Operations):
         self._check_writable(node)
         if fields.update_size and self._immutable(node):
             raise pyfuse3.FUSEError(errno.EROFS)
-        with errors_to_errno(f"setattr {node.path!r}"):
+        with errors_to_errno(f"setattr {_quote(node.path)}"):
             if fields.update_size:
                 if node.is_dir:
                     raise pyfuse3.FUSEError(errno.EISDIR)
@@ -453,7 +533,8 @@ class Operations(pyfuse3.Operations):
         if writer is not None:
             # An open file: takes effect at its next commit (never an emptied
             # object in between).
-            await writer.truncate(size)
+            async with self._poison_guard(node, writer):
+                await writer.truncate(size)
             node.size = writer.size
             return
         # truncate(2) of a file nobody has open: takes effect now.
@@ -461,7 +542,8 @@ class Operations(pyfuse3.Operations):
             await self.namespace.refresh_file(node)
         writer = self._writer_for(node)
         try:
-            await writer.truncate(size)
+            async with self._poison_guard(node, writer):
+                await writer.truncate(size)
             node.size = writer.size
             await self._commit(node, writer)
         finally:
@@ -494,7 +576,7 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        with errors_to_errno(f"listing {node.path or '/'!r}"):
+        with errors_to_errno(f"listing {_quote(node.path or '/')}"):
             if node is self._control:
                 entries = [("stats", self._stats_file)]
             elif self.images.owns(node):
@@ -527,7 +609,7 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         self._check_writable(parent)
         self._check_not_view_name(parent, name)
-        with errors_to_errno(f"mkdir {parent.path!r}/{name!r}"):
+        with errors_to_errno(f"mkdir {_child(parent, name)}"):
             text = self._new_name(parent, name, is_dir=True)
             if await self._existing(parent, text) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
@@ -544,7 +626,7 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         self._check_writable(parent)
         self._check_not_view_name(parent, name)
-        with errors_to_errno(f"rmdir {parent.path!r}/{name!r}"):
+        with errors_to_errno(f"rmdir {_child(parent, name)}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -576,26 +658,14 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(
                 fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=node is self._stats_file
             )
-        with errors_to_errno(f"open {node.path!r}"):
+        with errors_to_errno(f"open {_quote(node.path)}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)
             writer = self._writer_for(node) if writing else None
             if writer is not None and flags & os.O_TRUNC:
                 await writer.truncate(0)  # takes effect at the next commit
                 node.size = 0
-        reader = None
-        if not writing or flags & os.O_RDWR:
-            assert self._nursery is not None, "attach_nursery() before serving requests"
-            reader = ObjectReader(
-                self.store,
-                self.namespace.key(node),
-                node.size,
-                node.etag,
-                budget=self.budget,
-                nursery=self._nursery,
-                max_window=self._options.readahead,
-                verify_digest=layout.blob_digest(node.path) if self._options.verify else None,
-            )
+        reader = self._new_reader(node) if not writing or flags & os.O_RDWR else None
         # The page cache may stay only while it holds this very version.
         verifying = self._options.verify and layout.blob_digest(node.path) is not None
         if verifying and (node.ino, node.etag) in self._corrupt:
@@ -606,6 +676,20 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh()
         self._handles[fh] = FileHandle(node, reader, writer)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
+
+    def _new_reader(self, node: Node) -> ObjectReader:
+        """A reader of the version of *node* the namespace knows now."""
+        assert self._nursery is not None, "attach_nursery() before serving requests"
+        return ObjectReader(
+            self.store,
+            self.namespace.key(node),
+            node.size,
+            node.etag,
+            budget=self.budget,
+            nursery=self._nursery,
+            max_window=self._options.readahead,
+            verify_digest=layout.blob_digest(node.path) if self._options.verify else None,
+        )
 
     async def create(
         self,
@@ -618,7 +702,7 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         self._check_writable(parent)
         self._check_not_view_name(parent, name)
-        with errors_to_errno(f"create {parent.path!r}/{name!r}"):
+        with errors_to_errno(f"create {_child(parent, name)}"):
             text = self._new_name(parent, name)
             existing = await self._existing(parent, text)
             if existing is not None and existing.is_dir:
@@ -659,26 +743,69 @@ class Operations(pyfuse3.Operations):
         node = handle.node
         if handle.data is not None:
             return handle.data[off : off + size]
-        with errors_to_errno(f"read {node.path!r} at {off}"):
+        with errors_to_errno(f"read {_quote(node.path)} at {off}"):
             writer = self._writers.get(node.ino)
             if writer is not None:
                 # Being written here: committed data from S3, the rest from the spool.
                 return await writer.read(off, size)
             if handle.reader is None:
                 raise pyfuse3.FUSEError(errno.EBADF)
-            try:
-                return await handle.reader.read(off, size)
-            except IntegrityError:
-                self._corrupt.add((node.ino, node.etag))
-                raise
+            for attempt in range(1, NEW_VERSION_ATTEMPTS + 1):
+                try:
+                    data = await handle.reader.read(off, size)
+                except IntegrityError:
+                    self._corrupt.add((node.ino, node.etag))
+                    raise
+                except (PreconditionFailed, NotFound) as exc:
+                    # Changed or deleted by someone else since this handle's
+                    # version was known.  A handle that returned nothing yet
+                    # reads the current version; one that returned bytes of
+                    # the old one must not mix in bytes of another: ESTALE.
+                    if handle.served or attempt == NEW_VERSION_ATTEMPTS:
+                        log.warning(
+                            "read %s at %d: the object changed or was deleted under an open file: %s",
+                            _quote(node.path),
+                            off,
+                            exc,
+                        )
+                        raise pyfuse3.FUSEError(errno.ESTALE) from exc
+                    await self._follow_new_version(node, handle)
+                    continue
+                if data:
+                    handle.served = True
+                return data
+            raise AssertionError("not reached")  # the loop returns or raises
+
+    async def _follow_new_version(self, node: Node, handle: FileHandle) -> None:
+        """Point *handle* (which has returned no byte yet) at the object S3
+        holds now; the kernel forgets the attributes and pages it has cached of
+        the old version.  ESTALE if the object is gone."""
+        old_etag = node.etag
+        node.fresh_at = None
+        try:
+            await self.namespace.refresh_file(node)
+        except NotFound:
+            log.warning("read %s: deleted under an open file", _quote(node.path))
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        log.info(
+            "%s changed in S3 (ETag %s -> %s): reading the new version",
+            _quote(node.path),
+            old_etag,
+            node.etag,
+        )
+        if handle.reader is not None:
+            await handle.reader.aclose()
+        handle.reader = self._new_reader(node)
+        await self._forget_inode(node, data=True)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         if handle.writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = handle.node
-        with errors_to_errno(f"write {node.path!r} at {off}"):
-            written = await handle.writer.write(off, buf)
+        with errors_to_errno(f"write {_quote(node.path)} at {off}"):
+            async with self._poison_guard(node, handle.writer):
+                written = await handle.writer.write(off, buf)
             node.size = handle.writer.size
             node.mtime_ns = time.time_ns()
             node.mtime_fixed = False
@@ -687,7 +814,7 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._handles[fh]
         if handle.writer is not None:
-            with errors_to_errno(f"storing {handle.node.path!r}"):
+            with errors_to_errno(f"storing {_quote(handle.node.path)}"):
                 await self._commit(handle.node, handle.writer)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
@@ -697,7 +824,7 @@ class Operations(pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        with errors_to_errno(f"release {handle.node.path!r}"):
+        with errors_to_errno(f"release {_quote(handle.node.path)}"):
             if handle.reader is not None:
                 await handle.reader.aclose()
             if handle.writer is not None:
@@ -711,34 +838,19 @@ class Operations(pyfuse3.Operations):
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.aclose()
-        pending = dict(self._writers)
         with trio.move_on_after(self._options.commit_timeout):
-            for ino, writer in list(pending.items()):
-                if writer.unlinked:
-                    continue  # discarded below: its upload must be aborted
-                if writer.failed and writer.dirty:
-                    # Its close() or fsync() already returned the error (the
-                    # kernel's release may still be on its way): storing the
-                    # data now would contradict what the caller was told.
-                    continue  # logged and discarded below
-                node = self.namespace.get(ino)
-                try:
-                    await self._commit(node, writer)
-                    del pending[ino]
-                except Exception as exc:
-                    log.error("%r: the data written was NOT stored: %s", node.path, exc)
-        for ino, writer in pending.items():
-            if writer.failed and writer.dirty and not writer.unlinked:
-                log.error(
-                    "%r: the data written was NOT stored (the commit failed)", self.namespace.get(ino).path
-                )
-            elif writer.dirty and not writer.unlinked:
-                log.error(
-                    "%r: the data written was NOT stored (unmounted before it was)",
-                    self.namespace.get(ino).path,
-                )
+            for ino, writer in list(self._writers.items()):
+                if not writer.unlinked:
+                    with suppress(WriteLost):  # logged by _abandon
+                        await self._commit(self.namespace.get(ino), writer)
+        self._closing = True  # the kernel is going: nothing more to tell it
+        for ino, writer in list(self._writers.items()):
+            if writer.dirty and not writer.unlinked:
+                await self._abandon(self.namespace.get(ino), writer)
+        writers = {id(w): w for w in self._writers.values()}
+        writers.update({id(h.writer): h.writer for h in self._handles.values() if h.writer is not None})
+        for writer in writers.values():
             await writer.discard()
-        for writer in self._writers.values():
             writer.close()
         self._writers.clear()
         self._handles.clear()
@@ -751,7 +863,7 @@ class Operations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         self._check_writable(parent)
         self._check_not_view_name(parent, name)
-        with errors_to_errno(f"unlink {parent.path!r}/{name!r}"):
+        with errors_to_errno(f"unlink {_child(parent, name)}"):
             node = await self.namespace.lookup(parent, self._decode(name))
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
@@ -784,7 +896,7 @@ class Operations(pyfuse3.Operations):
         self._check_not_view_name(new_parent, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)  # S3 cannot swap two keys atomically
-        with errors_to_errno(f"rename {old_parent.path!r}/{name_old!r} -> {new_parent.path!r}/{name_new!r}"):
+        with errors_to_errno(f"rename {_child(old_parent, name_old)} -> {_child(new_parent, name_new)}"):
             node = await self.namespace.lookup(old_parent, self._decode(name_old))
             new_name = self._new_name(new_parent, name_new, is_dir=node.is_dir)
             target = await self._existing(new_parent, new_name)
@@ -826,7 +938,9 @@ class Operations(pyfuse3.Operations):
         # Under the writer's lock from commit to delete: no write or commit can
         # land on the old key in between.
         async with writer.lock:
-            if await writer.commit_locked():
+            async with self._poison_guard(node, writer):
+                committed = await writer.commit_locked()
+            if committed:
                 self.namespace.stored(node, size=writer.size, etag=writer.etag)
                 node.cached_etag = writer.etag
             await self._move_object(node, new_path)
@@ -947,10 +1061,10 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         value = self._xattrs(node).get(name)
         if value is None and self.images.owns(node) and node.is_dir:
-            with errors_to_errno(f"getxattr {node.path!r} {name!r}"):
+            with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
                 value = (await self.images.repository_facts(node)).get(name)
         if value is None and not node.is_dir:
-            with errors_to_errno(f"getxattr {node.path!r} {name!r}"):
+            with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
                 value = await self._registry_xattr(node, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

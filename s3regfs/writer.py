@@ -26,7 +26,17 @@ are fetched into the spool and the whole file is uploaded from it.
 Commit semantics: nothing is sent before the first commit (flush/fsync); a
 commit with nothing new costs no request; the object appears only when
 complete; on failure the multipart upload (always one s3regfs created) is
-aborted, the error is raised, and the data stays in the spool for a retry.
+aborted and the error is raised.
+
+Failures poison: once a write, truncate or commit has failed, the writer's
+pending data is never stored.  That call and every later write, truncate and
+commit raise :class:`WriteLost` (with the first failure as its cause), so the
+object stays what it was before the file was opened for writing, or after its
+last successful commit: it changes only to a state every writer of it was
+told had been stored.
+
+Spool accounting (``spoolmax``) counts the bytes written, not offsets: a hole
+costs nothing.
 
 Concurrency: one lock per writer serialises writes, truncation, reads and
 commits; part uploads run outside it, in the mount's nursery, and report to
@@ -45,7 +55,7 @@ from dataclasses import dataclass, field
 import trio
 
 from s3regfs.budget import MemoryBudget
-from s3regfs.errors import S3RegFSError, StorageError
+from s3regfs.errors import SpoolFull, StorageError, WriteLost
 from s3regfs.storage.base import ObjectInfo
 from s3regfs.storage.s3 import S3Store
 
@@ -56,10 +66,6 @@ MAX_PART = 5 * 1024 * 1024 * 1024
 #: Parts of one file uploading at once; a writer that gets further ahead waits.
 PARTS_IN_FLIGHT = 4
 FETCH_CHUNK = 8 * 1024 * 1024
-
-
-class SpoolFull(S3RegFSError):
-    """The spool has no room (spoolmax reached, or the disk is full)."""
 
 
 #: Part-buffer memory of all files being written (the ``write_memory`` option).
@@ -76,7 +82,10 @@ class SpoolSpace:
 
     def reserve(self, size: int) -> None:
         if self.limit and self.used + size > self.limit:
-            raise SpoolFull(f"spool full: {self.used} of {self.limit} bytes used (spoolmax)")
+            available = max(0, self.limit - self.used)
+            raise SpoolFull(
+                f"spool full: {size} more bytes needed, {available} of spoolmax={self.limit} available"
+            )
         self.used += size
 
     def release(self, size: int) -> None:
@@ -133,6 +142,10 @@ class Extents:
     def covers(self, start: int, end: int) -> bool:
         return all(covered for _, _, covered in self.segments(start, end))
 
+    def covered_length(self, start: int, end: int) -> int:
+        """How many bytes of [start, end) the extents cover."""
+        return sum(b - a for a, b, covered in self.segments(start, end) if covered)
+
     def __repr__(self) -> str:
         return f"Extents({list(zip(self._starts, self._ends, strict=True))})"
 
@@ -182,13 +195,15 @@ class FileWriter:
         self.refs = 0
         self.unlinked = False
         self.dirty = False
-        #: The last commit failed and nothing was written since (its caller
-        #: got the error): the release does not try again.
-        self.failed = False
+        #: The first write, truncate or commit that failed: the pending data is
+        #: poisoned and never stored (see the module docstring).
+        self.failure: Exception | None = None
         #: close() ran: the spool is gone and the writer must not be used.
         self.closed = False
+        #: The object as stored: at the start, then after each commit.
         self.etag = base.etag if base else ""
-        self.size = base.size if base else 0
+        self.stored_size = base.size if base else 0
+        self.size = self.stored_size
         self._base_key = key
         self._base_size = self.size
         self._base_etag = self.etag
@@ -215,13 +230,12 @@ class FileWriter:
             self._fd = fd
         return self._fd
 
-    def _grow(self, end: int) -> None:
-        if end > self._reserved:
-            self._space.reserve(end - self._reserved)
-            self._reserved = end
-
     def _pwrite(self, offset: int, data: bytes) -> None:
-        self._grow(offset + len(data))
+        """Write *data* into the spool; the caller then adds it to the extents."""
+        new = len(data) - self._extents.covered_length(offset, offset + len(data))
+        if new > 0:
+            self._space.reserve(new)
+            self._reserved += new
         view = memoryview(data)
         try:
             while view:
@@ -238,6 +252,10 @@ class FileWriter:
         # Past the spool file's end (a hole up to the size) reads as zeros.
         return data + bytes(end - start - len(data))
 
+    def _release_spool(self, size: int) -> None:
+        self._space.release(size)
+        self._reserved -= size
+
     def close(self) -> None:
         """Drop the spool and the tail (after the last handle is released); final."""
         self.closed = True
@@ -246,73 +264,98 @@ class FileWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._space.release(self._reserved)
-        self._reserved = 0
+        self._release_spool(self._reserved)
 
     # -- operations -------------------------------------------------------------------
 
+    def _poisoned(self) -> None:
+        if self.failure is not None:
+            raise WriteLost(self.key, self.failure)
+
+    def _poison(self, exc: Exception) -> WriteLost:
+        if self.failure is None:
+            self.failure = exc
+        return WriteLost(self.key, self.failure)
+
     async def write(self, offset: int, data: bytes) -> int:
+        """Write *data* at *offset* (into the spool).  WriteLost once anything failed."""
         async with self.lock:
-            if not (self._base_keep <= offset <= self.size):
-                self._general = True
-            if not self._general and 0 < self._base_keep < MIN_PART and offset == self._base_keep:
-                # Too small to copy server-side as part 1: read it into the spool.
-                await self._fetch_base(0, self._base_keep)
-                self._base_keep = 0
-            if self._tail is not None and offset == self.size == self._tail_start + len(self._tail):
-                if not self._tail_reserved and self._memory.used + self._chunksize <= self._memory.total // 2:
-                    # Tails may hold at most half the budget: part uploads
-                    # read back from the spool always find room.
-                    self._tail_reserved = self._memory.try_take(self._chunksize)
-                if self._tail_reserved:
-                    self._tail += data
-                else:
-                    self._drop_tail()  # no memory to spare: parts are read back from the spool
-            else:
-                self._drop_tail()
-            self._pwrite(offset, data)
-            self.failed = False
-            end = offset + len(data)
-            self._extents.add(offset, end)
-            self.size = max(self.size, end)
-            self.dirty = True
-            if self._upload is not None and offset < self._upload.cursor:
-                self._upload.stale = True  # an uploaded part changed: start over at commit
-            if not self._general:
-                try:
-                    await self._schedule_parts(final=False)
-                except StorageError as exc:
-                    # The data is safe in the spool; the commit starts the
-                    # upload again and reports what still fails.
-                    log.debug("%s: could not start the upload yet: %s", self.key, exc)
-                    self._drop_tail()
+            self._poisoned()
+            try:
+                await self._write_locked(offset, data)
+            except Exception as exc:
+                raise self._poison(exc) from exc
         return len(data)
 
-    async def truncate(self, size: int) -> None:
-        """Set the size; takes effect at the next commit (0: a fresh object)."""
-        async with self.lock:
-            if size == self.size:
-                return
-            if size == 0:
-                await self._abort_upload()
-                self._base_size = self._base_keep = 0
-                self._general = False
-                self._extents.clear()
+    async def _write_locked(self, offset: int, data: bytes) -> None:
+        if not (self._base_keep <= offset <= self.size):
+            self._general = True
+        if not self._general and 0 < self._base_keep < MIN_PART and offset == self._base_keep:
+            # Too small to copy server-side as part 1: read it into the spool.
+            await self._fetch_base(0, self._base_keep)
+            self._base_keep = 0
+        if self._tail is not None and offset == self.size == self._tail_start + len(self._tail):
+            if not self._tail_reserved and self._memory.used + self._chunksize <= self._memory.total // 2:
+                # Tails may hold at most half the budget: part uploads
+                # read back from the spool always find room.
+                self._tail_reserved = self._memory.try_take(self._chunksize)
+            if self._tail_reserved:
+                self._tail += data
             else:
-                if size > self.size or size < self._base_keep:
-                    self._general = True
-                if self._upload is not None and size < self._upload.cursor:
-                    self._upload.stale = True
-                self._extents.truncate(size)
-                self._base_size = min(self._base_size, size)
-            if self._fd >= 0:
-                os.ftruncate(self._fd, size)
-            self.size = size
-            self.dirty = True
-            if size == 0:
-                self._restart_tail()
-            else:
+                self._drop_tail()  # no memory to spare: parts are read back from the spool
+        else:
+            self._drop_tail()
+        self._pwrite(offset, data)
+        end = offset + len(data)
+        self._extents.add(offset, end)
+        self.size = max(self.size, end)
+        self.dirty = True
+        if self._upload is not None and offset < self._upload.cursor:
+            self._upload.stale = True  # an uploaded part changed: start over at commit
+        if not self._general:
+            try:
+                await self._schedule_parts(final=False)
+            except StorageError as exc:
+                # The data is safe in the spool; the commit starts the
+                # upload again and reports what still fails.
+                log.debug("%s: could not start the upload yet: %s", self.key, exc)
                 self._drop_tail()
+
+    async def truncate(self, size: int) -> None:
+        """Set the size; takes effect at the next commit (0: a fresh object).
+        WriteLost once anything failed."""
+        async with self.lock:
+            self._poisoned()
+            try:
+                await self._truncate_locked(size)
+            except Exception as exc:
+                raise self._poison(exc) from exc
+
+    async def _truncate_locked(self, size: int) -> None:
+        if size == self.size:
+            return
+        if size == 0:
+            await self._abort_upload()
+            self._base_size = self._base_keep = 0
+            self._general = False
+            self._release_spool(self._reserved)
+            self._extents.clear()
+        else:
+            if size > self.size or size < self._base_keep:
+                self._general = True
+            if self._upload is not None and size < self._upload.cursor:
+                self._upload.stale = True
+            self._release_spool(self._extents.covered_length(size, max(size, self.size)))
+            self._extents.truncate(size)
+            self._base_size = min(self._base_size, size)
+        if self._fd >= 0:
+            os.ftruncate(self._fd, size)
+        self.size = size
+        self.dirty = True
+        if size == 0:
+            self._restart_tail()
+        else:
+            self._drop_tail()
 
     async def read(self, offset: int, size: int) -> bytes:
         async with self.lock:
@@ -333,15 +376,18 @@ class FileWriter:
     async def commit(self) -> bool:
         """Store everything written; True if a request was needed.
 
-        Raises StorageError (the upload is aborted, nothing partial is
-        visible) or SpoolFull; the writer stays dirty then.
+        Raises WriteLost (the upload is aborted, nothing partial is visible):
+        for this failure and, the writer being poisoned, every later call.
         """
         async with self.lock:
             return await self.commit_locked()
 
     async def commit_locked(self) -> bool:
         """:meth:`commit` for a caller that holds :attr:`lock` (rename, unlink)."""
-        if not self.dirty or self.unlinked or self.closed:
+        if self.unlinked or self.closed:
+            return False
+        self._poisoned()
+        if not self.dirty:
             return False
         try:
             if self._general:
@@ -349,15 +395,16 @@ class FileWriter:
             else:
                 etag = await self._commit_stream()
         except BaseException as exc:
-            # A cancelled commit (the unmount's commit_timeout) reported no
-            # error to anybody: it is not "failed".
-            self.failed = isinstance(exc, Exception)
             with trio.CancelScope(shield=True):
                 await self._abort_upload()
+            if isinstance(exc, Exception):
+                raise self._poison(exc) from exc
+            # A cancelled commit (the unmount's commit_timeout) reported no
+            # error to anybody: it poisons nothing.
             raise
-        self.failed = False
         self._restart_tail()
         self.etag = etag
+        self.stored_size = self.size
         self._base_key = self.key
         self._base_etag = etag
         self._base_size = self._base_keep = self.size

@@ -36,8 +36,20 @@ from tests.faultproxy import (
     put_object,
     upload_part,
 )
-from tests.test_write import body, keys, open_uploads, rng_bytes
-from tests.util import MotoServer, Mount, cleanup, fuse_test_marker, mounted, run_cli, spawn, wait_for_mount
+from tests.util import (
+    MotoServer,
+    Mount,
+    body,
+    cleanup,
+    fuse_test_marker,
+    keys,
+    mounted,
+    open_uploads,
+    rng_bytes,
+    run_cli,
+    spawn,
+    wait_for_mount,
+)
 
 pytestmark = fuse_test_marker()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -36,6 +37,29 @@ def s3_client(endpoint: str, config: Any = None) -> Any:
         aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         config=config,
     )
+
+
+def body(s3: Any, bucket: str, key: str) -> bytes:
+    """The bytes S3 holds at *key*."""
+    return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    """Every key of *bucket* under *prefix*, in S3's order."""
+    found: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        found += [item["Key"] for item in page.get("Contents", [])]
+    return found
+
+
+def open_uploads(s3: Any, bucket: str) -> list[str]:
+    """The keys of the multipart uploads open in *bucket*."""
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def rng_bytes(n: int, seed: int = 1) -> bytes:
+    """*n* reproducible random bytes."""
+    return random.Random(seed).randbytes(n)
 
 
 def fuse_test_marker() -> pytest.MarkDecorator:
