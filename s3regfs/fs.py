@@ -666,12 +666,19 @@ class Operations(pyfuse3.Operations):
                 await writer.truncate(0)  # takes effect at the next commit
                 node.size = 0
         reader = self._new_reader(node) if not writing or flags & os.O_RDWR else None
-        # The page cache may stay only while it holds this very version.
-        verifying = self._options.verify and layout.blob_digest(node.path) is not None
+        blob = layout.blob_digest(node.path) is not None
+        verifying = self._options.verify and blob
         if verifying and (node.ino, node.etag) in self._corrupt:
             raise pyfuse3.FUSEError(errno.EIO)  # known not to match its digest
-        # With -o verify every open reads (and hashes) from S3, never the page cache.
-        keep_cache = bool(node.etag) and node.cached_etag == node.etag and not writing and not verifying
+        # The page cache stays across opens only for blob data, whose bytes
+        # never change under a name, and only while it holds this very
+        # version.  Any other file may have been rewritten by someone else
+        # since its attributes were cached: its pages are dropped at open, so
+        # a handle that follows a new version (read) cannot mix in old pages.
+        # With -o verify every open reads (and hashes) from S3.
+        keep_cache = (
+            blob and bool(node.etag) and node.cached_etag == node.etag and not writing and not verifying
+        )
         node.cached_etag = node.etag
         fh = self._new_fh()
         self._handles[fh] = FileHandle(node, reader, writer)
@@ -751,8 +758,9 @@ class Operations(pyfuse3.Operations):
             if handle.reader is None:
                 raise pyfuse3.FUSEError(errno.EBADF)
             for attempt in range(1, NEW_VERSION_ATTEMPTS + 1):
+                reader = handle.reader
                 try:
-                    data = await handle.reader.read(off, size)
+                    data = await reader.read(off, size)
                 except IntegrityError:
                     self._corrupt.add((node.ino, node.etag))
                     raise
@@ -761,6 +769,8 @@ class Operations(pyfuse3.Operations):
                     # version was known.  A handle that returned nothing yet
                     # reads the current version; one that returned bytes of
                     # the old one must not mix in bytes of another: ESTALE.
+                    if handle.reader is not reader and not handle.served:
+                        continue  # a concurrent read of this handle followed it already
                     if handle.served or attempt == NEW_VERSION_ATTEMPTS:
                         log.warning(
                             "read %s at %d: the object changed or was deleted under an open file: %s",
@@ -778,9 +788,17 @@ class Operations(pyfuse3.Operations):
 
     async def _follow_new_version(self, node: Node, handle: FileHandle) -> None:
         """Point *handle* (which has returned no byte yet) at the object S3
-        holds now; the kernel forgets the attributes and pages it has cached of
-        the old version.  ESTALE if the object is gone."""
-        old_etag = node.etag
+        holds now.  ESTALE if the object is gone.
+
+        The kernel holds no page of the old version: only blobs keep their
+        pages across opens (see open), and a blob's bytes do not change.  Its
+        idea of the size matters: a read is cut at the size it knows, so a
+        version that grew needs the cached attributes dropped before this read
+        is answered (the next read past the old end asks for them).  A version
+        that shrank must keep them: the short answer itself then sets the new
+        size, which the kernel would not do after an invalidation (it would
+        pad the read with zeros up to the old size)."""
+        old_etag, old_size = node.etag, node.size
         node.fresh_at = None
         try:
             await self.namespace.refresh_file(node)
@@ -796,7 +814,8 @@ class Operations(pyfuse3.Operations):
         if handle.reader is not None:
             await handle.reader.aclose()
         handle.reader = self._new_reader(node)
-        await self._forget_inode(node, data=True)
+        if node.size > old_size:
+            await self._forget_inode(node, data=False)
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self._handles[fh]

@@ -46,6 +46,13 @@ ROOT_INODE = 1
 #: Keys asked for when one name is checked: the object and its directory
 #: prefix, past the few names that sort between them ("v1" < "v1.0" < "v1/").
 LOOKUP_PAGE = 100
+#: A name missing from a directory listing older than this (seconds, at most
+#: metadata_ttl) is looked for in S3 before the lookup fails, and a name found
+#: missing so is not asked for again for as long: another writer's new object
+#: (a pushed manifest, a retag) is found within this time, not after the TTL.
+NEGATIVE_TTL = 1.0
+#: Misses remembered at most (the oldest are dropped first).
+MISSES_KEPT = 4096
 
 #: A key that is both an object and a directory prefix ("a" and "a/b"): the
 #: directory is shown (also by lookups), the object stays hidden until the
@@ -147,6 +154,9 @@ class Namespace:
         self.root.mtime_ns = time.time_ns()
         self._inodes: dict[int, Node] = {ROOT_INODE: self.root}
         self._warned: set[str] = set()
+        #: (directory inode, name) -> when S3 last confirmed the name missing.
+        self._misses: dict[tuple[int, str], float] = {}
+        self.negative_ttl = min(NEGATIVE_TTL, metadata_ttl)
         #: Inodes of nodes that are not in the bucket (the images view, .s3regfs).
         self._virtual: set[int] = set()
         #: Directory answers from the cache, and those that needed S3.
@@ -211,8 +221,34 @@ class Namespace:
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None:
+            if self._listing_outdated(parent) and not self._missed_lately(parent, name):
+                try:
+                    return await self._check_child(parent, name)
+                except NotFound:
+                    self._remember_miss(parent, name)
+                    raise
             raise NotFound(f"{layout.join(parent.path, name)}: no such file or directory")
         return child
+
+    def _listing_outdated(self, directory: Node) -> bool:
+        """Whether S3 may have gained names since *directory* was listed."""
+        return (
+            not directory.local
+            and directory.fresh_at is not None
+            and self._now() - directory.fresh_at >= self.negative_ttl
+        )
+
+    def _missed_lately(self, directory: Node, name: str) -> bool:
+        when = self._misses.get((directory.ino, name))
+        return when is not None and self._now() - when < self.negative_ttl
+
+    def _remember_miss(self, directory: Node, name: str) -> None:
+        if len(self._misses) >= MISSES_KEPT:
+            now = self._now()
+            self._misses = {k: t for k, t in self._misses.items() if now - t < self.negative_ttl}
+            while len(self._misses) >= MISSES_KEPT:
+                del self._misses[next(iter(self._misses))]
+        self._misses[(directory.ino, name)] = self._now()
 
     async def _check_child(self, parent: Node, name: str) -> Node:
         assert parent.children is not None

@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from s3regfs.budget import MemoryBudget
-from s3regfs.errors import IntegrityError, StorageError
+from s3regfs.errors import IntegrityError, NotFound, PreconditionFailed, StorageError
 from s3regfs.storage.base import ObjectStore, ObjectStream
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,9 @@ class ObjectReader:
                     self._stream_pos += len(data)
                     self._publish()
         except StorageError as exc:
-            log.warning("read-ahead of %s stopped at %d: %s", self.key, self._stream_pos, exc)
+            # A changed or deleted object is the reader's to judge (fs.read).
+            level = logging.DEBUG if isinstance(exc, (PreconditionFailed, NotFound)) else logging.WARNING
+            log.log(level, "read-ahead of %s stopped at %d: %s", self.key, self._stream_pos, exc)
             self._error = exc
             self._publish()
         except Exception as exc:
