@@ -165,17 +165,44 @@ def _secrets(config: Config | None) -> list[str]:
     ]
 
 
-def hide_from_ps(values: Sequence[str]) -> int:
-    """Overwrite *values* with ``x`` in this process's own argument memory, the
-    bytes ps and /proc/PID/cmdline show (as MySQL's client does with -p), so a
-    secret given with -o is not visible for the life of the mount; it still is
-    from the exec until here.  Python keeps its own copy of argv.  Linux only,
-    best effort; returns how many occurrences were overwritten."""
+def secret_value_spans(args: Sequence[bytes], names: frozenset[str]) -> list[tuple[int, int, int]]:
+    """Where the values of the options *names* are in *args* (argv as bytes):
+    (argument index, start, end) of every ``NAME=VALUE`` item of an ``-o``
+    option list (``-o LIST`` or ``-oLIST``; items split at unescaped commas).
+    Nothing else is touched: not the program, the bucket, the mount point."""
+    spans: list[tuple[int, int, int]] = []
+    for index, arg in enumerate(args):
+        if arg.startswith(b"-o") and len(arg) > 2:
+            begin = 2
+        elif index > 0 and args[index - 1] == b"-o":
+            begin = 0
+        else:
+            continue
+        item_start = position = begin
+        while position <= len(arg):
+            if position == len(arg) or (
+                arg[position : position + 1] == b"," and arg[position - 1 : position] != b"\\"
+            ):
+                name, equals, _ = arg[item_start:position].partition(b"=")
+                if equals and name.decode("utf-8", "replace").strip() in names:
+                    value_start = item_start + len(name) + 1
+                    if value_start < position:
+                        spans.append((index, value_start, position))
+                item_start = position + 1
+            position += 1
+    return spans
+
+
+def hide_from_ps(names: frozenset[str]) -> int:
+    """Overwrite the values of the ``-o`` options *names* with ``x`` in this
+    process's own argument memory, the bytes ps and /proc/PID/cmdline show (as
+    MySQL's client does with -p), so a secret given with -o is not visible for
+    the life of the mount; it still is from the exec until here.  Only those
+    values change: the rest of the command line stays as typed.  Python keeps
+    its own copy of argv.  Linux only, best effort; returns how many values
+    were overwritten."""
     import ctypes
 
-    wanted = {v for value in values if value for v in (value, value.replace(",", "\\,"))}
-    if not wanted:
-        return 0
     try:
         with open("/proc/self/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
@@ -184,15 +211,16 @@ def hide_from_ps(values: Sequence[str]) -> int:
     except (OSError, IndexError, ValueError):
         return 0
     area = ctypes.string_at(start, end - start)
-    count = 0
-    for value in sorted(wanted, key=len, reverse=True):
-        needle = value.encode()
-        offset = area.find(needle)
-        while offset >= 0:
-            ctypes.memset(start + offset, ord("x"), len(needle))
-            count += 1
-            offset = area.find(needle, offset + len(needle))
-    return count
+    args = area.rstrip(b"\0").split(b"\0")
+    offsets = []
+    offset = 0
+    for arg in args:
+        offsets.append(offset)
+        offset += len(arg) + 1
+    spans = secret_value_spans(args, names)
+    for index, value_start, value_end in spans:
+        ctypes.memset(start + offsets[index] + value_start, ord("x"), value_end - value_start)
+    return len(spans)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuietError as exc:
         print(f"s3regfs: error: {exc}", file=sys.stderr)
         return exc.exitcode
-    hide_from_ps([value or "" for key, value in args.mount_options if key in SECRET_PARAMS])
+    hide_from_ps(SECRET_PARAMS)
     setup_logging(
         debug=config.debug,
         loglevel=config.driver.loglevel,

@@ -252,10 +252,11 @@ class Operations(pyfuse3.Operations):
             attrs.st_nlink = 2
             attrs.st_size = 0
         else:
-            shown = view or self._immutable(node)  # stored blobs are read-only
-            mode = (
-                (self._file_mode & 0o444) if shown else (self._file_mode if node.mode is None else node.mode)
-            )
+            mode = self._file_mode if node.mode is None else node.mode
+            if view:
+                mode = self._file_mode & 0o444  # the view's own files never change
+            elif self._immutable(node):
+                mode &= ~0o222  # stored blobs: chmod applies, but never write permission
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
             # A blob shown in the images view has those names too (hard links).
             attrs.st_nlink = 1 + len(node.view_names or ())
@@ -514,7 +515,8 @@ class Operations(pyfuse3.Operations):
             if fields.update_size:
                 if node.is_dir:
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                await self._truncate(node, attr.st_size)
+                handle = self._handles.get(fh) if fh is not None else None
+                await self._truncate(node, attr.st_size, handle.writer if handle is not None else None)
             # Modes, owners and times are kept in memory for the mount's life:
             # S3 objects of the registry carry none (see the README).
             if fields.update_mode:
@@ -528,8 +530,10 @@ class Operations(pyfuse3.Operations):
                 node.mtime_fixed = True
             return self._attrs(node)
 
-    async def _truncate(self, node: Node, size: int) -> None:
-        writer = self._writers.get(node.ino)
+    async def _truncate(self, node: Node, size: int, handle_writer: FileWriter | None) -> None:
+        """ftruncate(2) (*handle_writer*: the writer of the handle it came
+        through, poisoned or not) or truncate(2) of a name."""
+        writer = handle_writer or self._writers.get(node.ino)
         if writer is not None:
             # An open file: takes effect at its next commit (never an emptied
             # object in between).
@@ -1052,8 +1056,8 @@ class Operations(pyfuse3.Operations):
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         """The attributes that cost nothing: S3's own and a blob's digest."""
         values: dict[bytes, bytes] = {}
-        if node.is_dir:
-            return values
+        if node.is_dir or self._virtual(node):
+            return values  # synthetic files (.s3regfs, the view's own) have no key
         values[XATTR_KEY] = self.namespace.key(node).encode("utf-8")
         if node.etag:
             values[XATTR_ETAG] = node.etag.encode("ascii", "replace")
@@ -1082,7 +1086,7 @@ class Operations(pyfuse3.Operations):
         if value is None and self.images.owns(node) and node.is_dir:
             with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
                 value = (await self.images.repository_facts(node)).get(name)
-        if value is None and not node.is_dir:
+        if value is None and not node.is_dir and not self._virtual(node):
             with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
                 value = await self._registry_xattr(node, name)
         if value is None:

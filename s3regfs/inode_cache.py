@@ -46,10 +46,11 @@ ROOT_INODE = 1
 #: Keys asked for when one name is checked: the object and its directory
 #: prefix, past the few names that sort between them ("v1" < "v1.0" < "v1/").
 LOOKUP_PAGE = 100
-#: A name missing from a directory listing older than this (seconds, at most
-#: metadata_ttl) is looked for in S3 before the lookup fails, and a name found
-#: missing so is not asked for again for as long: another writer's new object
-#: (a pushed manifest, a retag) is found within this time, not after the TTL.
+#: A name missing from a cached directory listing is looked for in S3 (one
+#: small listing) before the lookup fails, so another writer's new object (a
+#: pushed manifest, a retag's new revision) is found at once, not after
+#: metadata_ttl; a name found missing so is not asked for again for this many
+#: seconds (at most metadata_ttl).
 NEGATIVE_TTL = 1.0
 #: Misses remembered at most (the oldest are dropped first).
 MISSES_KEPT = 4096
@@ -208,7 +209,8 @@ class Namespace:
     async def lookup(self, parent: Node, name: str) -> Node:
         """The child *name* of directory *parent*; NotFound if it has none.
 
-        In a fresh directory this costs nothing.  In a stale one whose last
+        In a fresh directory a name it holds costs nothing; a name it lacks
+        is looked for in S3 (see NEGATIVE_TTL).  In a stale one whose last
         listing took more than one request, only *name* is checked again (a
         HEAD, then a one-key listing for a directory), as the driver's Stat
         does; otherwise the directory is listed again.
@@ -217,11 +219,13 @@ class Namespace:
             raise NotFound(f"{layout.join(parent.path, name)}: the directory was removed")
         if parent.fresh_at is not None and parent.list_cost > 1 and not self.is_fresh(parent):
             return await self._check_child(parent, name)
+        listed_before = self.is_fresh(parent)
         await self.ensure_listed(parent)
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None:
-            if self._listing_outdated(parent) and not self._missed_lately(parent, name):
+            # A listing made by this very lookup needs no second look.
+            if listed_before and not parent.local and not self._missed_lately(parent, name):
                 try:
                     return await self._check_child(parent, name)
                 except NotFound:
@@ -229,14 +233,6 @@ class Namespace:
                     raise
             raise NotFound(f"{layout.join(parent.path, name)}: no such file or directory")
         return child
-
-    def _listing_outdated(self, directory: Node) -> bool:
-        """Whether S3 may have gained names since *directory* was listed."""
-        return (
-            not directory.local
-            and directory.fresh_at is not None
-            and self._now() - directory.fresh_at >= self.negative_ttl
-        )
 
     def _missed_lately(self, directory: Node, name: str) -> bool:
         when = self._misses.get((directory.ino, name))

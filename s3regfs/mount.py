@@ -71,6 +71,14 @@ def check_mountpoint(path: str) -> str:
             if exc.errno == errno.ENOTCONN:
                 raise MountpointError(_stale_message(absolute)) from None
         raise MountpointError(f"mount point {absolute} is already mounted")
+    try:
+        with os.scandir(absolute) as entries:
+            hidden = any(True for _ in entries)
+    except OSError:
+        hidden = False
+    if hidden:
+        # libfuse allows it; the files are still there once unmounted.
+        log.warning("mount point %s is not empty: its files are hidden while mounted", absolute)
     return absolute
 
 
@@ -174,6 +182,13 @@ def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
     and STOPPING=1 when the mount stops.
     """
     mountpoint = check_mountpoint(config.mountpoint)
+    if ".." in config.driver.key_prefix.split("/"):
+        # S3 keys have no "..": the registry's driver would use it as a name too.
+        log.warning(
+            "rootdirectory %r has a '..' component: S3 keys are not paths, so it names a "
+            "directory called '..', not the parent",
+            config.driver.rootdirectory,
+        )
     limit_malloc_arenas(os.environ)
     # Only the process systemd started may notify (NotifyAccess=main): with -f.
     notify_socket = config.notify_socket if config.foreground else ""

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,3 +340,54 @@ def test_images_view_follows_tags_and_shows_with_option(registry: Registry, tmp_
         assert {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in manifests}[
             "v2"
         ] == new
+
+
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+
+def get_manifest(registry: Registry, repository: str, reference: str) -> tuple[int, str]:
+    """GET a manifest: the HTTP status and the digest the registry answered with."""
+    request = urllib.request.Request(
+        f"http://{registry.address}/v2/{repository}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+            return response.status, "sha256:" + hashlib.sha256(body).hexdigest()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def test_a_tag_retagged_by_another_registry_keeps_answering(
+    moto: MotoServer, bucket: str, registry: Registry, tmp_path: Path
+) -> None:
+    """A registry on the mount (filesystem driver) keeps answering 200 for a tag
+    that another registry (S3 driver, same bucket) moves to a new image."""
+    first = push_image(registry, tmp_path, "library/app", "latest", seed=21)
+    opts = ["-o", f"regionendpoint={moto.url},region=us-east-1,metadata_ttl=20", f"{bucket}:{ROOT}"]
+    with mounted(tmp_path / "mnt", opts, check_clean=False) as mount:
+        port = free_port()
+        on_mount = run_registry(filesystem_registry_config(mount.path, port), port, tmp_path / "fs-registry")
+        try:
+            assert get_manifest(on_mount, "library/app", "latest") == (200, first)
+            second = push_image(registry, tmp_path, "library/app", "latest", seed=22)
+            assert second != first
+            answers = []
+            for _ in range(15):
+                answers.append(get_manifest(on_mount, "library/app", "latest"))
+                time.sleep(0.2)
+            assert all(status == 200 for status, _ in answers), [s for s, _ in answers]
+            assert answers[-1][1] == second
+            # The old manifest stays reachable by digest, the new one too.
+            assert get_manifest(on_mount, "library/app", first) == (200, first)
+            assert get_manifest(on_mount, "library/app", second) == (200, second)
+        finally:
+            on_mount.stop()
+    assert "stale" not in mount.stderr.lower()
