@@ -134,7 +134,10 @@ FS_OPTION_HELP: dict[str, tuple[str, str]] = {
     "readahead_total": ("128M", "memory for read-ahead across all open files"),
     "max_connections": ("32", "S3 requests in flight at once (and the connection pool size)"),
     "spooldir": ("the system temp dir", "where files being written are spooled"),
-    "spoolmax": ("0 (the disk's limit)", "most bytes spooled at once; past it writes answer ENOSPC"),
+    "spoolmax": (
+        "0 (the disk's limit)",
+        "most bytes spooled at once (holes cost nothing); past it writes answer ENOSPC",
+    ),
     "write_memory": ("256M", "memory for part uploads across all files being written"),
     "commit_timeout": ("300", "seconds to commit open files when unmounting"),
     "verify": ("off", "hash blob data files read from start to end; a mismatch answers EIO"),

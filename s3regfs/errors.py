@@ -82,8 +82,8 @@ class WriteLost(S3RegFSError):
     close or fsync may change it to a state a writer was told had failed.
     """
 
-    def __init__(self, what: str, cause: BaseException) -> None:
-        super().__init__(f"{what}: the data written will NOT be stored ({cause})")
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the data written will NOT be stored: {cause}")
         self.cause = cause
 
 

@@ -147,7 +147,8 @@ def errors_to_errno(what: str) -> Iterator[None]:
             log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(code) from exc
     except WriteLost as exc:
-        log.error("%s: %s", what, exc)
+        # The file's one error line was logged when its data was given up.
+        log.debug("%s: %s", what, exc)
         raise pyfuse3.FUSEError(_lost_errno(exc.cause)) from exc
     except SpoolFull as exc:
         log.error("%s: %s", what, exc)

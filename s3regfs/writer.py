@@ -270,12 +270,12 @@ class FileWriter:
 
     def _poisoned(self) -> None:
         if self.failure is not None:
-            raise WriteLost(self.key, self.failure)
+            raise WriteLost(self.failure)
 
     def _poison(self, exc: Exception) -> WriteLost:
         if self.failure is None:
             self.failure = exc
-        return WriteLost(self.key, self.failure)
+        return WriteLost(self.failure)
 
     async def write(self, offset: int, data: bytes) -> int:
         """Write *data* at *offset* (into the spool).  WriteLost once anything failed."""

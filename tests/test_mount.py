@@ -191,6 +191,25 @@ def test_extended_attributes(s3: Any, bucket: str, endpoint_opts: list[str], tmp
         with pytest.raises(OSError) as info:
             os.getxattr(path, "user.other")
         assert info.value.errno == errno.ENODATA
+        # Synthetic files name no key: they have no user.s3.* attributes.
+        stats = mount.path / ".s3regfs/stats"
+        assert os.listxattr(stats) == []
+        with pytest.raises(OSError) as info:
+            os.getxattr(stats, "user.s3.key")
+        assert info.value.errno == errno.ENODATA
+
+
+def test_mounting_over_a_non_empty_directory_warns(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    put_many(s3, bucket, {"in-s3": b"x"})
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "mnt/hidden").write_text("local")
+    with mounted(tmp_path / "mnt", [*endpoint_opts, f"{bucket}:/../up"], check_clean=False) as mount:
+        assert not (mount.path / "hidden").exists()
+    assert (tmp_path / "mnt/hidden").read_text() == "local"
+    assert "is not empty: its files are hidden while mounted" in mount.stderr
+    assert "has a '..' component" in mount.stderr
 
 
 def test_sequential_and_random_reads_match(

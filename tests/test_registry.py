@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 import urllib.error
@@ -321,6 +322,29 @@ def test_images_view(moto: MotoServer, s3: Any, bucket: str, registry: Registry,
             with pytest.raises(OSError) as info:
                 attempt()
             assert info.value.errno == errno.EROFS
+        # The view's own files: every change is EROFS, metadata included.
+        for change in (
+            lambda: os.chmod(app_dir / "index.json", 0o600),
+            lambda: os.utime(app_dir / "index.json", (1, 1)),
+            lambda: os.setxattr(app_dir / "index.json", "user.x", b"1"),
+            lambda: os.chmod(app_dir, 0o700),
+        ):
+            with pytest.raises(OSError) as info:
+                change()
+            assert info.value.errno == errno.EROFS
+        # A blob is one file under two names (its raw path and the view's):
+        # a mode or time change applies to both, as for any hard link, and is
+        # kept in memory; write permission is never shown; S3 objects carry no
+        # extended attributes of ours (ENOTSUP).
+        os.chmod(shown, 0o640)
+        assert stat.S_IMODE(os.stat(raw).st_mode) == 0o440
+        assert stat.S_IMODE(os.stat(shown).st_mode) == 0o440
+        os.utime(raw, (1_600_000_000, 1_600_000_000))
+        assert os.stat(shown).st_mtime == 1_600_000_000
+        assert os.stat(raw).st_ino == os.stat(shown).st_ino
+        with pytest.raises(OSError) as info:
+            os.setxattr(raw, "user.x", b"1")
+        assert info.value.errno == errno.ENOTSUP
 
 
 def test_images_view_follows_tags_and_shows_with_option(registry: Registry, tmp_path: Path) -> None:

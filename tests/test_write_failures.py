@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ pytestmark = fuse_test_marker()
 MiB = 1024 * 1024
 OLD = rng_bytes(3_000_000, 1)
 NEW = rng_bytes(3_000_000, 2)
+ODD = "tag 'v1' ü,%2F x"
 
 
 def spool_opts(endpoint_opts: list[str], spool: Path, limit: str = "1M") -> list[str]:
@@ -203,3 +205,50 @@ def test_a_failed_close_leaves_no_ghost_and_answers_eio(
         assert (mount.path / "old").stat().st_size == 9
         assert (mount.path / "old").read_bytes() == b"old bytes"
     assert keys(s3, bucket) == ["old"] and body(s3, bucket, "old") == b"old bytes"
+
+
+def test_a_full_disk_under_the_spool_and_two_writers_of_one_file(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    """No spoolmax: the disk itself fills (a 2 MiB tmpfs).  Two handles write
+    one file; one write fails, so neither close may store anything."""
+    spool = tmp_path / "tiny-disk"
+    spool.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(spool)], check=True)
+    try:
+        s3.put_object(Bucket=bucket, Key="shared", Body=OLD)
+        with mounted(
+            tmp_path / "mnt", [*endpoint_opts, "-o", f"spooldir={spool}", bucket], check_clean=False
+        ) as mount:
+            first = os.open(mount.path / "shared", os.O_WRONLY | os.O_TRUNC)
+            second = os.open(mount.path / "shared", os.O_WRONLY)
+            assert write_all(first, b"x" * 100_000) == 0
+            assert write_all(second, NEW, 100_000) == errno.ENOSPC  # the disk is full
+            assert os_errno(os.write, first, b"more") == errno.ENOSPC  # the same file: poisoned
+            assert os_errno(os.close, second) == errno.ENOSPC
+            assert os_errno(os.close, first) == errno.ENOSPC
+            assert (mount.path / "shared").read_bytes() == OLD
+            # The disk's space came back with the files' spools.
+            (mount.path / "after").write_bytes(rng_bytes(MiB, 9))
+        assert body(s3, bucket, "shared") == OLD
+        assert body(s3, bucket, "after") == rng_bytes(MiB, 9)
+        assert "No space left on device" in mount.stderr
+    finally:
+        subprocess.run(["umount", str(spool)], check=False)
+
+
+def test_odd_names_and_a_rename_after_a_failure(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    small = rng_bytes(500_000, 8)
+    options = [*spool_opts(endpoint_opts, tmp_path / "spool"), bucket]
+    with mounted(tmp_path / "mnt", options, check_clean=False) as mount:
+        (mount.path / ODD).write_bytes(small)
+        fd = os.open(mount.path / ODD, os.O_WRONLY | os.O_TRUNC)
+        assert write_all(fd, NEW) == errno.ENOSPC
+        # Renamed while its writer is poisoned: the stored object moves, whole.
+        os.rename(mount.path / ODD, mount.path / "moved")
+        assert os_errno(os.close, fd) == errno.ENOSPC
+        assert (mount.path / "moved").read_bytes() == small
+    assert keys(s3, bucket) == ["moved"] and body(s3, bucket, "moved") == small
+    assert f"{ODD!r}: the data written was NOT stored" in mount.stderr
