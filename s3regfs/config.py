@@ -80,7 +80,7 @@ STORAGE_SECTION_EXTRAS = ("maintenance", "cache", "delete", "redirect", "tag")
 SECRET_PARAMS = frozenset({"accesskey", "secretkey", "sessiontoken"})
 
 #: Every driver parameter s3regfs takes, with the ones it accepts but does not
-#: use (listed in the README).
+#: use (listed in docs/configuration.md).
 DRIVER_PARAM_NAMES = (
     "accesskey",
     "secretkey",
@@ -201,7 +201,7 @@ _BOOL_STRINGS = {
 
 
 # ---------------------------------------------------------------------------
-# Value parsing, as the drivers parse (see DRIVER-NOTES §1)
+# Value parsing, as the drivers parse (docs/configuration.md says how)
 
 #: What YAML parsing can raise on bad input besides YAMLError: a timestamp
 #: that is no date (``2001-02-30``: ValueError), nesting deeper than Python's
@@ -312,7 +312,7 @@ def parse_loglevel(value: Any) -> frozenset[str]:
 
 def normalize_root(rootdirectory: str) -> str:
     """The key prefix of the driver's path "/": ``TrimRight(root, "/")`` with
-    leading slashes trimmed, plus "/" unless empty (DRIVER-NOTES, key mapping)."""
+    leading slashes trimmed, plus "/" unless empty, as the drivers map keys."""
     trimmed = rootdirectory.rstrip("/").lstrip("/")
     return trimmed + "/" if trimmed else ""
 
@@ -619,7 +619,7 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
         raise ConfigError("no region parameter provided (required unless regionendpoint is set)")
     # fullmatch: "$" would let a trailing newline through.
     if region and not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", region):
-        raise ConfigError(f"invalid region provided: {_shown(region)}")
+        raise ConfigError(f"invalid region provided: {_shown(region)} (the region parameter)")
     values["region"] = region
     for name, default in (
         ("encrypt", False),
@@ -677,7 +677,7 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     if acl not in CANNED_ACLS:
         raise ConfigError(f"invalid value for objectacl parameter: {acl!r} (one of {', '.join(CANNED_ACLS)})")
     if acl_given and values["objectownership"]:
-        raise ConfigError("object ACL parameter should not be set when object ownership is enabled")
+        raise ConfigError("the objectacl parameter should not be set when objectownership is enabled")
     values["objectacl"] = acl
     values["loglevel"] = parse_loglevel(p.get("loglevel"))
     algorithm = parse_str(p.get("checksum_algorithm")).upper()

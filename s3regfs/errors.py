@@ -9,6 +9,8 @@ Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
     │   ├── StartupError          the bucket or endpoint cannot be used (exit 3)
     │   └── MountpointError       the mount point cannot be used (exit 4)
     ├── SpoolFull                 no room in the local spool (spoolmax, or a full disk)
+    ├── KeyTooLong                a key would be over S3's 1,024 bytes (nothing was sent)
+    ├── Unsupported               not something the registry's objects can do (ENOTSUP)
     ├── WriteLost                 an open file's pending data will not be stored:
     │                             a write, truncate or commit of it failed (*cause*)
     └── StorageError              a failed S3 request, after retries
@@ -29,6 +31,9 @@ turns a :class:`QuietError` into its one line and exit code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
@@ -70,6 +75,15 @@ class MountpointError(QuietError):
 
 class SpoolFull(S3RegFSError):
     """The spool has no room (spoolmax reached, or the disk is full)."""
+
+
+class KeyTooLong(S3RegFSError):
+    """A key the operation needs would be over S3's limit; nothing was sent."""
+
+
+class Unsupported(S3RegFSError):
+    """An operation the registry's objects do not support (an unknown digest
+    algorithm to verify, metadata S3 objects of the registry do not carry)."""
 
 
 class WriteLost(S3RegFSError):
@@ -139,6 +153,27 @@ class TLSError(StorageError):
         super().__init__(message, code="TLSError")
         self.reason = reason
         self.bundle = bundle
+
+
+@contextmanager
+def collapse_exception_groups() -> Iterator[None]:
+    """Re-raise the error that matters of a nursery's exception group as
+    itself, so each boundary translates it as it would translate it alone:
+    the first :class:`StorageError` among the group's leaves, else its first
+    leaf (trio groups every error of a nursery)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves: list[BaseException] = []
+        stack: list[BaseException] = [group]
+        while stack:
+            each = stack.pop()
+            if isinstance(each, BaseExceptionGroup):
+                stack.extend(reversed(each.exceptions))
+            else:
+                leaves.append(each)
+        first = next((e for e in leaves if isinstance(e, StorageError)), leaves[0])
+        raise first from group
 
 
 class TemporaryFailure(StorageError):

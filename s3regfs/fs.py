@@ -1,72 +1,66 @@
 # SPDX-License-Identifier: MIT
-"""The FUSE operations: thin handlers over the namespace, readers and writers.
+"""The FUSE operations: thin handlers and the translation of errors to errno.
 
-This is the only module that raises ``FUSEError``: every handler runs inside
-:func:`errors_to_errno`, which maps the s3regfs error tree to errno values
-(NotFound -> ENOENT, AccessDenied -> EACCES, a full spool -> ENOSPC, anything
-else that failed in S3 -> EIO) and logs what it maps.  Nothing else leaves a
-handler.
+This is the only module that raises ``FUSEError`` and the only one that talks
+to the kernel: every handler runs inside :func:`errors_to_errno`, which maps
+the s3regfs error tree to errno values (NotFound -> ENOENT, AccessDenied ->
+EACCES, a full spool -> ENOSPC, data that will not be stored -> the errno of
+its cause, anything else that failed in S3 -> EIO) and logs what it maps.
+Nothing else leaves a handler.  :class:`KernelNotifier` makes the kernel
+forget what it cached, for the collaborators that need it.
 
-Changes become S3 calls the way the registry's S3 driver makes them (see
-:mod:`s3regfs.writer` for files; unlink is DeleteObject; rename is a copy by the
-driver's rules, then a delete; mkdir lives in memory until a file is stored
-below it).  With ``-o ro`` every change answers EROFS.
+The handlers delegate: names and attributes to the namespace
+(:mod:`s3regfs.inode_cache`), open files and their writers to
+:mod:`s3regfs.open_files`, the ``_images`` view to :mod:`s3regfs.images`,
+extended attributes to :mod:`s3regfs.facts`, S3 to the store.  Every one of
+them is built by ``mount.py`` and handed in.  Changes become S3 calls the way
+the registry's S3 driver makes them (see :mod:`s3regfs.writer`; unlink is
+DeleteObject; rename is a copy by the driver's rules, then a delete; mkdir
+lives in memory until a file is stored below it).  With ``-o ro`` every
+change answers EROFS.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
 import stat
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
 from s3regfs import layout
-from s3regfs.config import Config
+from s3regfs.config import MountOptions
 from s3regfs.errors import (
     AccessDenied,
     IntegrityError,
-    InvalidRange,
+    KeyTooLong,
     NotFound,
     PreconditionFailed,
     SpoolFull,
     StorageError,
+    Unsupported,
     WriteLost,
+    collapse_exception_groups,
 )
+from s3regfs.facts import RegistryFacts
 from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import Namespace, Node
-from s3regfs.reader import ObjectReader, ReadaheadBudget
-from s3regfs.storage.base import ObjectInfo
-from s3regfs.storage.s3 import S3Store
-from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
+from s3regfs.open_files import FileHandle, OpenFiles
+from s3regfs.storage.base import KEY_MAX, ObjectStore
+from s3regfs.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
-XATTR_ETAG = b"user.s3.etag"
-XATTR_KEY = b"user.s3.key"
 CONTROL_NAME = ".s3regfs"
-XATTR_STORAGE_CLASS = b"user.s3.storage_class"
-XATTR_DIGEST = b"user.registry.digest"
-XATTR_MEDIATYPE = b"user.registry.mediatype"
-XATTR_TARGET = b"user.registry.target"
-XATTR_TARGET_EXISTS = b"user.registry.target_exists"
-XATTR_VERIFY = b"user.registry.verify"
-#: Link files hold one digest; anything larger is not a link.
-LINK_MAX = 1024
-
 #: st_blksize: a large value makes cp and friends read and write in big requests.
 BLOCK_SIZE = 1024 * 1024
-#: S3's limit on a key's length, in bytes.
-KEY_MAX = 1024
 #: Reads that meet a changed object follow it to its new version this many
 #: times before they give up (an object rewritten faster than it can be read).
 NEW_VERSION_ATTEMPTS = 3
@@ -107,28 +101,7 @@ def _errno_for(exc: StorageError) -> int:
         return errno.EACCES
     if isinstance(exc, PreconditionFailed):
         return errno.ESTALE
-    if isinstance(exc, InvalidRange):
-        return errno.EIO
     return errno.EIO
-
-
-@contextmanager
-def collapse_exception_groups() -> Iterator[None]:
-    """Re-raise the first error of a nursery's exception group as itself, so it
-    maps to its own errno (trio groups every error of a nursery)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        leaves: list[BaseException] = []
-        stack: list[BaseException] = [group]
-        while stack:
-            each = stack.pop()
-            if isinstance(each, BaseExceptionGroup):
-                stack.extend(reversed(each.exceptions))
-            else:
-                leaves.append(each)
-        first = next((e for e in leaves if isinstance(e, StorageError)), leaves[0])
-        raise first from group
 
 
 @contextmanager
@@ -153,6 +126,12 @@ def errors_to_errno(what: str) -> Iterator[None]:
     except SpoolFull as exc:
         log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(errno.ENOSPC) from exc
+    except KeyTooLong as exc:
+        log.debug("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG) from exc
+    except Unsupported as exc:
+        log.debug("%s: %s", what, exc)
+        raise pyfuse3.FUSEError(errno.ENOTSUP) from exc
     except trio.Cancelled:
         raise
     except OSError as exc:
@@ -171,63 +150,82 @@ class DirHandle:
     entries: list[tuple[str, Node]]
 
 
-@dataclass
-class FileHandle:
-    """An open file: a reader for its committed data, the inode's writer if writable."""
+class KernelNotifier:
+    """Makes the kernel forget what it cached (FUSE notifications); see
+    :class:`s3regfs.open_files.KernelCache`.  The notifications block, so they
+    run on worker threads; dropping pages waits for the page locks a read or
+    write of the inode in progress holds until answered, so that one runs in
+    the background in *nursery*, never awaited by a handler."""
 
-    node: Node
-    reader: ObjectReader | None
-    writer: FileWriter | None
-    #: A file of the images view built in memory (oci-layout, index.json, version).
-    data: bytes | None = None
-    #: A read of this handle returned bytes of the object: from now on it is
-    #: pinned to that version (a changed object is ESTALE, not a switch).
-    served: bool = False
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    async def forget_entry(self, parent: Node, name: str) -> None:
+        # Not with deleted=: that takes the file's own inode lock, which a
+        # write in progress holds.
+        with suppress(OSError):  # the kernel did not know it
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name.encode("utf-8"))
+
+    async def forget_attributes(self, node: Node) -> None:
+        with suppress(OSError):
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
+
+    def forget_pages_soon(self, node: Node) -> None:
+        self._nursery.start_soon(self._forget_pages, node.ino)
+
+    @staticmethod
+    async def _forget_pages(ino: int) -> None:
+        with suppress(OSError):
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+
+
+@dataclass(frozen=True)
+class ControlFiles:
+    """``.s3regfs`` and its ``stats`` file: reachable by name, never listed."""
+
+    directory: Node
+    stats: Node
+
+    @classmethod
+    def create(cls, namespace: Namespace) -> ControlFiles:
+        directory = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
+        return cls(directory, namespace.new_virtual("stats", directory, is_dir=False))
 
 
 class Operations(pyfuse3.Operations):
-    """Request handlers of one mount.  Dependencies are injected, not built."""
+    """Request handlers of one mount; every collaborator is built by mount.py."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 
-    namespace: Namespace
-    store: S3Store
-    budget: ReadaheadBudget
-    write_memory: WriteMemory
-
-    def __init__(self, config: Config, store: S3Store, namespace: Namespace) -> None:
+    def __init__(
+        self,
+        options: MountOptions,
+        store: ObjectStore,
+        namespace: Namespace,
+        files: OpenFiles,
+        images: ImagesView,
+        facts: RegistryFacts,
+        control: ControlFiles,
+    ) -> None:
         super().__init__()
-        self._options = config.options
-        self._config = config
+        self._options = options
         self.store = store
         self.namespace = namespace
-        self.budget = ReadaheadBudget(config.options.readahead_total)
-        self.write_memory = WriteMemory(config.options.write_memory)
-        self._spool = SpoolSpace(config.options.spooldir or _default_spooldir(), config.options.spoolmax)
-        self._nursery: trio.Nursery | None = None
-        self._handles: dict[int, FileHandle] = {}
+        self.files = files
+        self.images = images
+        self.facts = facts
+        self._control = control.directory
+        self._stats_file = control.stats
         self._dir_handles: dict[int, DirHandle] = {}
-        self._writers: dict[int, FileWriter] = {}
-        #: close_all() began: the kernel needs no more invalidations.
-        self._closing = False
-        self.images = ImagesView(namespace, store, config.options.metadata_ttl)
-        # .s3regfs/stats: reachable by name, never listed (like _images).
-        self._control = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
-        self._stats_file = namespace.new_virtual("stats", self._control, is_dir=False)
+        self._next_dir_fh = 1
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
         self.scanned_usage: tuple[int, int] | None = None
         #: (inode, ETag) of blobs that -o verify found not to match their digest.
         self._corrupt: set[tuple[int, str]] = set()
-        self._next_fh = 1
-        umask = config.options.umask
-        self._dir_mode = 0o777 & ~umask
-        self._file_mode = 0o666 & ~umask
-
-    def attach_nursery(self, nursery: trio.Nursery) -> None:
-        """Give the handlers the mount's nursery for background tasks."""
-        self._nursery = nursery
+        self._dir_mode = 0o777 & ~options.umask
+        self._file_mode = 0o666 & ~options.umask
 
     # -- helpers ------------------------------------------------------------------
 
@@ -269,9 +267,9 @@ class Operations(pyfuse3.Operations):
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = node.mtime_ns
         return attrs
 
-    def _new_fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
+    def _new_dir_fh(self) -> int:
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
         return fh
 
     @staticmethod
@@ -294,11 +292,7 @@ class Operations(pyfuse3.Operations):
         """What the stats file shows (and SIGUSR1 logs)."""
         figures = self.store.stats()
         figures["cache"] = {"hits": self.namespace.cache_hits, "misses": self.namespace.cache_misses}
-        figures["open_files"] = len(self._handles)
-        figures["open_uploads"] = sum(1 for writer in self._writers.values() if writer.uploading)
-        figures["files_being_written"] = len(self._writers)
-        figures["readahead_bytes"] = self.budget.used
-        figures["write_memory_bytes"] = self.write_memory.used
+        figures.update(self.files.stats())
         return figures
 
     def _stats_bytes(self) -> bytes:
@@ -349,119 +343,6 @@ class Operations(pyfuse3.Operations):
             return await self.namespace.lookup(parent, name)
         except NotFound:
             return None
-
-    # -- writers ------------------------------------------------------------------
-
-    def _writer_for(self, node: Node) -> FileWriter:
-        """The inode's writer (made on first use); counts one more user."""
-        writer = self._writers.get(node.ino)
-        if writer is None:
-            assert self._nursery is not None, "attach_nursery() before serving requests"
-            key = self.namespace.key(node)
-            base = None if node.local else ObjectInfo(key, node.size, node.etag, node.mtime_ns)
-            writer = FileWriter(
-                self.store,
-                key,
-                base,
-                chunksize=self._config.driver.chunksize,
-                space=self._spool,
-                memory=self.write_memory,
-                nursery=self._nursery,
-            )
-            self._writers[node.ino] = writer
-            node.writing = True
-        writer.refs += 1
-        return writer
-
-    async def _commit(self, node: Node, writer: FileWriter) -> None:
-        async with self._poison_guard(node, writer):
-            if await writer.commit():
-                self.namespace.stored(node, size=writer.size, etag=writer.etag)
-                # The kernel's page cache holds what was written: it may stay.
-                node.cached_etag = writer.etag
-
-    @asynccontextmanager
-    async def _poison_guard(self, node: Node, writer: FileWriter) -> AsyncIterator[None]:
-        """Around a write, truncate or commit of *writer*: if it fails, the
-        file's pending data is lost for good (see :class:`WriteLost`), and the
-        name shows again what S3 holds."""
-        try:
-            yield
-        except WriteLost:
-            with trio.CancelScope(shield=True):
-                await self._abandon(node, writer)
-            raise
-
-    async def _abandon(self, node: Node, writer: FileWriter) -> None:
-        """*writer*'s data will never be stored.  Detach it from the inode, so a
-        new open starts from the stored object, and make the name what S3
-        holds: a file never stored disappears, an existing one gets its stored
-        size and ETag back; the kernel forgets what it cached of either.  The
-        handles that hold *writer* keep failing until they are released.
-        Logs (once) what was not stored and why."""
-        if self._writers.get(node.ino) is not writer:
-            return  # already abandoned, or replaced
-        del self._writers[node.ino]
-        node.writing = False
-        cause = writer.failure if writer.failure is not None else "unmounted before it was stored"
-        log.error("%s: the data written was NOT stored: %s", _quote(node.path), cause)
-        if node.local and not node.is_dir:
-            parent, name = node.parent, node.name
-            if parent is not None and parent.children is not None and parent.children.get(name) is node:
-                self.namespace.remove(node)
-                await self._forget_entry(parent, name)
-        elif not node.is_dir:
-            node.size = writer.stored_size
-            node.etag = writer.etag
-            node.fresh_at = None  # the next open asks S3 (one HEAD)
-            await self._forget_inode(node, data=True)
-
-    async def _forget_entry(self, parent: Node, name: str) -> None:
-        """The kernel forgets *name* in *parent* (its dentry and the attributes
-        it cached with it) before this returns.  Not with ``deleted=``: that
-        takes the file's own inode lock, which a write in progress holds."""
-        if self._nursery is None or self._closing:
-            return  # not serving a kernel (tests that drive the handlers directly, unmount)
-        with suppress(OSError):  # the kernel did not know it
-            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name.encode("utf-8"))
-
-    async def _forget_inode(self, node: Node, *, data: bool) -> None:
-        """The kernel forgets *node*'s attributes now and, with *data*, its
-        cached pages soon.  Dropping pages waits for the page locks that a read
-        or write of the inode in progress holds until it is answered, so that
-        part runs in the background, never awaited by a handler."""
-        if self._nursery is None or self._closing:
-            return
-        with suppress(OSError):
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
-        if data:
-            node.cached_etag = ""
-            self._nursery.start_soon(self._forget_pages, node.ino)
-
-    @staticmethod
-    async def _forget_pages(ino: int) -> None:
-        with suppress(OSError):
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False, abandon_on_cancel=True)
-
-    async def _drop_writer(self, node: Node, writer: FileWriter) -> None:
-        """One user fewer; the last one commits (or discards) and closes.  A
-        commit that fails here has nobody to tell but the log."""
-        writer.refs -= 1
-        if writer.refs > 0:
-            return
-        try:
-            if not writer.unlinked and writer.failure is None:
-                with suppress(WriteLost):
-                    await self._commit(node, writer)
-        finally:
-            # Opened again while this commit was awaited: the writer lives on.
-            if writer.refs == 0:
-                if writer.failure is not None or writer.unlinked:
-                    await writer.discard()
-                writer.close()
-                if self._writers.get(node.ino) is writer:
-                    del self._writers[node.ino]
-                    node.writing = False
 
     # -- metadata -------------------------------------------------------------------
 
@@ -516,10 +397,10 @@ class Operations(pyfuse3.Operations):
             if fields.update_size:
                 if node.is_dir:
                     raise pyfuse3.FUSEError(errno.EISDIR)
-                handle = self._handles.get(fh) if fh is not None else None
-                await self._truncate(node, attr.st_size, handle.writer if handle is not None else None)
+                writer = self.files[fh].writer if fh is not None else None
+                await self._truncate(node, attr.st_size, writer)
             # Modes, owners and times are kept in memory for the mount's life:
-            # S3 objects of the registry carry none (see the README).
+            # S3 objects of the registry carry none (docs/writing.md).
             if fields.update_mode:
                 node.mode = attr.st_mode & 0o7777
             if fields.update_uid:
@@ -534,25 +415,25 @@ class Operations(pyfuse3.Operations):
     async def _truncate(self, node: Node, size: int, handle_writer: FileWriter | None) -> None:
         """ftruncate(2) (*handle_writer*: the writer of the handle it came
         through, poisoned or not) or truncate(2) of a name."""
-        writer = handle_writer or self._writers.get(node.ino)
+        writer = handle_writer or self.files.writer_of(node)
         if writer is not None:
             # An open file: takes effect at its next commit (never an emptied
             # object in between).
-            async with self._poison_guard(node, writer):
+            async with self.files.guard(node, writer):
                 await writer.truncate(size)
             node.size = writer.size
             return
         # truncate(2) of a file nobody has open: takes effect now.
         if not node.local:
             await self.namespace.refresh_file(node)
-        writer = self._writer_for(node)
+        writer = self.files.writer_for(node)
         try:
-            async with self._poison_guard(node, writer):
+            async with self.files.guard(node, writer):
                 await writer.truncate(size)
             node.size = writer.size
-            await self._commit(node, writer)
+            await self.files.commit(node, writer)
         finally:
-            await self._drop_writer(node, writer)
+            await self.files.drop_writer(node, writer)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # S3 has no capacity; report a large, constant free space so tools
@@ -590,7 +471,7 @@ class Operations(pyfuse3.Operations):
                 entries = [(child.name, child) for child in await self.namespace.list_children(node)]
                 if node is self.namespace.root and self._options.images:
                     entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
-        fh = self._new_fh()
+        fh = self._new_dir_fh()
         self._dir_handles[fh] = DirHandle(node, entries)
         return pyfuse3.FileHandleT(fh)
 
@@ -657,8 +538,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EROFS)
         content = self._stats_bytes() if node is self._stats_file else self.images.content(node)
         if content is not None:
-            fh = self._new_fh()
-            self._handles[fh] = FileHandle(node, None, None, content)
+            fh = self.files.add(FileHandle(node, None, None, content))
             # direct_io: the stats change between getattr and read.
             return pyfuse3.FileInfo(
                 fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=node is self._stats_file
@@ -666,11 +546,11 @@ class Operations(pyfuse3.Operations):
         with errors_to_errno(f"open {_quote(node.path)}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)
-            writer = self._writer_for(node) if writing else None
+            writer = self.files.writer_for(node) if writing else None
             if writer is not None and flags & os.O_TRUNC:
                 await writer.truncate(0)  # takes effect at the next commit
                 node.size = 0
-        reader = self._new_reader(node) if not writing or flags & os.O_RDWR else None
+        reader = self.files.new_reader(node) if not writing or flags & os.O_RDWR else None
         blob = layout.blob_digest(node.path) is not None
         verifying = self._options.verify and blob
         if verifying and (node.ino, node.etag) in self._corrupt:
@@ -685,23 +565,8 @@ class Operations(pyfuse3.Operations):
             blob and bool(node.etag) and node.cached_etag == node.etag and not writing and not verifying
         )
         node.cached_etag = node.etag
-        fh = self._new_fh()
-        self._handles[fh] = FileHandle(node, reader, writer)
+        fh = self.files.add(FileHandle(node, reader, writer))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
-
-    def _new_reader(self, node: Node) -> ObjectReader:
-        """A reader of the version of *node* the namespace knows now."""
-        assert self._nursery is not None, "attach_nursery() before serving requests"
-        return ObjectReader(
-            self.store,
-            self.namespace.key(node),
-            node.size,
-            node.etag,
-            budget=self.budget,
-            nursery=self._nursery,
-            max_window=self._options.readahead,
-            verify_digest=layout.blob_digest(node.path) if self._options.verify else None,
-        )
 
     async def create(
         self,
@@ -722,18 +587,15 @@ class Operations(pyfuse3.Operations):
             if existing is not None and flags & os.O_EXCL:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             if existing is not None:
-                writer = self._writers.get(existing.ino)
-                if writer is not None:
-                    writer.unlinked = True  # replaced: its data must not come back
+                self.files.discard_writer_of(existing)  # replaced: its data must not come back
             # Nothing is sent now: the object is written at the first commit,
             # and a file created and closed is an empty object.
             node = self.namespace.add_local(parent, text, is_dir=False)
             node.mode = mode & 0o7777 & ~ctx.umask
-            writer = self._writer_for(node)
+            writer = self.files.writer_for(node)
             writer.dirty = True
             self.namespace.remember(node)
-            fh = self._new_fh()
-            self._handles[fh] = FileHandle(node, None, writer)
+            fh = self.files.add(FileHandle(node, None, writer))
             return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), self._attrs(node)
 
     async def mknod(
@@ -751,19 +613,19 @@ class Operations(pyfuse3.Operations):
         return self._attrs(self._node(attrs.st_ino))
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        handle = self._handles[fh]
+        handle = self.files[fh]
         node = handle.node
         if handle.data is not None:
             return handle.data[off : off + size]
         with errors_to_errno(f"read {_quote(node.path)} at {off}"):
-            writer = self._writers.get(node.ino)
+            writer = self.files.writer_of(node)
             if writer is not None:
                 # Being written here: committed data from S3, the rest from the spool.
                 return await writer.read(off, size)
-            if handle.reader is None:
-                raise pyfuse3.FUSEError(errno.EBADF)
             for attempt in range(1, NEW_VERSION_ATTEMPTS + 1):
                 reader = handle.reader
+                if reader is None:
+                    raise pyfuse3.FUSEError(errno.EBADF)
                 try:
                     data = await reader.read(off, size)
                 except IntegrityError:
@@ -784,51 +646,30 @@ class Operations(pyfuse3.Operations):
                             exc,
                         )
                         raise pyfuse3.FUSEError(errno.ESTALE) from exc
-                    await self._follow_new_version(node, handle)
+                    try:
+                        old_etag, _ = await self.files.follow_new_version(handle)
+                    except NotFound:
+                        log.warning("read %s: deleted under an open file", _quote(node.path))
+                        raise pyfuse3.FUSEError(errno.ESTALE) from None
+                    log.info(
+                        "%s changed in S3 (ETag %s -> %s): reading the new version",
+                        _quote(node.path),
+                        old_etag,
+                        node.etag,
+                    )
                     continue
                 if data:
                     handle.served = True
                 return data
             raise AssertionError("not reached")  # the loop returns or raises
 
-    async def _follow_new_version(self, node: Node, handle: FileHandle) -> None:
-        """Point *handle* (which has returned no byte yet) at the object S3
-        holds now.  ESTALE if the object is gone.
-
-        The kernel holds no page of the old version: only blobs keep their
-        pages across opens (see open), and a blob's bytes do not change.  Its
-        idea of the size matters: a read is cut at the size it knows, so a
-        version that grew needs the cached attributes dropped before this read
-        is answered (the next read past the old end asks for them).  A version
-        that shrank must keep them: the short answer itself then sets the new
-        size, which the kernel would not do after an invalidation (it would
-        pad the read with zeros up to the old size)."""
-        old_etag, old_size = node.etag, node.size
-        node.fresh_at = None
-        try:
-            await self.namespace.refresh_file(node)
-        except NotFound:
-            log.warning("read %s: deleted under an open file", _quote(node.path))
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        log.info(
-            "%s changed in S3 (ETag %s -> %s): reading the new version",
-            _quote(node.path),
-            old_etag,
-            node.etag,
-        )
-        if handle.reader is not None:
-            await handle.reader.aclose()
-        handle.reader = self._new_reader(node)
-        if node.size > old_size:
-            await self._forget_inode(node, data=False)
-
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        handle = self._handles[fh]
+        handle = self.files[fh]
         if handle.writer is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = handle.node
         with errors_to_errno(f"write {_quote(node.path)} at {off}"):
-            async with self._poison_guard(node, handle.writer):
+            async with self.files.guard(node, handle.writer):
                 written = await handle.writer.write(off, buf)
             node.size = handle.writer.size
             node.mtime_ns = time.time_ns()
@@ -836,48 +677,22 @@ class Operations(pyfuse3.Operations):
             return written
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        handle = self._handles[fh]
+        handle = self.files[fh]
         if handle.writer is not None:
             with errors_to_errno(f"storing {_quote(handle.node.path)}"):
-                await self._commit(handle.node, handle.writer)
+                await self.files.commit(handle.node, handle.writer)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.flush(fh)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        with errors_to_errno(f"release {_quote(handle.node.path)}"):
-            if handle.reader is not None:
-                await handle.reader.aclose()
-            if handle.writer is not None:
-                await self._drop_writer(handle.node, handle.writer)
+        with errors_to_errno(f"release of handle {fh}"):
+            await self.files.release(fh)
 
     async def close_all(self) -> None:
         """At unmount: stop readers; commit open writers within commit_timeout.
-
-        Every file whose data could not be stored is logged by name.
-        """
-        for handle in list(self._handles.values()):
-            if handle.reader is not None:
-                await handle.reader.aclose()
-        with trio.move_on_after(self._options.commit_timeout):
-            for ino, writer in list(self._writers.items()):
-                if not writer.unlinked:
-                    with suppress(WriteLost):  # logged by _abandon
-                        await self._commit(self.namespace.get(ino), writer)
-        self._closing = True  # the kernel is going: nothing more to tell it
-        for ino, writer in list(self._writers.items()):
-            if writer.dirty and not writer.unlinked:
-                await self._abandon(self.namespace.get(ino), writer)
-        writers = {id(w): w for w in self._writers.values()}
-        writers.update({id(h.writer): h.writer for h in self._handles.values() if h.writer is not None})
-        for writer in writers.values():
-            await writer.discard()
-            writer.close()
-        self._writers.clear()
-        self._handles.clear()
+        Every file whose data could not be stored is logged by name."""
+        await self.files.close_all(self._options.commit_timeout)
 
     # -- removing and renaming ----------------------------------------------------------
 
@@ -891,7 +706,7 @@ class Operations(pyfuse3.Operations):
             node = await self.namespace.lookup(parent, self._decode(name))
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            writer = self._writers.get(node.ino)
+            writer = self.files.writer_of(node)
             if writer is None:
                 if not node.local:
                     await self.store.delete(self.namespace.key(node))
@@ -949,27 +764,19 @@ class Operations(pyfuse3.Operations):
             else:
                 await self._rename_file(node, new_path)
             if target is not None:
-                replaced = self._writers.get(target.ino)
-                if replaced is not None:
-                    replaced.unlinked = True
+                self.files.discard_writer_of(target)
             self.namespace.move(node, new_parent, new_name)
 
     async def _rename_file(self, node: Node, new_path: str) -> None:
-        writer = self._writers.get(node.ino)
+        writer = self.files.writer_of(node)
         if writer is None:
             await self._move_object(node, new_path)
             return
         # Under the writer's lock from commit to delete: no write or commit can
         # land on the old key in between.
         async with writer.lock:
-            async with self._poison_guard(node, writer):
-                committed = await writer.commit_locked()
-            if committed:
-                self.namespace.stored(node, size=writer.size, etag=writer.etag)
-                node.cached_etag = writer.etag
+            await self.files.commit_locked(node, writer)
             await self._move_object(node, new_path)
-            if not node.local:
-                writer.rename(layout.key_of(self.namespace.key_prefix, new_path), node.etag)
 
     async def _move_object(self, node: Node, new_path: str) -> None:
         if node.local:
@@ -979,58 +786,22 @@ class Operations(pyfuse3.Operations):
         node.etag = await self.store.copy(source, dest, node.size, node.etag or None)
         node.cached_etag = node.etag
         await self.store.delete(source)
-        for handle in self._handles.values():
-            if handle.node is node and handle.reader is not None:
-                handle.reader.relocate(dest, node.etag)
+        self.files.relocated(node, dest)
 
     async def _rename_directory(self, node: Node, new_path: str) -> None:
-        """Copy every object below, then delete the sources: not atomic (README)."""
-        prefix = self.namespace.key(node) + "/"
+        """Copy every object below, then delete the sources: not atomic (docs)."""
+        await self.files.commit_below(node)
+        descendants = self.namespace.descendants(node)
+        relatives = {inner.ino: inner.path[len(node.path) + 1 :] for inner in descendants}
         dest_prefix = layout.key_of(self.namespace.key_prefix, new_path) + "/"
-        for ino, open_writer in list(self._writers.items()):
-            inner = self.namespace.get(ino)
-            if inner.path.startswith(node.path + "/"):
-                await self._commit(inner, open_writer)
-        sources: list[ObjectInfo] = []
-        token: str | None = None
-        while True:
-            page = await self.store.list_page(prefix, token=token)
-            sources.extend(page.objects)
-            token = page.next_token
-            if token is None:
-                break
-        # S3 would refuse a key over KEY_MAX in the middle of the copies,
-        # leaving both trees behind: refuse the whole rename before any copy.
-        relatives = [info.key[len(prefix) :] for info in sources]
-        relatives += [inner.path[len(node.path) + 1 :] for inner in self.namespace.descendants(node)]
-        if any(len((dest_prefix + relative).encode("utf-8")) > KEY_MAX for relative in relatives):
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-        limiter = trio.CapacityLimiter(max(1, self._options.max_connections // 2))
-
-        new_etags: dict[str, str] = {}
-
-        async def copy_one(info: ObjectInfo) -> None:
-            relative = info.key[len(prefix) :]
-            async with limiter:
-                new_etags[relative] = await self.store.copy(
-                    info.key, dest_prefix + relative, info.size, info.etag
-                )
-
-        with collapse_exception_groups():
-            async with trio.open_nursery() as nursery:
-                for info in sources:
-                    nursery.start_soon(copy_one, info)
-        await self.store.delete_many([info.key for info in sources])
-        for inner in self.namespace.descendants(node):
-            relative = inner.path[len(node.path) + 1 :]
+        new_etags = await self.store.move_prefix(
+            self.namespace.key(node) + "/", dest_prefix, also=list(relatives.values())
+        )
+        for inner in descendants:
+            relative = relatives[inner.ino]
             if relative in new_etags:
                 inner.etag = inner.cached_etag = new_etags[relative]
-            writer = self._writers.get(inner.ino)
-            if writer is not None and not inner.local:
-                writer.rename(dest_prefix + relative, inner.etag)
-            for handle in self._handles.values():
-                if handle.node is inner and handle.reader is not None:
-                    handle.reader.relocate(dest_prefix + relative, inner.etag)
+            self.files.relocated(inner, dest_prefix + relative)
 
     async def symlink(
         self,
@@ -1054,104 +825,18 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes ---------------------------------------------------------------
 
-    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
-        """The attributes that cost nothing: S3's own and a blob's digest."""
-        values: dict[bytes, bytes] = {}
-        if node.is_dir or self._virtual(node):
-            return values  # synthetic files (.s3regfs, the view's own) have no key
-        values[XATTR_KEY] = self.namespace.key(node).encode("utf-8")
-        if node.etag:
-            values[XATTR_ETAG] = node.etag.encode("ascii", "replace")
-        if node.storage_class:
-            values[XATTR_STORAGE_CLASS] = node.storage_class.encode("ascii", "replace")
-        digest = layout.blob_digest(node.path)
-        if digest:
-            values[XATTR_DIGEST] = digest.encode("ascii", "replace")
-        return values
-
-    def _listed_xattrs(self, node: Node) -> list[bytes]:
-        """What listxattr names: never anything that reads a blob, or getfattr -d,
-        cp -a and rsync -X would hash every blob."""
-        names = list(self._xattrs(node))
-        if node.is_dir and self.images.is_repository(node):
-            names += [b"user.registry.tags", b"user.registry.size"]
-        if not node.is_dir and layout.is_link(node.path):
-            names += [XATTR_TARGET, XATTR_TARGET_EXISTS]  # one small GET and a lookup
-        return names
-
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
         node = self._node(inode)
-        value = self._xattrs(node).get(name)
-        if value is None and self.images.owns(node) and node.is_dir:
-            with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
-                value = (await self.images.repository_facts(node)).get(name)
-        if value is None and not node.is_dir and not self._virtual(node):
-            with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
-                value = await self._registry_xattr(node, name)
+        with errors_to_errno(f"getxattr {_quote(node.path)} {_quote(name)}"):
+            value = await self.facts.value(node, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
-    async def _registry_xattr(self, node: Node, name: bytes) -> bytes | None:
-        """The registry facts that need a request (see README: Registry facts)."""
-        digest = layout.blob_digest(node.path)
-        if digest and name == XATTR_MEDIATYPE:
-            media_type = await self._media_type(node)
-            return media_type.encode() if media_type else None
-        if digest and name == XATTR_VERIFY:
-            return b"ok" if await self._verify(node, digest) else b"mismatch"
-        if layout.is_link(node.path) and name in (XATTR_TARGET, XATTR_TARGET_EXISTS):
-            target = await self._link_target(node)
-            if target is None:
-                return None
-            if name == XATTR_TARGET:
-                return target.encode()
-            path = layout.blob_data_path(target)
-            exists = path is not None and await self.namespace.exists(path)
-            return b"true" if exists else b"false"
-        return None
-
-    async def _read_small(self, node: Node, limit: int) -> bytes | None:
-        writer = self._writers.get(node.ino)
-        if node.size > limit:
-            return None
-        if writer is not None:
-            return await writer.read(0, node.size)
-        return await self.store.get_range(self.namespace.key(node), 0, node.size, node.etag or None)
-
-    async def _link_target(self, node: Node) -> str | None:
-        data = await self._read_small(node, LINK_MAX)
-        if data is None:
-            return None
-        text = data.decode("utf-8", "replace").strip()
-        return text if layout.blob_data_path(text) else None
-
-    async def _media_type(self, node: Node) -> str | None:
-        data = await self._read_small(node, layout.MANIFEST_MAX)
-        return layout.manifest_media_type(data) if data is not None else None
-
-    async def _verify(self, node: Node, digest: str) -> bool:
-        """Hash the whole object and compare it with *digest*."""
-        algorithm, _, expected = digest.partition(":")
-        try:
-            hasher = hashlib.new(algorithm)
-        except ValueError:
-            raise pyfuse3.FUSEError(errno.ENOTSUP) from None
-        stream = await self.store.open_stream(self.namespace.key(node), 0, node.size, node.etag or None)
-        try:
-            while chunk := await stream.read(8 * 1024 * 1024):
-                await trio.to_thread.run_sync(hasher.update, chunk)
-        finally:
-            await stream.aclose()
-        ok = hasher.hexdigest() == expected
-        if not ok:
-            log.error("%r: content does not match its digest %s", self.namespace.key(node), digest)
-        return ok
-
     async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[pyfuse3.XAttrNameT]:
-        return [pyfuse3.XAttrNameT(name) for name in self._listed_xattrs(self._node(inode))]
+        return [pyfuse3.XAttrNameT(name) for name in self.facts.names(self._node(inode))]
 
     async def setxattr(
         self,
@@ -1168,7 +853,3 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         self._check_writable(self._node(inode))
         raise pyfuse3.FUSEError(errno.ENOTSUP)
-
-
-def _default_spooldir() -> str:
-    return tempfile.gettempdir()

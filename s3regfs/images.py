@@ -36,7 +36,7 @@ import trio
 from s3regfs import layout
 from s3regfs.errors import NotFound, StorageError
 from s3regfs.inode_cache import Namespace, Node
-from s3regfs.storage.s3 import S3Store
+from s3regfs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Kind:
 class ImagesView:
     """The ``_images`` tree; see the module docstring."""
 
-    def __init__(self, namespace: Namespace, store: S3Store, ttl: float) -> None:
+    def __init__(self, namespace: Namespace, store: ObjectStore, ttl: float) -> None:
         self._namespace = namespace
         self._store = store
         self._ttl = ttl

@@ -33,11 +33,18 @@ from s3regfs.errors import (
     StorageError,
     TemporaryFailure,
     TLSError,
+    collapse_exception_groups,
 )
-from s3regfs.fs import Operations
-from s3regfs.inode_cache import Namespace
-from s3regfs.storage import S3Store, open_store
+from s3regfs.facts import RegistryFacts
+from s3regfs.fs import ControlFiles, KernelNotifier, Operations
+from s3regfs.images import ImagesView
+from s3regfs.inode_cache import Namespace, Node
+from s3regfs.open_files import OpenFiles, default_spooldir
+from s3regfs.reader import ReadaheadBudget
+from s3regfs.storage.base import ObjectStore
 from s3regfs.storage.journal import OpenUpload, UploadJournal, recover, target_name
+from s3regfs.storage.s3 import S3Store
+from s3regfs.writer import SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
 
@@ -264,48 +271,88 @@ async def recover_uploads(store: S3Store, journal: UploadJournal | None, config:
 
 
 async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | None) -> int:
-    store = open_store(config)
-    await probe_bucket(store, config)
-    store.journal = open_journal(config)
+    journal = open_journal(config)
     try:
-        await recover_uploads(store, store.journal, config)
+        store = S3Store.create(config.driver, config.options, journal)
+        await probe_bucket(store, config)
+        await recover_uploads(store, journal, config)
         return await _serve(config, mountpoint, on_ready, store)
     finally:
-        if store.journal is not None:
-            store.journal.close()
+        if journal is not None:
+            journal.close()
 
 
 async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] | None, store: S3Store) -> int:
-    namespace = Namespace(store, config.driver.key_prefix, config.options.metadata_ttl)
-    operations = Operations(config, store, namespace)
+    options = config.options
+    readahead = ReadaheadBudget(options.readahead_total)
+    write_memory = WriteMemory(options.write_memory)
+    mounted = False
     # Signals are caught from before the mount exists: a SIGTERM at any moment
     # ends in a clean unmount, never in a stale mount.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         try:
-            pyfuse3.init(operations, mountpoint, fuse_options(config))
-        except RuntimeError as exc:
-            raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
-        log.info("mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint)
-        try:
-            async with trio.open_nursery() as nursery:
-                operations.attach_nursery(nursery)
-                nursery.start_soon(_handle_signals, signals, operations, mountpoint)
-                nursery.start_soon(_announce_ready, mountpoint, on_ready)
-                if config.options.statfs == "scan":
-                    nursery.start_soon(_scan_usage, store, config.driver.key_prefix, operations)
-                await pyfuse3.main()
-                await operations.close_all()
-                nursery.cancel_scope.cancel()
+            # The group's one error as itself: a MountpointError stays a user error.
+            with collapse_exception_groups():
+                async with trio.open_nursery() as nursery:
+                    operations = _build_operations(config, store, nursery, readahead, write_memory)
+                    try:
+                        pyfuse3.init(operations, mountpoint, fuse_options(config))
+                    except RuntimeError as exc:
+                        raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
+                    mounted = True
+                    log.info(
+                        "mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint
+                    )
+                    nursery.start_soon(_handle_signals, signals, operations, mountpoint)
+                    nursery.start_soon(_announce_ready, mountpoint, on_ready)
+                    if options.statfs == "scan":
+                        nursery.start_soon(_scan_usage, store, config.driver.key_prefix, operations)
+                    await pyfuse3.main()
+                    await operations.close_all()
+                    nursery.cancel_scope.cancel()
         finally:
-            pyfuse3.close(unmount=True)
+            if mounted:
+                pyfuse3.close(unmount=True)
     log.info(
         "unmounted %s; read-ahead peak: %d bytes; write-memory peak: %d bytes; S3 requests: %s",
         mountpoint,
-        operations.budget.peak,
-        operations.write_memory.peak,
+        readahead.peak,
+        write_memory.peak,
         ", ".join(f"{k}={v}" for k, v in sorted(store.request_counts.items())) or "none",
     )
     return 0
+
+
+def _build_operations(
+    config: Config,
+    store: ObjectStore,
+    nursery: trio.Nursery,
+    readahead: ReadaheadBudget,
+    write_memory: WriteMemory,
+) -> Operations:
+    """Every collaborator of the handlers, built here and handed in."""
+    options = config.options
+    namespace = Namespace(store, config.driver.key_prefix, options.metadata_ttl)
+    files = OpenFiles(
+        store,
+        namespace,
+        KernelNotifier(nursery),
+        nursery,
+        chunksize=config.driver.chunksize,
+        spool=SpoolSpace(options.spooldir or default_spooldir(), options.spoolmax),
+        write_memory=write_memory,
+        readahead=readahead,
+        max_window=options.readahead,
+        verify=options.verify,
+    )
+    images = ImagesView(namespace, store, options.metadata_ttl)
+    control = ControlFiles.create(namespace)
+
+    def synthetic(node: Node) -> bool:
+        return images.owns(node) or node is control.directory or node is control.stats
+
+    facts = RegistryFacts(namespace, store, images, read_small=files.pending_bytes, synthetic=synthetic)
+    return Operations(options, store, namespace, files, images, facts, control)
 
 
 #: The kernel's read-ahead for the mount, in KiB.  Its default (128) makes

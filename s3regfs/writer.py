@@ -56,8 +56,7 @@ import trio
 
 from s3regfs.budget import MemoryBudget
 from s3regfs.errors import SpoolFull, StorageError, WriteLost
-from s3regfs.storage.base import ObjectInfo
-from s3regfs.storage.s3 import S3Store
+from s3regfs.storage.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +175,7 @@ class FileWriter:
 
     def __init__(
         self,
-        store: S3Store,
+        store: ObjectStore,
         key: str,
         base: ObjectInfo | None,
         *,

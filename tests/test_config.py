@@ -123,7 +123,9 @@ def test_object_acl_and_ownership() -> None:
     with pytest.raises(ConfigError, match="invalid value for objectacl parameter"):
         driver(objectacl="Private")
     assert driver(objectownership=True).objectownership is True
-    with pytest.raises(ConfigError, match="should not be set when object ownership is enabled"):
+    with pytest.raises(
+        ConfigError, match="the objectacl parameter should not be set when objectownership is enabled"
+    ):
         driver(objectownership=True, objectacl="private")
 
 

@@ -731,7 +731,7 @@ def test_refused_deletes_answer_eacces(
     assert len(errors) == 2 and all("AccessDenied" in line for line in errors), mount.stderr
     stored = policy_endpoint.client("admin").list_objects_v2(Bucket=POLICY_BUCKET, Prefix=f"{policy_root}/")
     keys = sorted(o["Key"][len(policy_root) + 1 :] for o in stored["Contents"])
-    assert keys == ["dir/a", "existing", "moved/a"]  # as the README says: both copies are left
+    assert keys == ["dir/a", "existing", "moved/a"]  # as docs/writing.md says: both copies are left
 
 
 def test_read_only_policy_mounts_read_only(

@@ -15,7 +15,7 @@ from s3regfs.config import build
 from s3regfs.errors import InvalidRange, NoSuchBucket, NotFound, PreconditionFailed, TemporaryFailure
 from s3regfs.inode_cache import Namespace
 from s3regfs.reader import ObjectReader, ReadaheadBudget
-from s3regfs.storage import S3Store, open_store
+from s3regfs.storage.s3 import S3Store
 from tests.util import CREDENTIALS, MotoServer, free_port
 
 
@@ -25,7 +25,8 @@ def make_store(endpoint: str, bucket: str, **params: str) -> S3Store:
         "REGISTRY_STORAGE_S3_ACCESSKEY": CREDENTIALS["AWS_ACCESS_KEY_ID"],
         "REGISTRY_STORAGE_S3_SECRETKEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     }
-    return open_store(build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ))
+    config = build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ)
+    return S3Store.create(config.driver, config.options)
 
 
 async def test_listing_pages_prefixes_and_start_after(moto: MotoServer, s3: Any, bucket: str) -> None:
@@ -296,7 +297,7 @@ async def test_stream_slots_come_back_on_close_cancel_and_failure(
     store = make_store(moto.url, bucket, max_connections="4")
     # Closed after a read.
     stream = await store.open_stream("obj", 0, 3 * 1024 * 1024)
-    assert store._streams == 1 and len(await stream.read(1024)) == 1024
+    assert store.connections.streams == 1 and len(await stream.read(1024)) == 1024
     await stream.aclose()
     # Cancelled while it holds its body (aclose in a cancelled scope still closes).
     with trio.CancelScope() as scope:
@@ -309,14 +310,14 @@ async def test_stream_slots_come_back_on_close_cancel_and_failure(
     # Failing to open (no such key).
     with pytest.raises(NotFound):
         await store.open_stream("missing", 0, 10)
-    assert store._streams == 0 and store._limiter.borrowed_tokens == 0
+    assert store.connections.streams == 0 and store.connections.in_use == 0
     # And the slots are there to take again: two of four (streams keep half free).
     streams = [await store.open_stream("obj", 0, 3 * 1024 * 1024) for _ in range(3)]
-    assert store._streams == 2
+    assert store.connections.streams == 2
     assert [len(await s.read(1024 * 1024)) for s in streams] == [1024 * 1024] * 3
     for each in streams:
         await each.aclose()
-    assert store._streams == 0 and store._limiter.borrowed_tokens == 0
+    assert store.connections.streams == 0 and store.connections.in_use == 0
 
 
 def test_malloc_arenas_are_limited_unless_the_user_says_otherwise() -> None:

@@ -1,23 +1,18 @@
 # SPDX-License-Identifier: MIT
-"""Object stores: the interface (:mod:`.base`) and the S3 implementation (:mod:`.s3`)."""
+"""Object stores: the interface the file system is written against
+(:mod:`.base`), its S3 implementation (:mod:`.s3`, the only module that
+imports boto3; built by ``mount.py`` alone) and the upload journal
+(:mod:`.journal`)."""
 
 from __future__ import annotations
 
-from s3regfs.config import Config
-from s3regfs.storage.base import BucketProbe, ListPage, ObjectInfo, ObjectStore, ObjectStream
-from s3regfs.storage.s3 import S3Store
+from s3regfs.storage.base import KEY_MAX, BucketProbe, ListPage, ObjectInfo, ObjectStore, ObjectStream
 
 __all__ = [
+    "KEY_MAX",
     "BucketProbe",
     "ListPage",
     "ObjectInfo",
     "ObjectStore",
     "ObjectStream",
-    "S3Store",
-    "open_store",
 ]
-
-
-def open_store(config: Config) -> S3Store:
-    """The store for *config* (builds a client; sends no request)."""
-    return S3Store.create(config.driver, config.options)

@@ -3,12 +3,15 @@
 
 Keys here are full S3 keys (the root directory prefix included); the layers
 above map paths to keys.  Every method may raise the StorageError subclasses
-of :mod:`s3regfs.errors` and nothing else; transient failures have already
-been retried (at most ``1 + maxretries`` attempts) when one escapes.
+of :mod:`s3regfs.errors` (and :class:`~s3regfs.errors.KeyTooLong`) and
+nothing else; transient failures have already been retried (at most
+``1 + maxretries`` attempts) when one escapes.  The S3 implementation is
+:class:`s3regfs.storage.s3.S3Store`; only ``mount.py`` names it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,8 +66,12 @@ class ObjectStream(Protocol):
         ...
 
 
+#: S3's limit on a key's length, in bytes.
+KEY_MAX = 1024
+
+
 class ObjectStore(Protocol):
-    """What the file system needs from S3."""
+    """Everything the file system asks of S3."""
 
     async def list_page(
         self,
@@ -92,4 +99,67 @@ class ObjectStore(Protocol):
 
     async def probe(self, key_prefix: str) -> BucketProbe:
         """One cheap request proving the bucket exists and may be listed."""
+        ...
+
+    # -- writing: every object written or copied carries the driver's headers --
+
+    async def put(self, key: str, data: bytes) -> str:
+        """PutObject; returns the ETag."""
+        ...
+
+    async def create_multipart(self, key: str) -> str:
+        """CreateMultipartUpload (journalled before it returns); the upload id."""
+        ...
+
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """UploadPart; returns the part's ETag."""
+        ...
+
+    async def upload_part_copy(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        source: str,
+        start: int,
+        end: int,
+        source_etag: str | None = None,
+    ) -> str:
+        """UploadPartCopy of bytes [start, end) of *source* (If-Match
+        *source_etag*) as part *number*; returns the part's ETag."""
+        ...
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """CompleteMultipartUpload of (number, ETag) *parts*; returns the
+        object's ETag.  Never reports success on an object it did not make."""
+        ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload (a missing upload is no error); only ever
+        called for uploads this store created."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject (a missing key is no error, as in S3)."""
+        ...
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects in batches; raises if any key was not deleted."""
+        ...
+
+    async def copy(self, source: str, dest: str, size: int, source_etag: str | None = None) -> str:
+        """Copy *source* (If-Match *source_etag*) to *dest* as the driver
+        copies; returns the new ETag."""
+        ...
+
+    async def move_prefix(self, prefix: str, dest_prefix: str, *, also: Sequence[str] = ()) -> dict[str, str]:
+        """Copy every object under *prefix* to *dest_prefix* (the rest of its
+        key kept), then delete the sources: the ETag of each copy by its
+        relative key.  Not atomic (a failure in between leaves both).  Before
+        any copy, KeyTooLong if a new key (or *dest_prefix* + any relative name
+        in *also*) would be over S3's limit."""
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """Requests by type and operation, bytes in and out, retries, errors."""
         ...

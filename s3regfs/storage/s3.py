@@ -31,8 +31,8 @@ import logging
 import random
 import ssl
 import warnings
-from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import boto3
 import botocore.config
@@ -47,6 +47,7 @@ from s3regfs.errors import (
     ConfigError,
     InvalidCredentials,
     InvalidRange,
+    KeyTooLong,
     NoSuchBucket,
     NotFound,
     PreconditionFailed,
@@ -54,8 +55,9 @@ from s3regfs.errors import (
     StorageError,
     TemporaryFailure,
     TLSError,
+    collapse_exception_groups,
 )
-from s3regfs.storage.base import BucketProbe, ListPage, ObjectInfo
+from s3regfs.storage.base import KEY_MAX, BucketProbe, ListPage, ObjectInfo
 from s3regfs.storage.journal import UploadJournal
 
 log = logging.getLogger(__name__)
@@ -194,19 +196,129 @@ def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
     )
 
 
+class Connections:
+    """The connection tokens of one client (its pool holds *max_connections*).
+
+    Every request holds a token while it runs.  An open stream holds one for
+    its life, a *slot*, and streams together hold at most half of them, so
+    the other requests always progress, however many streams sit idle.
+    """
+
+    def __init__(self, max_connections: int) -> None:
+        self.limiter = trio.CapacityLimiter(max_connections)
+        self._stream_slots = max_connections // 2
+        self._streams = 0
+
+    async def run(self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
+        """Run *fn* on a worker thread holding a token (of *limiter* when the
+        caller's token is elsewhere: an open stream's slot)."""
+        return await trio.to_thread.run_sync(
+            lambda: fn(*args), limiter=limiter if limiter is not None else self.limiter
+        )
+
+    def take_stream_slot(self, owner: object) -> bool:
+        """A token for *owner*'s connection, if one is free now and streams hold
+        fewer than half of them; never waits (a stream without a slot reads by
+        ranged GETs, so no reader waits for an idle one)."""
+        if self._streams >= self._stream_slots:
+            return False
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(owner)
+        except trio.WouldBlock:
+            return False
+        self._streams += 1
+        return True
+
+    def give_stream_slot(self, owner: object) -> None:
+        self._streams -= 1
+        self.limiter.release_on_behalf_of(owner)
+
+    @property
+    def streams(self) -> int:
+        """Open streams holding a slot."""
+        return self._streams
+
+    @property
+    def in_use(self) -> int:
+        """Tokens taken (by requests running and by streams)."""
+        return int(self.limiter.borrowed_tokens)
+
+
+class RetryPolicy:
+    """The retry rules of the module docstring, and the counts they keep
+    (``retries`` and ``errors`` in *counters*): shared by every call and by
+    the streams, which retry a broken body under one budget per read."""
+
+    def __init__(self, maxretries: int, counters: collections.Counter[str]) -> None:
+        self.maxretries = maxretries
+        self.counters = counters
+
+    async def failed(
+        self,
+        exc: Exception,
+        what: str,
+        failures: int,
+        *,
+        retries: int | None = None,
+        count_errors: bool = True,
+    ) -> None:
+        """The *failures*-th failure of *what*: raise it translated if it is final
+        (not temporary, or past the budget of *retries*, at most maxretries),
+        else count a retry and wait the backoff.  Without *count_errors* a final
+        failure is not counted: the caller retries it and counts what it gives
+        up on.  A miss (NotFound) is an answer, never counted as an error."""
+        error = translate(exc, what)
+        budget = self.maxretries if retries is None else min(retries, self.maxretries)
+        if not isinstance(error, TemporaryFailure) or failures > budget:
+            if count_errors and not isinstance(error, NotFound):
+                self.counters["errors"] += 1
+            raise error from exc
+        self.counters["retries"] += 1
+        log.debug("%s (attempt %d of %d)", error, failures, 1 + budget)
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
+        await trio.sleep(delay * random.uniform(0.5, 1.0))
+
+
+class GetBody(Protocol):
+    async def __call__(
+        self, key: str, start: int, end: int, etag: str | None, *, limiter: trio.CapacityLimiter
+    ) -> Any: ...
+
+
+class GetBytes(Protocol):
+    async def __call__(self, key: str, start: int, end: int, etag: str | None) -> bytes: ...
+
+
 class S3Stream:
     """A GET body read in order; resumes after a broken connection.
 
     An open body keeps its connection between reads, so a stream keeps one
-    only while it holds a *slot* (see :meth:`S3Store._take_stream_slot`);
-    without one, each read is a ranged GET of its own.
+    only while it holds a slot of *connections*; without one, each read is a
+    ranged GET of its own (*get_bytes*).  *get_body* opens a body (one
+    attempt, uncounted: :meth:`read` retries it under *retry*'s budget).
     """
 
-    def __init__(self, store: S3Store, key: str, start: int, end: int, etag: str | None) -> None:
-        self._store = store
+    def __init__(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        what: str,
+        connections: Connections,
+        retry: RetryPolicy,
+        get_body: GetBody,
+        get_bytes: GetBytes,
+    ) -> None:
         self._key = key
         self._end = end
         self._etag = etag
+        self._what = what
+        self._connections = connections
+        self._retry = retry
+        self._get_body = get_body
+        self._get_bytes = get_bytes
         self._body: Any = None
         self._slot = False
         #: The slot is this stream's connection: its own calls do not take
@@ -214,61 +326,54 @@ class S3Stream:
         self._limiter = trio.CapacityLimiter(1)
         self.position = start
 
-    async def _open_body(self, *, within_read: bool) -> bool:
-        """Open the body from the current position if a slot is (or becomes) ours.
-
-        *within_read*: a re-open inside :meth:`read`, which retries it (and
-        counts its failures) under its own budget: one attempt, not counted.
-        """
+    async def _open_body(self) -> bool:
+        """Open the body from the current position if a slot is (or becomes) ours."""
         if not self._slot:
-            self._slot = self._store._take_stream_slot(self)
+            self._slot = self._connections.take_stream_slot(self)
         if self._slot:
-            self._body = await self._store._get_body(
-                self._key,
-                self.position,
-                self._end,
-                self._etag,
-                retries=0 if within_read else None,
-                limiter=self._limiter,
-                count_errors=not within_read,
+            self._body = await self._get_body(
+                self._key, self.position, self._end, self._etag, limiter=self._limiter
             )
         return self._slot
+
+    async def open(self) -> None:
+        """Open the body at once (with a slot), under the usual retry budget."""
+        failures = 0
+        while True:
+            try:
+                await self._open_body()
+                return
+            except Exception as exc:  # noqa: BLE001 - translated by the policy
+                failures += 1
+                await self._retry.failed(exc, self._what, failures)
 
     async def read(self, size: int) -> bytes:
         size = min(size, self._end - self.position)
         if size <= 0:
             return b""
-        what = f"reading s3://{self._store.bucket}/{self._key}"
         # One retry budget for the whole read: re-opening the body after a
         # break is an attempt of this budget, not a call with its own retries.
         failures = 0
         while True:
             try:
                 data: bytes
-                if self._body is not None or await self._open_body(within_read=True):
-                    data = await self._store._in_thread(self._body.read, size, limiter=self._limiter)
+                if self._body is not None or await self._open_body():
+                    data = await self._connections.run(self._body.read, size, limiter=self._limiter)
                 else:
                     # No connection to keep: this chunk is a request of its own.
-                    end = self.position + size
-                    data = await self._store._get_bytes(
-                        self._key, self.position, end, self._etag, retries=0, count_errors=False
-                    )
+                    data = await self._get_bytes(self._key, self.position, self.position + size, self._etag)
                 if not data:
-                    raise TemporaryFailure(f"{what}: body ended at {self.position}, expected {self._end}")
-            except Exception as exc:  # noqa: BLE001 - translated right below
+                    raise TemporaryFailure(
+                        f"{self._what}: body ended at {self.position}, expected {self._end}"
+                    )
+            except Exception as exc:  # noqa: BLE001 - translated by the policy
                 await self._drop_body()
-                error = translate(exc, what)
                 failures += 1
-                if not isinstance(error, TemporaryFailure) or failures > self._store.maxretries:
-                    if not isinstance(error, NotFound):  # a miss is an answer, as in _call
-                        self._store.counters["errors"] += 1
-                    raise error from exc
-                self._store.counters["retries"] += 1
-                log.debug("%s; resuming at offset %d (retry %d)", error, self.position, failures)
-                await self._store._backoff(failures)
+                await self._retry.failed(exc, self._what, failures)
+                log.debug("%s: resuming at offset %d (retry %d)", self._what, self.position, failures)
                 continue
             self.position += len(data)
-            self._store.counters["bytes_in"] += len(data)
+            self._retry.counters["bytes_in"] += len(data)
             return data
 
     async def _drop_body(self) -> None:
@@ -277,7 +382,7 @@ class S3Stream:
             # Shielded: a cancelled caller must still close it, or its
             # connection stays checked out with no token standing for it.
             with trio.CancelScope(shield=True):
-                await self._store._in_thread(body.close, limiter=self._limiter)
+                await self._connections.run(body.close, limiter=self._limiter)
 
     async def aclose(self) -> None:
         """Close the body and give the slot back; idempotent."""
@@ -286,7 +391,7 @@ class S3Stream:
         finally:
             if self._slot:
                 self._slot = False
-                self._store._give_stream_slot(self)
+                self._connections.give_stream_slot(self)
 
 
 def multipart_etag(part_etags: list[str]) -> str:
@@ -339,29 +444,29 @@ class S3Store:
     maxretries: int
     request_counts: collections.Counter[str]
 
-    def __init__(self, client: Any, driver: DriverParams, max_connections: int) -> None:
+    def __init__(
+        self, client: Any, driver: DriverParams, max_connections: int, journal: UploadJournal | None = None
+    ) -> None:
         self._client = client
         self._driver = driver
         self._headers = object_headers(driver)
         self.bucket = driver.bucket
         self.maxretries = driver.maxretries
-        #: One token per connection in use (the pool holds max_connections).
-        self._limiter = trio.CapacityLimiter(max_connections)
-        #: Open streams hold a token for their life, at most half of them: the
-        #: other requests hold theirs only while they run, so they always
-        #: progress, however many streams sit idle.
-        self._stream_slots = max_connections // 2
-        self._streams = 0
+        self._connections = Connections(max_connections)
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
         #: Where the ids of the multipart uploads begun here are kept (see journal.py).
-        self.journal: UploadJournal | None = None
+        self.journal = journal
         #: bytes_in, bytes_out, retries, errors (for the stats file).
         self.counters: collections.Counter[str] = collections.Counter()
+        self._retry = RetryPolicy(driver.maxretries, self.counters)
 
     @classmethod
-    def create(cls, driver: DriverParams, options: MountOptions) -> S3Store:
-        """Build the client from the driver parameters (no request is sent)."""
+    def create(
+        cls, driver: DriverParams, options: MountOptions, journal: UploadJournal | None = None
+    ) -> S3Store:
+        """Build the client from the driver parameters (no request is sent);
+        *journal* keeps the ids of the multipart uploads begun here."""
         checksum: Literal["when_supported", "when_required"] = (
             "when_supported"
             if driver.checksum_algorithm and not driver.checksum_disabled
@@ -412,39 +517,14 @@ class S3Store:
             # The environment botocore reads: an empty AWS_CA_BUNDLE, an
             # unknown AWS_PROFILE...  A user error, not a crash.
             raise ConfigError(f"cannot set up the S3 client: {exc}") from None
-        return cls(client, driver, options.max_connections)
+        return cls(client, driver, options.max_connections, journal)
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _in_thread(
-        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
-    ) -> T:
-        """Run *fn* on a worker thread holding a connection token (of *limiter*
-        when the caller's token is elsewhere: an open stream's slot)."""
-        return await trio.to_thread.run_sync(
-            lambda: fn(*args), limiter=limiter if limiter is not None else self._limiter
-        )
-
-    def _take_stream_slot(self, stream: S3Stream) -> bool:
-        """A token for *stream*'s connection, if one is free now and streams
-        hold fewer than half of them; never waits (a stream without a slot
-        reads by ranged GETs, so no reader waits for an idle one)."""
-        if self._streams >= self._stream_slots:
-            return False
-        try:
-            self._limiter.acquire_on_behalf_of_nowait(stream)
-        except trio.WouldBlock:
-            return False
-        self._streams += 1
-        return True
-
-    def _give_stream_slot(self, stream: S3Stream) -> None:
-        self._streams -= 1
-        self._limiter.release_on_behalf_of(stream)
-
-    async def _backoff(self, failures: int) -> None:
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(failures - 1, 16))
-        await trio.sleep(delay * random.uniform(0.5, 1.0))
+    @property
+    def connections(self) -> Connections:
+        """The connection tokens (for the stats and the tests)."""
+        return self._connections
 
     async def _call(
         self,
@@ -462,30 +542,22 @@ class S3Store:
         *retries* lowers the retry budget for this call (the mount-time probe
         fails fast: at most two attempts).  Without *count_errors* a final
         failure is not counted in the stats: the caller retries it and counts
-        what it finally gives up on (a stream).  *limiter*: see :meth:`_in_thread`.
+        what it finally gives up on (a stream).  *limiter*: see :meth:`Connections.run`.
         *consume* runs on the response in the same thread, holding the same
         token (a GET's body is read before its connection counts as free).
         """
         method = getattr(self._client, operation)
-        retries = self.maxretries if retries is None else min(retries, self.maxretries)
         failures = 0
         while True:
             await self._rate.acquire()
             self.request_counts[operation] += 1
             try:
-                return await self._in_thread(
+                return await self._connections.run(
                     lambda: consume(method(**kwargs)) if consume else method(**kwargs), limiter=limiter
                 )
-            except Exception as exc:  # noqa: BLE001 - translated right below
-                error = translate(exc, what)
+            except Exception as exc:  # noqa: BLE001 - translated by the policy
                 failures += 1
-                if not isinstance(error, TemporaryFailure) or failures > retries:
-                    if count_errors and not isinstance(error, NotFound):  # a miss is an answer
-                        self.counters["errors"] += 1
-                    raise error from exc
-                self.counters["retries"] += 1
-                log.debug("%s (attempt %d of %d)", error, failures, 1 + retries)
-                await self._backoff(failures)
+                await self._retry.failed(exc, what, failures, retries=retries, count_errors=count_errors)
 
     def stats(self) -> dict[str, object]:
         """Requests by type and by operation, bytes, retries and errors since the start."""
@@ -542,20 +614,13 @@ class S3Store:
         return await self._call("get_object", f"GET s3://{self.bucket}/{key}", **call_options, **kwargs)
 
     async def _get_body(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        etag: str | None,
-        *,
-        retries: int | None = None,
-        limiter: trio.CapacityLimiter | None = None,
-        count_errors: bool = True,
+        self, key: str, start: int, end: int, etag: str | None, *, limiter: trio.CapacityLimiter
     ) -> Any:
-        """GetObject of [start, end), its body left to read: the caller's
-        *limiter* must stand for the connection until the body is closed."""
+        """One GetObject of [start, end), its body left to read, for a stream
+        (which retries and counts): the caller's *limiter* must stand for the
+        connection until the body is closed."""
         response = await self._get_object(
-            key, start, end, etag, retries=retries, limiter=limiter, count_errors=count_errors
+            key, start, end, etag, retries=0, limiter=limiter, count_errors=False
         )
         return response["Body"]
 
@@ -593,11 +658,25 @@ class S3Store:
         self.counters["bytes_in"] += len(data)
         return data
 
+    async def _get_bytes_once(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        """:meth:`_get_bytes` in one attempt, uncounted: for a stream."""
+        return await self._get_bytes(key, start, end, etag, retries=0, count_errors=False)
+
     async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
-        stream = S3Stream(self, key, start, end, etag)
+        stream = S3Stream(
+            key,
+            start,
+            end,
+            etag,
+            what=f"reading s3://{self.bucket}/{key}",
+            connections=self._connections,
+            retry=self._retry,
+            get_body=self._get_body,
+            get_bytes=self._get_bytes_once,
+        )
         if end > start:
             try:
-                await stream._open_body(within_read=False)
+                await stream.open()
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
@@ -792,6 +871,38 @@ class S3Store:
                     code=code,
                 )
 
+    async def move_prefix(self, prefix: str, dest_prefix: str, *, also: Sequence[str] = ()) -> dict[str, str]:
+        """Copy every object under *prefix* to *dest_prefix*, at most
+        multipartcopymaxconcurrency at once (each as :meth:`copy` copies), then
+        delete the sources in DeleteObjects batches; see ObjectStore."""
+        sources: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            page = await self.list_page(prefix, token=token)
+            sources.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        # S3 would refuse a key over KEY_MAX in the middle of the copies,
+        # leaving both trees behind: refuse the whole move before any copy.
+        relatives = [info.key[len(prefix) :] for info in sources]
+        for relative in [*relatives, *also]:
+            if len((dest_prefix + relative).encode("utf-8")) > KEY_MAX:
+                raise KeyTooLong(f"{dest_prefix}{relative}: over S3's {KEY_MAX}-byte limit for a key")
+        limiter = trio.CapacityLimiter(self._driver.multipartcopymaxconcurrency)
+        new_etags: dict[str, str] = {}
+
+        async def copy_one(info: ObjectInfo, relative: str) -> None:
+            async with limiter:
+                new_etags[relative] = await self.copy(info.key, dest_prefix + relative, info.size, info.etag)
+
+        with collapse_exception_groups():
+            async with trio.open_nursery() as nursery:
+                for info, relative in zip(sources, relatives, strict=True):
+                    nursery.start_soon(copy_one, info, relative)
+        await self.delete_many([info.key for info in sources])
+        return new_etags
+
     async def copy(self, source: str, dest: str, size: int, source_etag: str | None = None) -> str:
         """Copy an object as the driver does: CopyObject up to
         multipartcopythresholdsize, else a multipart copy in
@@ -825,13 +936,10 @@ class S3Store:
             parts.append((number, etag))
 
         try:
-            try:
+            with collapse_exception_groups():
                 async with trio.open_nursery() as nursery:
                     for index, start in enumerate(range(0, size, chunk)):
                         nursery.start_soon(copy_part, index + 1, start)
-            except BaseExceptionGroup as group:
-                # The first part's error, as itself (it maps to its own errno).
-                raise group.exceptions[0] from group
             return await self.complete_multipart(dest, upload_id, parts)
         except BaseException:
             with trio.CancelScope(shield=True):

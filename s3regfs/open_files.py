@@ -1,0 +1,347 @@
+# SPDX-License-Identifier: MIT
+"""Open files: the handles the kernel holds and the writers behind them.
+
+One :class:`OpenFiles` per mount owns every open :class:`FileHandle` and the
+:class:`~s3regfs.writer.FileWriter` of each inode being written, and makes the
+only decisions about a writer's data, each in one place:
+
+- *commit* it (flush, fsync, the last release, a rename, the unmount);
+- *discard* it (the file was unlinked or replaced: nothing to store);
+- give it up as *lost*: a write, truncate or commit failed, so the file is
+  poisoned (:class:`~s3regfs.errors.WriteLost`) and its data is never stored.
+  The writer is detached from its inode (a new open starts afresh from the
+  stored object), the name shows what S3 holds again, and one log line says
+  what was not stored and why.
+
+It also re-points open readers and writers when a file or directory is renamed,
+and lets a handle that has returned nothing yet follow an object another writer
+replaced.  fs.py's handlers call it and translate its errors to errno values.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from s3regfs import layout
+from s3regfs.errors import WriteLost
+from s3regfs.inode_cache import Namespace, Node
+from s3regfs.reader import ObjectReader, ReadaheadBudget
+from s3regfs.storage.base import ObjectInfo, ObjectStore
+from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
+
+log = logging.getLogger(__name__)
+
+
+class KernelCache(Protocol):
+    """What the kernel caches of the tree, and how to make it forget (the FUSE
+    notifications live in fs.py, the only module that talks to the kernel)."""
+
+    async def forget_entry(self, parent: Node, name: str) -> None:
+        """The kernel forgets *name* in *parent* before this returns."""
+        ...
+
+    async def forget_attributes(self, node: Node) -> None:
+        """The kernel forgets *node*'s attributes before this returns."""
+        ...
+
+    def forget_pages_soon(self, node: Node) -> None:
+        """The kernel forgets *node*'s cached pages soon (never awaited: a read
+        or write of the inode in progress holds page locks until answered)."""
+        ...
+
+
+@dataclass
+class FileHandle:
+    """An open file: a reader for its committed data, the inode's writer if writable."""
+
+    node: Node
+    reader: ObjectReader | None
+    writer: FileWriter | None
+    #: A file made up in memory (the images view's, the stats file).
+    data: bytes | None = None
+    #: A read of this handle returned bytes of the object: from now on it is
+    #: pinned to that version (a changed object is ESTALE, not a switch).
+    served: bool = False
+
+
+class OpenFiles:
+    """The open handles and writers of one mount; see the module docstring."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        namespace: Namespace,
+        kernel: KernelCache,
+        nursery: trio.Nursery,
+        *,
+        chunksize: int,
+        spool: SpoolSpace,
+        write_memory: WriteMemory,
+        readahead: ReadaheadBudget,
+        max_window: int,
+        verify: bool,
+    ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._kernel = kernel
+        self._nursery = nursery
+        self._chunksize = chunksize
+        self._spool = spool
+        self.write_memory = write_memory
+        self.readahead = readahead
+        self._max_window = max_window
+        self._verify = verify
+        self._handles: dict[int, FileHandle] = {}
+        self._writers: dict[int, FileWriter] = {}
+        self._next_fh = 1
+        #: close_all() began: the kernel needs no more notifications.
+        self._closing = False
+
+    # -- handles ------------------------------------------------------------------
+
+    def add(self, handle: FileHandle) -> int:
+        """Register *handle*; its file handle number."""
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def __getitem__(self, fh: int) -> FileHandle:
+        return self._handles[fh]
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def new_reader(self, node: Node) -> ObjectReader:
+        """A reader of the version of *node* the namespace knows now."""
+        return ObjectReader(
+            self._store,
+            self._namespace.key(node),
+            node.size,
+            node.etag,
+            budget=self.readahead,
+            nursery=self._nursery,
+            max_window=self._max_window,
+            verify_digest=layout.blob_digest(node.path) if self._verify else None,
+        )
+
+    async def release(self, fh: int) -> None:
+        """The kernel closed *fh*: stop its reader; the last writer's user commits."""
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.reader is not None:
+            await handle.reader.aclose()
+        if handle.writer is not None:
+            await self.drop_writer(handle.node, handle.writer)
+
+    async def follow_new_version(self, handle: FileHandle) -> tuple[str, int]:
+        """Point *handle* (which has returned no byte yet) at the object S3
+        holds now; returns the old (ETag, size).  NotFound if it is gone.
+
+        The kernel holds no page of the old version: only blobs keep their
+        pages across opens, and a blob's bytes do not change.  Its idea of the
+        size matters: a read is cut at the size it knows, so a version that
+        grew needs the cached attributes dropped before this read is answered
+        (the next read past the old end asks for them).  A version that shrank
+        must keep them: the short answer itself then sets the new size, which
+        the kernel would not do after an invalidation (it would pad the read
+        with zeros up to the old size)."""
+        node = handle.node
+        old = (node.etag, node.size)
+        node.fresh_at = None
+        await self._namespace.refresh_file(node)
+        if handle.reader is not None:
+            await handle.reader.aclose()
+        handle.reader = self.new_reader(node)
+        if node.size > old[1]:
+            await self._kernel.forget_attributes(node)
+        return old
+
+    # -- writers ------------------------------------------------------------------
+
+    def writer_for(self, node: Node) -> FileWriter:
+        """The inode's writer (made on first use); counts one more user."""
+        writer = self._writers.get(node.ino)
+        if writer is None:
+            key = self._namespace.key(node)
+            base = None if node.local else ObjectInfo(key, node.size, node.etag, node.mtime_ns)
+            writer = FileWriter(
+                self._store,
+                key,
+                base,
+                chunksize=self._chunksize,
+                space=self._spool,
+                memory=self.write_memory,
+                nursery=self._nursery,
+            )
+            self._writers[node.ino] = writer
+            node.writing = True
+        writer.refs += 1
+        return writer
+
+    def writer_of(self, node: Node) -> FileWriter | None:
+        """The writer of *node* being written here, if any."""
+        return self._writers.get(node.ino)
+
+    def discard_writer_of(self, node: Node) -> None:
+        """*node* was unlinked or replaced: its writer's data must never be stored."""
+        writer = self._writers.get(node.ino)
+        if writer is not None:
+            writer.unlinked = True
+
+    async def commit(self, node: Node, writer: FileWriter) -> None:
+        """Store what *writer* holds (flush, fsync); WriteLost if it cannot."""
+        async with self.guard(node, writer):
+            if await writer.commit():
+                self._stored(node, writer)
+
+    async def commit_locked(self, node: Node, writer: FileWriter) -> None:
+        """:meth:`commit` for a caller that holds the writer's lock (rename)."""
+        async with self.guard(node, writer):
+            if await writer.commit_locked():
+                self._stored(node, writer)
+
+    def _stored(self, node: Node, writer: FileWriter) -> None:
+        self._namespace.stored(node, size=writer.size, etag=writer.etag)
+        # The kernel's page cache holds what was written: it may stay.
+        node.cached_etag = writer.etag
+
+    async def pending_bytes(self, node: Node, limit: int) -> bytes | None:
+        """*node*'s whole content as a reader here sees it (written data
+        included), if it is at most *limit* bytes; else None."""
+        if node.size > limit:
+            return None
+        writer = self._writers.get(node.ino)
+        if writer is not None:
+            return await writer.read(0, node.size)
+        return await self._store.get_range(self._namespace.key(node), 0, node.size, node.etag or None)
+
+    @asynccontextmanager
+    async def guard(self, node: Node, writer: FileWriter) -> AsyncIterator[None]:
+        """Around a write, truncate or commit of *writer*: if it fails, the
+        file's data is lost for good (:meth:`_abandon`)."""
+        try:
+            yield
+        except WriteLost:
+            with trio.CancelScope(shield=True):
+                await self._abandon(node, writer)
+            raise
+
+    async def _abandon(self, node: Node, writer: FileWriter) -> None:
+        """*writer*'s data will never be stored.  Detach it from the inode, so a
+        new open starts from the stored object, and make the name what S3
+        holds: a file never stored disappears, an existing one gets its stored
+        size and ETag back; the kernel forgets what it cached of either.  The
+        handles that hold *writer* keep failing until they are released.
+        The one log line that says what was not stored and why."""
+        if self._writers.get(node.ino) is not writer:
+            return  # already abandoned, or replaced
+        del self._writers[node.ino]
+        node.writing = False
+        cause = writer.failure if writer.failure is not None else "unmounted before it was stored"
+        log.error("%r: the data written was NOT stored: %s", node.path, cause)
+        if self._closing or node.is_dir:
+            return
+        if node.local:
+            parent, name = node.parent, node.name
+            if parent is not None and parent.children is not None and parent.children.get(name) is node:
+                self._namespace.remove(node)
+                await self._kernel.forget_entry(parent, name)
+        else:
+            node.size = writer.stored_size
+            node.etag = writer.etag
+            node.fresh_at = None  # the next open asks S3 (one HEAD)
+            node.cached_etag = ""
+            await self._kernel.forget_attributes(node)
+            self._kernel.forget_pages_soon(node)
+
+    async def drop_writer(self, node: Node, writer: FileWriter) -> None:
+        """One user fewer; the last one commits (or discards) and closes.  A
+        commit that fails here has nobody to tell but the log."""
+        writer.refs -= 1
+        if writer.refs > 0:
+            return
+        try:
+            if not writer.unlinked and writer.failure is None:
+                with suppress(WriteLost):
+                    await self.commit(node, writer)
+        finally:
+            # Opened again while this commit was awaited: the writer lives on.
+            if writer.refs == 0:
+                if writer.failure is not None or writer.unlinked:
+                    await writer.discard()
+                writer.close()
+                if self._writers.get(node.ino) is writer:
+                    del self._writers[node.ino]
+                    node.writing = False
+
+    # -- renames ------------------------------------------------------------------
+
+    def relocated(self, node: Node, key: str) -> None:
+        """*node*'s object now lives at *key* (ETag ``node.etag``): its open
+        readers and its writer go there.  A stream in flight keeps its open
+        GET of the old key, whose bytes are the same."""
+        for handle in self._handles.values():
+            if handle.node is node and handle.reader is not None:
+                handle.reader.relocate(key, node.etag)
+        writer = self._writers.get(node.ino)
+        if writer is not None and not node.local:
+            writer.rename(key, node.etag)
+
+    async def commit_below(self, directory: Node) -> None:
+        """Commit every file being written below *directory* (before it moves)."""
+        for ino, writer in list(self._writers.items()):
+            inner = self._namespace.get(ino)
+            if inner.path.startswith(directory.path + "/"):
+                await self.commit(inner, writer)
+
+    # -- the unmount --------------------------------------------------------------
+
+    async def close_all(self, commit_timeout: float) -> None:
+        """Stop every reader; commit the open writers within *commit_timeout*
+        seconds; give up (and log) the rest."""
+        for handle in list(self._handles.values()):
+            if handle.reader is not None:
+                await handle.reader.aclose()
+        with trio.move_on_after(commit_timeout):
+            for ino, writer in list(self._writers.items()):
+                if not writer.unlinked:
+                    with suppress(WriteLost):  # logged by _abandon
+                        await self.commit(self._namespace.get(ino), writer)
+        self._closing = True  # the kernel is going: nothing more to tell it
+        for ino, writer in list(self._writers.items()):
+            if writer.dirty and not writer.unlinked:
+                await self._abandon(self._namespace.get(ino), writer)
+        writers = {id(w): w for w in self._writers.values()}
+        writers.update({id(h.writer): h.writer for h in self._handles.values() if h.writer is not None})
+        for writer in writers.values():
+            await writer.discard()
+            writer.close()
+        self._writers.clear()
+        self._handles.clear()
+
+    def stats(self) -> dict[str, object]:
+        """The open files' figures of the stats file."""
+        return {
+            "open_files": len(self._handles),
+            "open_uploads": sum(1 for writer in self._writers.values() if writer.uploading),
+            "files_being_written": len(self._writers),
+            "readahead_bytes": self.readahead.used,
+            "write_memory_bytes": self.write_memory.used,
+        }
+
+
+def default_spooldir() -> str:
+    """Where spools go without ``-o spooldir``: the system's temporary directory."""
+    return tempfile.gettempdir()
+
+
+__all__ = ["FileHandle", "KernelCache", "OpenFiles", "default_spooldir"]
