@@ -15,34 +15,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from s3regfs import __version__
-from s3regfs.config import (
-    DRIVER_PARAM_NAMES,
-    FS_OPTION_HELP,
-    SECRET_PARAMS,
-    Config,
-    DriverParams,
-    build,
-    split_mount_options,
-)
+from s3regfs.config import SECRET_PARAMS, Config, build, split_mount_options
 from s3regfs.errors import EXIT_CONFIG, ConfigError, QuietError
 from s3regfs.log import detach_to_syslog, setup_logging
+from s3regfs.options import help_lines
 
 log = logging.getLogger(__name__)
 
 USAGE = "usage: s3regfs [-f] [-d] [--config FILE] [-o OPT[=VAL][,OPT[=VAL]...]]... [BUCKET[:/ROOTDIRECTORY]] MOUNTPOINT"
-
-_DRIVER_DEFAULTS_SHOWN = {
-    "region": "required unless regionendpoint is set",
-    "bucket": "required",
-    "forcepathstyle": "true when regionendpoint is set",
-    "pathstyle": "true when regionendpoint is set",
-    "accesskey": "default credential chain",
-    "secretkey": "default credential chain",
-    "loglevel": "off",
-}
 
 
 @dataclass
@@ -110,23 +93,8 @@ def help_text() -> str:
         "  -o OPTS            comma-separated options (write a comma in a value as \\,)",
         "  -V, --version      print the version",
         "",
-        "Driver parameters (the registry's S3 driver names, defaults and validation):",
     ]
-    defaults = {f.name: f.default for f in fields(DriverParams)}
-    for name in DRIVER_PARAM_NAMES:
-        shown = _DRIVER_DEFAULTS_SHOWN.get(name)
-        if shown is None:
-            value = defaults.get(name, "")
-            if isinstance(value, bool):
-                shown = "true" if value else "false"
-            elif value == "":
-                shown = "none"
-            else:
-                shown = str(value)
-        lines.append(f"  -o {name:<30} default: {shown}")
-    lines += ["", "File-system options:"]
-    for name, (default, text) in FS_OPTION_HELP.items():
-        lines.append(f"  -o {name:<30} {text} (default: {default})")
+    lines += help_lines()
     lines += [
         "",
         "Accepted and ignored (mount(8)/fstab): _netdev, nofail, auto, noauto, user, users,",

@@ -32,12 +32,21 @@ from typing import Any
 import yaml
 
 from s3regfs.errors import ConfigError
+from s3regfs.options import (
+    DRIVER,
+    DRIVER_OPTIONS,
+    FS,
+    GiB,
+    KiB,
+    MiB,
+    bool_default,
+    float_default,
+    int_default,
+    str_default,
+)
 
 log = logging.getLogger(__name__)
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
 
 STORAGE_CLASSES = (
     "NONE",
@@ -79,83 +88,10 @@ STORAGE_SECTION_EXTRAS = ("maintenance", "cache", "delete", "redirect", "tag")
 
 SECRET_PARAMS = frozenset({"accesskey", "secretkey", "sessiontoken"})
 
-#: Every driver parameter s3regfs takes, with the ones it accepts but does not
-#: use (listed in docs/configuration.md).
-DRIVER_PARAM_NAMES = (
-    "accesskey",
-    "secretkey",
-    "sessiontoken",
-    "region",
-    "regionendpoint",
-    "forcepathstyle",
-    "pathstyle",
-    "bucket",
-    "encrypt",
-    "keyid",
-    "secure",
-    "skipverify",
-    "v4auth",
-    "chunksize",
-    "multipartcopychunksize",
-    "multipartcopymaxconcurrency",
-    "multipartcopythresholdsize",
-    "rootdirectory",
-    "storageclass",
-    "useragent",
-    "usedualstack",
-    "accelerate",
-    "usefipsendpoint",
-    "objectacl",
-    "objectownership",
-    "loglevel",
-    "maxrequestspersecond",
-    "maxretries",
-    "parallelwalk",
-    "checksum_disabled",
-    "checksum_algorithm",
-    "redirectendpoint",
-)
-
-#: File-system options: name -> (default shown in --help, description).
-FS_OPTION_HELP: dict[str, tuple[str, str]] = {
-    "ro": ("off", "mount read-only"),
-    "rw": ("on", "mount read-write"),
-    "allow_other": ("off", "let other users see the mount (needs user_allow_other for non-root)"),
-    "default_permissions": ("on", "let the kernel check permissions from the mode bits"),
-    "uid": ("mounting user", "owner of every file"),
-    "gid": ("mounting group", "group of every file"),
-    "umask": ("022", "octal mask applied to 0777 (directories) and 0666 (files)"),
-    "metadata_ttl": ("60", "seconds a listing or attribute stays fresh"),
-    "connect_timeout": ("10", "seconds to wait for a connection, per attempt"),
-    "read_timeout": ("60", "seconds to wait for data on a connection, per attempt"),
-    "fsname": ("SOURCE", "file-system name shown by findmnt and mount"),
-    "subtype": ("s3regfs", "file-system subtype (fuse.SUBTYPE)"),
-    "readahead": ("16M", "largest read-ahead window of one open file"),
-    "readahead_total": ("128M", "memory for read-ahead across all open files"),
-    "max_connections": ("32", "S3 requests in flight at once (and the connection pool size)"),
-    "spooldir": ("the system temp dir", "where files being written are spooled"),
-    "spoolmax": (
-        "0 (the disk's limit)",
-        "most bytes spooled at once (holes cost nothing); past it writes answer ENOSPC",
-    ),
-    "write_memory": ("256M", "memory for part uploads across all files being written"),
-    "commit_timeout": ("300", "seconds to commit open files when unmounting"),
-    "verify": ("off", "hash blob data files read from start to end; a mismatch answers EIO"),
-    "images": ("off", "show _images in the root's listing (it is always reachable by name)"),
-    "statfs": (
-        "seen",
-        "df's used space: 'seen' (what listings saw) or 'scan' (a background count of the root)",
-    ),
-    "statedir": (
-        "$STATE_DIRECTORY, /var/lib/s3regfs (root) or ~/.local/state/s3regfs",
-        "where the journal of this mount's multipart uploads is kept",
-    ),
-    "abort_stale_uploads": (
-        "off",
-        "abort the multipart uploads an earlier s3regfs of this bucket left open (else report them)",
-    ),
-    "config": ("none", "the registry's config.yml (same as --config)"),
-}
+#: Every driver parameter s3regfs takes (declared in options.py).
+DRIVER_PARAM_NAMES = tuple(DRIVER)
+#: Every file-system option (declared in options.py).
+FS_OPTION_NAMES = tuple(FS)
 
 #: Options that mount(8), mount.fuse3 or fstab pass and that mean nothing here.
 IGNORED_MOUNT_OPTIONS = frozenset(
@@ -326,36 +262,37 @@ class DriverParams:
     """The registry driver's parameters, validated (defaults as the drivers)."""
 
     bucket: str
-    region: str = ""
-    regionendpoint: str = ""
-    accesskey: str = field(default="", repr=False)
-    secretkey: str = field(default="", repr=False)
-    sessiontoken: str = field(default="", repr=False)
+    region: str = str_default("region")
+    regionendpoint: str = str_default("regionendpoint")
+    accesskey: str = field(default=str_default("accesskey"), repr=False)
+    secretkey: str = field(default=str_default("secretkey"), repr=False)
+    sessiontoken: str = field(default=str_default("sessiontoken"), repr=False)
+    #: forcepathstyle / pathstyle (their default: on with a regionendpoint).
     pathstyle: bool = False
-    encrypt: bool = False
-    keyid: str = ""
-    secure: bool = True
-    skipverify: bool = False
-    v4auth: bool = True
-    chunksize: int = 10 * MiB
-    multipartcopychunksize: int = 32 * MiB
-    multipartcopymaxconcurrency: int = 100
-    multipartcopythresholdsize: int = 32 * MiB
-    rootdirectory: str = ""
-    storageclass: str = "STANDARD"
-    useragent: str = ""
-    usedualstack: bool = False
-    accelerate: bool = False
-    usefipsendpoint: bool = False
-    objectacl: str = "private"
-    objectownership: bool = False
+    encrypt: bool = bool_default("encrypt")
+    keyid: str = str_default("keyid")
+    secure: bool = bool_default("secure")
+    skipverify: bool = bool_default("skipverify")
+    v4auth: bool = bool_default("v4auth")
+    chunksize: int = int_default("chunksize")
+    multipartcopychunksize: int = int_default("multipartcopychunksize")
+    multipartcopymaxconcurrency: int = int_default("multipartcopymaxconcurrency")
+    multipartcopythresholdsize: int = int_default("multipartcopythresholdsize")
+    rootdirectory: str = str_default("rootdirectory")
+    storageclass: str = str_default("storageclass")
+    useragent: str = str_default("useragent")
+    usedualstack: bool = bool_default("usedualstack")
+    accelerate: bool = bool_default("accelerate")
+    usefipsendpoint: bool = bool_default("usefipsendpoint")
+    objectacl: str = str_default("objectacl")
+    objectownership: bool = bool_default("objectownership")
     loglevel: frozenset[str] = frozenset()
-    maxrequestspersecond: int = 350
-    maxretries: int = 5
-    parallelwalk: bool = False
-    checksum_disabled: bool = False
-    checksum_algorithm: str = ""
-    redirectendpoint: str = ""
+    maxrequestspersecond: int = int_default("maxrequestspersecond")
+    maxretries: int = int_default("maxretries")
+    parallelwalk: bool = bool_default("parallelwalk")
+    checksum_disabled: bool = bool_default("checksum_disabled")
+    checksum_algorithm: str = str_default("checksum_algorithm")
+    redirectendpoint: str = str_default("redirectendpoint")
 
     @property
     def key_prefix(self) -> str:
@@ -381,29 +318,31 @@ class DriverParams:
 class MountOptions:
     """s3regfs's own file-system options."""
 
-    ro: bool = False
-    allow_other: bool = False
-    default_permissions: bool = True
+    ro: bool = bool_default("ro")
+    allow_other: bool = bool_default("allow_other")
+    default_permissions: bool = bool_default("default_permissions")
     uid: int = 0
     gid: int = 0
-    umask: int = 0o022
-    metadata_ttl: float = 60.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    fsname: str = ""
-    subtype: str = "s3regfs"
-    readahead: int = 16 * MiB
-    readahead_total: int = 128 * MiB
-    max_connections: int = 32
-    spooldir: str = ""
-    spoolmax: int = 0
-    write_memory: int = 256 * MiB
-    commit_timeout: float = 300.0
-    verify: bool = False
-    images: bool = False
-    statfs: str = "seen"
-    statedir: str = ""
-    abort_stale_uploads: bool = False
+    umask: int = int_default("umask")
+    metadata_ttl: float = float_default("metadata_ttl")
+    connect_timeout: float = float_default("connect_timeout")
+    read_timeout: float = float_default("read_timeout")
+    fsname: str = str_default("fsname")
+    subtype: str = str_default("subtype")
+    readahead: int = int_default("readahead")
+    readahead_total: int = int_default("readahead_total")
+    max_connections: int = int_default("max_connections")
+    spooldir: str = str_default("spooldir")
+    spoolmax: int = int_default("spoolmax")
+    write_memory: int = int_default("write_memory")
+    commit_timeout: float = float_default("commit_timeout")
+    verify: bool = bool_default("verify")
+    images: bool = bool_default("images")
+    statfs: str = str_default("statfs")
+    statedir: str = str_default("statedir")
+    abort_stale_uploads: bool = bool_default("abort_stale_uploads")
+    #: (host, port) of -o metrics, or None.
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -594,8 +533,17 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     """Validate merged raw parameter values as the drivers do."""
     p = dict(raw)
     values: dict[str, Any] = {}
-    for name in ("accesskey", "secretkey", "sessiontoken", "keyid", "useragent"):
-        values[name] = parse_str(p.get(name))
+    # The generic kinds, as declared (options.py); the special ones below.
+    for option in DRIVER_OPTIONS:
+        given = p.get(option.name) not in (None, "")
+        if option.kind == "str":
+            values[option.name] = parse_str(p.get(option.name))
+        elif option.kind == "bool":
+            values[option.name] = parse_bool(option.name, p[option.name]) if given else option.default
+        elif option.kind == "int":
+            values[option.name] = (
+                parse_int(option.name, p[option.name], option.lo, option.hi) if given else option.default
+            )
     if bool(values["accesskey"]) != bool(values["secretkey"]):
         log.warning(
             "only one of accesskey and secretkey is set: both are ignored and credentials "
@@ -621,19 +569,6 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     if region and not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", region):
         raise ConfigError(f"invalid region provided: {_shown(region)} (the region parameter)")
     values["region"] = region
-    for name, default in (
-        ("encrypt", False),
-        ("secure", True),
-        ("skipverify", False),
-        ("v4auth", True),
-        ("usedualstack", False),
-        ("accelerate", False),
-        ("usefipsendpoint", False),
-        ("objectownership", False),
-        ("parallelwalk", False),
-        ("checksum_disabled", False),
-    ):
-        values[name] = parse_bool(name, p[name]) if p.get(name) not in (None, "") else default
     style: dict[str, bool] = {}
     for name in ("forcepathstyle", "pathstyle"):
         if p.get(name) not in (None, ""):
@@ -649,20 +584,9 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
             "on Amazon S3 this storage driver can only be used with v4 authentication "
             "(v4auth=false needs a regionendpoint of an S3-compatible service)"
         )
-    sizes = (
-        ("chunksize", 10 * MiB, 5 * MiB, 5 * GiB),
-        ("multipartcopychunksize", 32 * MiB, 5 * MiB, 5 * GiB),
-        ("multipartcopymaxconcurrency", 100, 1, 2**63 - 1),
-        ("multipartcopythresholdsize", 32 * MiB, 0, 5 * GiB),
-        ("maxrequestspersecond", 350, 0, 2**63 - 1),
-        ("maxretries", 5, 0, 2**63 - 1),
-    )
-    for name, fallback, lo, hi in sizes:
-        values[name] = parse_int(name, p[name], lo, hi) if p.get(name) not in (None, "") else fallback
-    values["rootdirectory"] = parse_str(p.get("rootdirectory"))
     storageclass = p.get("storageclass")
     if storageclass in (None, ""):
-        values["storageclass"] = "STANDARD"
+        values["storageclass"] = DRIVER["storageclass"].default
     elif not isinstance(storageclass, str):
         raise ConfigError(f"the storageclass parameter must be a string: {storageclass!r}")
     elif storageclass.upper() not in STORAGE_CLASSES:
@@ -673,7 +597,7 @@ def build_driver(raw: Mapping[str, Any]) -> DriverParams:
     else:
         values["storageclass"] = storageclass.upper()
     acl_given = p.get("objectacl") not in (None, "")
-    acl = parse_str(p.get("objectacl")) if acl_given else "private"
+    acl = parse_str(p.get("objectacl")) if acl_given else DRIVER["objectacl"].default
     if acl not in CANNED_ACLS:
         raise ConfigError(f"invalid value for objectacl parameter: {acl!r} (one of {', '.join(CANNED_ACLS)})")
     if acl_given and values["objectownership"]:
@@ -701,39 +625,44 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
     """Validate s3regfs's own options (raw values are strings, None for bare flags)."""
     values: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid(), "fsname": source}
     for name, value in raw.items():
+        option = FS.get(name)
+        if option is None or name == "config":
+            raise ConfigError(f"unknown option -o {_shown(name)}")
         if name == "ro":
             values["ro"] = value is None or parse_bool(name, value)
         elif name == "rw":
             values["ro"] = not (value is None or parse_bool(name, value))
-        elif name in ("allow_other", "default_permissions", "verify", "images", "abort_stale_uploads"):
+        elif option.kind == "flag":
             values[name] = value is None or parse_bool(name, value)
-        elif name in ("uid", "gid"):
-            values[name] = parse_int(name, value, 0, 2**32 - 2)
+        elif option.kind == "int":
+            values[name] = parse_int(name, value, option.lo, option.hi)
+        elif option.kind == "seconds":
+            values[name] = parse_seconds(name, value)
+        elif option.kind == "size":
+            values[name] = parse_size(name, value)
         elif name == "umask":
             text = parse_str(value)
             if not re.fullmatch(r"0?[0-7]{1,4}", text):
                 raise ConfigError(f"the umask option takes an octal mask such as 022, {text!r} invalid")
             values["umask"] = int(text, 8) & 0o777
-        elif name in ("metadata_ttl", "connect_timeout", "read_timeout"):
-            values[name] = parse_seconds(name, value)
         elif name in ("fsname", "subtype"):
             text = parse_str(value)
             if not text or "," in text:
                 raise ConfigError(f"the {name} option needs a value without commas")
             values[name] = text
-        elif name in ("readahead", "readahead_total"):
-            values[name] = parse_size(name, value)
-        elif name == "max_connections":
-            values[name] = parse_int(name, value, 1, 1024)
-        elif name in ("spoolmax", "write_memory"):
-            values[name] = parse_size(name, value)
         elif name == "statfs":
             text = parse_str(value)
             if text not in ("seen", "scan"):
                 raise ConfigError(f"the statfs option takes seen or scan, {text!r} invalid")
             values[name] = text
-        elif name == "commit_timeout":
-            values[name] = parse_seconds(name, value)
+        elif name == "metrics":
+            text = parse_str(value)
+            host, colon, port = text.rpartition(":")
+            if not colon:
+                host, port = "", text
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"the metrics option takes HOST:PORT or PORT, {text!r} invalid")
+            values[name] = (host.strip("[]") or "127.0.0.1", int(port))
         elif name == "statedir":
             text = parse_str(value)
             if not text:
@@ -745,7 +674,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
                 raise ConfigError(f"the spooldir option needs an existing directory, {text!r} invalid")
             values[name] = os.path.abspath(text)
         else:
-            raise ConfigError(f"unknown option -o {_shown(name)}")
+            raise AssertionError(f"option {name} is declared but not parsed")
     if values.get("readahead", MiB) < 128 * KiB:
         raise ConfigError("the readahead option must be at least 128K")
     values.setdefault("statedir", default_statedir(os.environ))
@@ -795,7 +724,7 @@ def build(
             driver_opts[key] = "true" if value is None else value
         elif key in IGNORED_MOUNT_OPTIONS or key.startswith("x-systemd.") or key.startswith("comment="):
             continue
-        elif key in FS_OPTION_HELP:
+        elif key in FS:
             fs_opts[key] = value
         else:
             raise ConfigError(f"unknown option -o {_shown(key)}")
@@ -814,7 +743,7 @@ def build(
 
     file_fs_opts: dict[str, Any] = {}
     for key, value in settings.options.items():
-        if key not in FS_OPTION_HELP or key == "config":
+        if key not in FS or key == "config":
             raise ConfigError(f"config file {config_file}: unknown s3regfs option {key!r}")
         file_fs_opts[key] = None if value is True else ("false" if value is False else value)
     file_fs_opts.update(fs_opts)

@@ -52,6 +52,7 @@ from s3regfs.errors import (
 from s3regfs.facts import RegistryFacts
 from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import Namespace, Node
+from s3regfs.metrics import render as render_metrics
 from s3regfs.open_files import FileHandle, OpenFiles
 from s3regfs.storage.base import KEY_MAX, ObjectStore
 from s3regfs.writer import FileWriter
@@ -181,15 +182,24 @@ class KernelNotifier:
 
 @dataclass(frozen=True)
 class ControlFiles:
-    """``.s3regfs`` and its ``stats`` file: reachable by name, never listed."""
+    """``.s3regfs`` with its ``stats`` (JSON) and ``metrics`` (OpenMetrics)
+    files: reachable by name, never listed at the root."""
 
     directory: Node
     stats: Node
+    metrics: Node
 
     @classmethod
     def create(cls, namespace: Namespace) -> ControlFiles:
         directory = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
-        return cls(directory, namespace.new_virtual("stats", directory, is_dir=False))
+        return cls(
+            directory,
+            namespace.new_virtual("stats", directory, is_dir=False),
+            namespace.new_virtual("metrics", directory, is_dir=False),
+        )
+
+    def files(self) -> dict[str, Node]:
+        return {"metrics": self.metrics, "stats": self.stats}
 
 
 class Operations(pyfuse3.Operations):
@@ -216,8 +226,8 @@ class Operations(pyfuse3.Operations):
         self.files = files
         self.images = images
         self.facts = facts
+        self._control_files = control
         self._control = control.directory
-        self._stats_file = control.stats
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_dir_fh = 1
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
@@ -240,8 +250,8 @@ class Operations(pyfuse3.Operations):
         attrs.st_ino = pyfuse3.InodeT(node.ino)
         attrs.generation = 0
         view = self._virtual(node)
-        if node is self._stats_file:
-            node.size = len(self._stats_bytes())
+        if node.parent is self._control and not node.is_dir:
+            node.size = len(self._control_bytes(node))
         attrs.entry_timeout = self._options.metadata_ttl
         # A view file's size changes with its content (index.json): never cached.
         attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
@@ -286,7 +296,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _virtual(self, node: Node) -> bool:
-        return self.images.owns(node) or node is self._control or node is self._stats_file
+        return self.images.owns(node) or node is self._control or node.parent is self._control
 
     def stats(self) -> dict[str, object]:
         """What the stats file shows (and SIGUSR1 logs)."""
@@ -294,6 +304,12 @@ class Operations(pyfuse3.Operations):
         figures["cache"] = {"hits": self.namespace.cache_hits, "misses": self.namespace.cache_misses}
         figures.update(self.files.stats())
         return figures
+
+    def _control_bytes(self, node: Node) -> bytes:
+        """The content of a file of ``.s3regfs`` now."""
+        if node is self._control_files.metrics:
+            return render_metrics(self.stats)
+        return self._stats_bytes()
 
     def _stats_bytes(self) -> bytes:
         return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
@@ -360,9 +376,10 @@ class Operations(pyfuse3.Operations):
             elif parent is self.namespace.root and name == CONTROL_NAME.encode():
                 node = self._control
             elif parent is self._control:
-                if name != b"stats":
+                found = self._control_files.files().get(name.decode("utf-8", "replace"))
+                if found is None:
                     raise pyfuse3.FUSEError(errno.ENOENT)
-                node = self._stats_file
+                node = found
             elif self.images.owns(parent):
                 self._check_length(parent, name)
                 node = await self.images.lookup(parent, self._decode(name))
@@ -464,7 +481,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         with errors_to_errno(f"listing {_quote(node.path or '/')}"):
             if node is self._control:
-                entries = [("stats", self._stats_file)]
+                entries = sorted(self._control_files.files().items())
             elif self.images.owns(node):
                 entries = await self.images.children(node)
             else:
@@ -536,13 +553,12 @@ class Operations(pyfuse3.Operations):
             self._check_writable(node)
             if self._immutable(node):
                 raise pyfuse3.FUSEError(errno.EROFS)
-        content = self._stats_bytes() if node is self._stats_file else self.images.content(node)
+        control = node.parent is self._control and not node.is_dir
+        content = self._control_bytes(node) if control else self.images.content(node)
         if content is not None:
             fh = self.files.add(FileHandle(node, None, None, content))
             # direct_io: the stats change between getattr and read.
-            return pyfuse3.FileInfo(
-                fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=node is self._stats_file
-            )
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=control)
         with errors_to_errno(f"open {_quote(node.path)}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)

@@ -39,7 +39,8 @@ from s3regfs.facts import RegistryFacts
 from s3regfs.fs import ControlFiles, KernelNotifier, Operations
 from s3regfs.images import ImagesView
 from s3regfs.inode_cache import Namespace, Node
-from s3regfs.open_files import OpenFiles, default_spooldir
+from s3regfs.metrics import serve as serve_metrics
+from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
 from s3regfs.storage.base import ObjectStore
 from s3regfs.storage.journal import OpenUpload, UploadJournal, recover, target_name
@@ -294,7 +295,15 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
             # The group's one error as itself: a MountpointError stays a user error.
             with collapse_exception_groups():
                 async with trio.open_nursery() as nursery:
-                    operations = _build_operations(config, store, nursery, readahead, write_memory)
+                    operations = build_operations(config, store, nursery, readahead, write_memory)
+                    if options.metrics is not None:
+                        host, port = options.metrics
+                        try:
+                            await nursery.start(serve_metrics, host, port, operations.stats)
+                        except OSError as exc:
+                            raise StartupError(
+                                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                            ) from None
                     try:
                         pyfuse3.init(operations, mountpoint, fuse_options(config))
                     except RuntimeError as exc:
@@ -323,20 +332,23 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
     return 0
 
 
-def _build_operations(
+def build_operations(
     config: Config,
     store: ObjectStore,
     nursery: trio.Nursery,
     readahead: ReadaheadBudget,
     write_memory: WriteMemory,
+    kernel: KernelCache | None = None,
 ) -> Operations:
-    """Every collaborator of the handlers, built here and handed in."""
+    """Every collaborator of the handlers, built here and handed in.  *kernel*:
+    how to make the kernel forget what it cached (FUSE notifications unless
+    given: tests that drive the handlers without a kernel give their own)."""
     options = config.options
     namespace = Namespace(store, config.driver.key_prefix, options.metadata_ttl)
     files = OpenFiles(
         store,
         namespace,
-        KernelNotifier(nursery),
+        kernel if kernel is not None else KernelNotifier(nursery),
         nursery,
         chunksize=config.driver.chunksize,
         spool=SpoolSpace(options.spooldir or default_spooldir(), options.spoolmax),
@@ -349,7 +361,7 @@ def _build_operations(
     control = ControlFiles.create(namespace)
 
     def synthetic(node: Node) -> bool:
-        return images.owns(node) or node is control.directory or node is control.stats
+        return images.owns(node) or node is control.directory or node.parent is control.directory
 
     facts = RegistryFacts(namespace, store, images, read_small=files.pending_bytes, synthetic=synthetic)
     return Operations(options, store, namespace, files, images, facts, control)

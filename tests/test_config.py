@@ -17,7 +17,7 @@ from s3regfs.config import (
     CANNED_ACLS,
     CHECKSUM_ALGORITHMS,
     DRIVER_PARAM_NAMES,
-    FS_OPTION_HELP,
+    FS_OPTION_NAMES,
     LOGLEVEL_FLAGS,
     STORAGE_CLASSES,
     DriverParams,
@@ -408,7 +408,7 @@ def test_cli_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "fsname",
     ):
         assert f"-o {name}" in out
-    assert "default: 10485760" in out
+    assert "default: 10 MiB" in out
 
 
 def test_statfs_option() -> None:
@@ -444,23 +444,35 @@ def test_world_readable_credentials_warn(tmp_path: Path, caplog: pytest.LogCaptu
     assert "readable by every user" not in caplog.text
 
 
-def test_log_lines_carry_syslog_priorities_under_systemd() -> None:
-    from s3regfs.log import _Formatter
-
-    record = logging.LogRecord("s3regfs.x", logging.WARNING, __file__, 1, "careful: %s", ("now",), None)
-    assert _Formatter(False, systemd=True).format(record) == "<4>s3regfs: warning: careful: now"
-    record = logging.LogRecord("s3regfs.x", logging.ERROR, __file__, 1, "bad", None, None)
-    assert _Formatter(False).format(record) == "s3regfs: error: bad"
-    assert build(
-        source="b",
-        mountpoint="/m",
-        mount_options=[("region", "us-east-1")],
-        environ={"JOURNAL_STREAM": "8:1"},
-    ).under_systemd
+def _one_line(exc: ConfigError) -> None:
+    message = str(exc)
+    assert message and message.isprintable(), repr(message)
 
 
-# ---------------------------------------------------------------------------
-# Any input: a valid configuration, or ConfigError with a one-line message.
+def _valid_driver(d: DriverParams) -> None:
+    assert d.bucket and isinstance(d.bucket, str)
+    assert d.region or d.regionendpoint
+    assert d.region == "" or d.region.isprintable() and "\n" not in d.region
+    assert 5 * MiB <= d.chunksize <= 5 * GiB and 5 * MiB <= d.multipartcopychunksize <= 5 * GiB
+    assert 0 <= d.multipartcopythresholdsize <= 5 * GiB and d.multipartcopymaxconcurrency >= 1
+    assert d.maxretries >= 0 and d.maxrequestspersecond >= 0
+    assert d.storageclass in STORAGE_CLASSES and d.objectacl in CANNED_ACLS
+    assert d.checksum_algorithm in ("", *CHECKSUM_ALGORITHMS)
+    assert d.loglevel <= set(LOGLEVEL_FLAGS.values())
+    for name in ("encrypt", "secure", "skipverify", "v4auth", "pathstyle", "objectownership"):
+        assert isinstance(getattr(d, name), bool)
+    assert d.key_prefix == "" or (d.key_prefix.endswith("/") and not d.key_prefix.startswith("/"))
+
+
+def _valid_options(o: MountOptions) -> None:
+    for seconds in (o.metadata_ttl, o.connect_timeout, o.read_timeout, o.commit_timeout):
+        assert 0 <= seconds < float("inf")
+    assert o.readahead >= 128 * 1024 and o.readahead_total >= 0
+    assert 0 <= o.umask <= 0o777 and 1 <= o.max_connections <= 1024
+    assert 0 <= o.uid < 2**32 - 1 and 0 <= o.gid < 2**32 - 1
+    assert o.statfs in ("seen", "scan")
+    assert o.fsname and "," not in o.fsname and o.subtype and "," not in o.subtype
+
 
 BOUNDED = settings(max_examples=200, deadline=None)
 
@@ -506,36 +518,6 @@ _VALUES = st.recursive(
 )
 
 
-def _one_line(exc: ConfigError) -> None:
-    message = str(exc)
-    assert message and message.isprintable(), repr(message)
-
-
-def _valid_driver(d: DriverParams) -> None:
-    assert d.bucket and isinstance(d.bucket, str)
-    assert d.region or d.regionendpoint
-    assert d.region == "" or d.region.isprintable() and "\n" not in d.region
-    assert 5 * MiB <= d.chunksize <= 5 * GiB and 5 * MiB <= d.multipartcopychunksize <= 5 * GiB
-    assert 0 <= d.multipartcopythresholdsize <= 5 * GiB and d.multipartcopymaxconcurrency >= 1
-    assert d.maxretries >= 0 and d.maxrequestspersecond >= 0
-    assert d.storageclass in STORAGE_CLASSES and d.objectacl in CANNED_ACLS
-    assert d.checksum_algorithm in ("", *CHECKSUM_ALGORITHMS)
-    assert d.loglevel <= set(LOGLEVEL_FLAGS.values())
-    for name in ("encrypt", "secure", "skipverify", "v4auth", "pathstyle", "objectownership"):
-        assert isinstance(getattr(d, name), bool)
-    assert d.key_prefix == "" or (d.key_prefix.endswith("/") and not d.key_prefix.startswith("/"))
-
-
-def _valid_options(o: MountOptions) -> None:
-    for seconds in (o.metadata_ttl, o.connect_timeout, o.read_timeout, o.commit_timeout):
-        assert 0 <= seconds < float("inf")
-    assert o.readahead >= 128 * 1024 and o.readahead_total >= 0
-    assert 0 <= o.umask <= 0o777 and 1 <= o.max_connections <= 1024
-    assert 0 <= o.uid < 2**32 - 1 and 0 <= o.gid < 2**32 - 1
-    assert o.statfs in ("seen", "scan")
-    assert o.fsname and "," not in o.fsname and o.subtype and "," not in o.subtype
-
-
 @BOUNDED
 @given(st.dictionaries(st.sampled_from(DRIVER_PARAM_NAMES) | st.text(max_size=12), _VALUES, max_size=10))
 @example({"bucket": "b", "region": "us-east-1\n"})
@@ -553,7 +535,7 @@ def test_any_driver_parameters_parse_or_are_refused_in_one_line(raw: dict[str, o
 @BOUNDED
 @given(
     st.dictionaries(
-        st.sampled_from([name for name in FS_OPTION_HELP if name != "config"]) | st.text(max_size=12),
+        st.sampled_from([name for name in FS_OPTION_NAMES if name != "config"]) | st.text(max_size=12),
         st.none() | st.text(max_size=20) | _WORDS,
         max_size=8,
     )
@@ -573,7 +555,7 @@ def test_any_mount_options_parse_or_are_refused_in_one_line(raw: dict[str, str |
 
 
 _OPTION_NAMES = st.sampled_from(
-    [name for name in (*DRIVER_PARAM_NAMES, *FS_OPTION_HELP) if name not in ("config", "spooldir")]
+    [name for name in (*DRIVER_PARAM_NAMES, *FS_OPTION_NAMES) if name not in ("config", "spooldir")]
 )
 
 
@@ -630,7 +612,7 @@ _DOCUMENTS = st.one_of(
     st.tuples(
         st.sampled_from(["s3", "s3aws", "s3_v2", "filesystem", "delete"]),
         st.dictionaries(st.sampled_from(DRIVER_PARAM_NAMES), _VALUES, max_size=6),
-        st.dictionaries(st.sampled_from(list(FS_OPTION_HELP)) | st.text(max_size=6), _VALUES, max_size=3),
+        st.dictionaries(st.sampled_from(list(FS_OPTION_NAMES)) | st.text(max_size=6), _VALUES, max_size=3),
     ).map(lambda t: {"storage": {t[0]: t[1]}, "s3regfs": t[2]}),
     st.dictionaries(
         st.sampled_from(["bucket", "region", "storage", "s3regfs", "database"]), _VALUES, max_size=4
@@ -657,28 +639,31 @@ def test_any_config_file_builds_or_is_refused_in_one_line(text: str) -> None:
             _valid_options(cfg.options)
 
 
-def test_own_log_lines_stay_one_line_whatever_a_key_holds() -> None:
-    import logging
-    import sys
+def test_docs_tables_and_help_come_from_the_declarations() -> None:
+    from s3regfs.cli import help_text
+    from s3regfs.options import DRIVER_OPTIONS, FS_OPTIONS, driver_table, fs_table
 
-    from s3regfs.log import _Formatter
+    docs = (Path(__file__).resolve().parent.parent / "docs/configuration.md").read_text()
+    # Run `python -m s3regfs.options` and paste its tables when this fails.
+    assert driver_table() in docs
+    assert fs_table() in docs
+    shown = help_text()
+    for option in (*DRIVER_OPTIONS, *FS_OPTIONS):
+        assert f"-o {option.name} " in shown and option.shown in shown, option.name
 
-    formatter = _Formatter(debug=False)
-    record = logging.LogRecord(
-        "s3regfs.fs", logging.ERROR, __file__, 1, "PUT s3://b/%s: failed", ("a\nb\x1b",), None
-    )
-    assert formatter.format(record) == "s3regfs: error: PUT s3://b/a\\nb\\x1b: failed"
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        record = logging.LogRecord(
-            "s3regfs.fs", logging.ERROR, __file__, 1, "oops %s", ("k\r",), sys.exc_info()
-        )
-    lines = formatter.format(record).splitlines()
-    assert lines[0] == "s3regfs: error: oops k\\r" and lines[-1] == "ValueError: boom"  # traceback kept
-    # Under systemd every line gets its priority: a Unicode line separator in a
-    # key must not start a forged line of its own.
-    journal = _Formatter(debug=False, systemd=True)
-    forged = "a\u2028<6>s3regfs: info: forged\x85"
-    record = logging.LogRecord("s3regfs.fs", logging.ERROR, __file__, 1, "GET %s", (forged,), None)
-    assert journal.format(record) == "<3>s3regfs: error: GET a\\u2028<6>s3regfs: info: forged\\x85"
+
+def test_every_declared_option_is_parsed_and_its_default_is_the_dataclass_default() -> None:
+    from s3regfs.options import DRIVER_OPTIONS, FS_OPTIONS
+
+    d = driver()
+    for option in DRIVER_OPTIONS:
+        if option.kind in ("str", "bool", "int"):
+            assert getattr(d, option.name) == option.default, option.name
+    defaults = MountOptions()
+    for option in FS_OPTIONS:
+        if option.kind in ("flag", "seconds", "size") and option.name not in ("rw",):
+            assert getattr(defaults, option.name) == option.default, option.name
+    samples = {"flag": None, "int": "7", "seconds": "1.5", "size": "1M"}
+    for option in FS_OPTIONS:
+        if option.kind in samples:
+            build_options({option.name: samples[option.kind]}, source="b")  # no AssertionError

@@ -571,7 +571,7 @@ def test_stats_file_and_sigusr1(s3: Any, bucket: str, endpoint_opts: list[str], 
         )
         assert stats["bytes_in"] >= 1000 and stats["bytes_out"] == 300
         assert stats["errors"] == 0 and stats["open_uploads"] == 0 and stats["cache"]["hits"] >= 1
-        assert os.listdir(m / ".s3regfs") == ["stats"]
+        assert os.listdir(m / ".s3regfs") == ["metrics", "stats"]
         with pytest.raises(OSError) as info:
             (m / ".s3regfs/stats").write_text("{}")
         assert info.value.errno == errno.EROFS
@@ -580,6 +580,43 @@ def test_stats_file_and_sigusr1(s3: Any, bucket: str, endpoint_opts: list[str], 
         while time.monotonic() < deadline and "stats: " not in mount.read_stderr():
             time.sleep(0.1)
         assert '"requests"' in mount.read_stderr()
+
+
+def test_prometheus_metrics_as_a_file_and_over_http(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    import urllib.request
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    put_many(s3, bucket, {"f": b"x" * 5000})
+    port = free_port()
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", f"metrics=127.0.0.1:{port}", bucket]) as mount:
+        assert (mount.path / "f").read_bytes() == b"x" * 5000
+        in_file = samples((mount.path / ".s3regfs/metrics").read_text())
+        assert in_file[("s3regfs_requests_total", (("operation", "get_object"), ("outcome", "ok")))] == 1
+        assert in_file[("s3regfs_received_bytes_total", ())] >= 5000
+        assert ("s3regfs_open_files", ()) in in_file and ("s3regfs_write_memory_bytes", ()) in in_file
+        assert ("s3regfs_metadata_cache_hits_total", ()) in in_file
+        assert os.listxattr(mount.path / ".s3regfs/metrics") == []
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            over_http = samples(response.read().decode())
+        assert over_http[("s3regfs_requests_total", (("operation", "get_object"), ("outcome", "ok")))] == 1
+        assert ("s3regfs_uploads_in_flight", ()) in over_http
+        # The port taken: the second mount refuses to start, in one line.
+        result = run_cli(["-f", *endpoint_opts, "-o", f"metrics={port}", bucket, str(tmp_path)])
+        assert result.returncode == 3, result.stderr
+        assert (
+            f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+        )
 
 
 def test_secrets_never_logged_at_any_level(
@@ -619,3 +656,14 @@ def test_sighup_drops_the_metadata_caches(
         while time.monotonic() < deadline and sorted(os.listdir(mount.path / "d")) != ["new", "old"]:
             time.sleep(0.1)
         assert sorted(os.listdir(mount.path / "d")) == ["new", "old"]
+
+
+def test_malloc_arenas_are_limited_unless_the_user_says_otherwise() -> None:
+    from s3regfs.mount import limit_malloc_arenas
+
+    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "8"}) is False
+    assert limit_malloc_arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
+        "/lib/aarch64-linux-gnu/libc.so.6"
+    ):
+        assert limit_malloc_arenas({}) is True  # glibc: mallopt answered 1

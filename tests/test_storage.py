@@ -4,29 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from s3regfs.config import build
 from s3regfs.errors import InvalidRange, NoSuchBucket, NotFound, PreconditionFailed, TemporaryFailure
-from s3regfs.inode_cache import Namespace
-from s3regfs.reader import ObjectReader, ReadaheadBudget
-from s3regfs.storage.s3 import S3Store
-from tests.util import CREDENTIALS, MotoServer, free_port
-
-
-def make_store(endpoint: str, bucket: str, **params: str) -> S3Store:
-    options = [("regionendpoint", endpoint), ("region", "us-east-1"), *params.items()]
-    environ = {
-        "REGISTRY_STORAGE_S3_ACCESSKEY": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "REGISTRY_STORAGE_S3_SECRETKEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    }
-    config = build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ)
-    return S3Store.create(config.driver, config.options)
+from tests.util import MotoServer, free_port, make_store
 
 
 async def test_listing_pages_prefixes_and_start_after(moto: MotoServer, s3: Any, bucket: str) -> None:
@@ -99,143 +83,6 @@ async def test_probe_sees_gitlab_database_lockfile(moto: MotoServer, s3: Any, bu
     assert (await store.probe("root/")).database_in_use
 
 
-async def test_namespace_lists_a_subtree_in_few_requests(moto: MotoServer, s3: Any, bucket: str) -> None:
-    hexes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]
-    for h in hexes:
-        s3.put_object(
-            Bucket=bucket,
-            Key=f"r/docker/registry/v2/repositories/app/_layers/sha256/{h}/link",
-            Body=h.encode(),
-        )
-    store = make_store(moto.url, bucket)
-    namespace = Namespace(store, "r/", metadata_ttl=60)
-    node = namespace.root
-    for name in ["docker", "registry", "v2", "repositories", "app"]:
-        node = await namespace.lookup(node, name)
-    layers = await namespace.lookup(node, "_layers")
-    sha = await namespace.lookup(layers, "sha256")
-    children = await namespace.list_children(sha)
-    assert [c.name for c in children] == sorted(hexes)
-    for child in children:
-        link = await namespace.lookup(child, "link")
-        assert link.size == 64
-    # root, docker, registry, v2, repositories: one level each; app: one flat page.
-    assert store.request_counts["list_objects_v2"] == 6
-
-
-async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket: str) -> None:
-    data = bytes((i * 7) % 251 for i in range(5 * 1024 * 1024 + 17))
-    s3.put_object(Bucket=bucket, Key="blob", Body=data)
-    store = make_store(moto.url, bucket)
-    info = await store.head("blob")
-    budget = ReadaheadBudget(2 * 1024 * 1024)
-    async with trio.open_nursery() as nursery:
-        reader = ObjectReader(
-            store, "blob", info.size, info.etag, budget=budget, nursery=nursery, max_window=2 * 1024 * 1024
-        )
-        received = bytearray()
-        offset = 0
-        while chunk := await reader.read(offset, 131072):
-            received += chunk
-            offset += len(chunk)
-        assert bytes(received) == data
-        assert await reader.read(123, 456) == data[123:579]
-        await reader.aclose()
-    assert budget.used == 0
-    assert budget.peak <= 2 * 1024 * 1024 + 1024 * 1024
-    assert store.request_counts["get_object"] == 2  # one stream, one range
-
-
-async def test_stale_lookup_in_a_large_directory_checks_one_name(
-    moto: MotoServer, s3: Any, bucket: str
-) -> None:
-    for i in range(1200):
-        s3.put_object(Bucket=bucket, Key=f"big/f{i:04d}", Body=b"x")
-    s3.put_object(Bucket=bucket, Key="big/sub/inner", Body=b"y")
-    store = make_store(moto.url, bucket)
-    namespace = Namespace(store, "", metadata_ttl=0.2)
-    big = await namespace.lookup(namespace.root, "big")
-    assert len(await namespace.list_children(big)) == 1201
-    assert big.list_cost == 2
-    lists = store.request_counts["list_objects_v2"]
-    await trio.sleep(0.3)
-    s3.delete_object(Bucket=bucket, Key="big/f0001")
-    node = await namespace.lookup(big, "f0000")
-    assert node.size == 1 and store.request_counts["head_object"] == 0
-    with pytest.raises(NotFound):
-        await namespace.lookup(big, "f0001")
-    assert "f0001" not in big.children
-    sub = await namespace.lookup(big, "sub")
-    assert sub.is_dir
-    # One delimited listing of each name: f0000, f0001 and sub.
-    assert store.request_counts["list_objects_v2"] == lists + 3
-
-
-async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
-    moto: MotoServer, s3: Any, bucket: str
-) -> None:
-    s3.put_object(Bucket=bucket, Key="d/a", Body=b"1")
-    s3.put_object(Bucket=bucket, Key="d/b", Body=b"2")
-    store = make_store(moto.url, bucket)
-    namespace = Namespace(store, "", metadata_ttl=0)
-    d = await namespace.lookup(namespace.root, "d")
-    a = await namespace.lookup(d, "a")
-    b = await namespace.lookup(d, "b")
-    namespace.remember(a)
-    namespace.remember(a)
-    s3.delete_object(Bucket=bucket, Key="d/a")
-    s3.delete_object(Bucket=bucket, Key="d/b")
-    assert await namespace.list_children(d) == []
-    assert not a.attached and not b.attached
-    assert namespace.get(a.ino) is a  # the kernel still holds two lookups
-    with pytest.raises(KeyError):
-        namespace.get(b.ino)  # never handed out: dropped at once
-    namespace.forget(a.ino, 1)
-    assert namespace.get(a.ino) is a
-    namespace.forget(a.ino, 1)
-    with pytest.raises(KeyError):
-        namespace.get(a.ino)
-
-
-async def test_upload_journal_recovery_reads_dead_files_only(tmp_path: Path) -> None:
-    from s3regfs.storage.journal import UploadJournal, recover
-
-    class Store:
-        """A stand-in for S3 with one open upload ("u1"); "u2" is gone."""
-
-        def __init__(self) -> None:
-            self.aborted: list[str] = []
-
-        async def upload_exists(self, key: str, upload_id: str) -> bool:
-            return upload_id == "u1"
-
-        async def abort_multipart(self, key: str, upload_id: str) -> None:
-            self.aborted.append(upload_id)
-
-    directory = str(tmp_path)
-    dead = tmp_path / "t.1.jsonl"
-    dead.write_text(
-        '{"begin":"u1","key":"a","time":"T"}\n{"begin":"u2","key":"b","time":"T"}\n'
-        '{"begin":"u3","key":"c","time":"T"}\n{"end":"u3"}\n{"begin":"u4","ke'  # torn by a crash
-    )
-    (tmp_path / "other.1.jsonl").write_text('{"begin":"x","key":"x"}\n')  # another bucket's
-    live = UploadJournal(directory, "t", "live")  # a live mount of the same bucket: never read
-    live.begun("live-key", "u9")
-    store = Store()
-    mine = UploadJournal(directory, "t", "mine")
-    found = await recover(store, mine, directory, "t", abort=False)
-    assert [u.upload_id for u in found.still_open] == ["u1"] and found.gone == 1
-    assert store.aborted == [] and not dead.exists()
-    assert mine.open_count == 1  # carried over, so the next mount reports it again
-    mine.close()
-    again = UploadJournal(directory, "t", "again")
-    found = await recover(store, again, directory, "t", abort=True)
-    assert [u.upload_id for u in found.aborted] == ["u1"] and store.aborted == ["u1"]
-    again.close()
-    live.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.1.jsonl", live.path.rsplit("/", 1)[1]]
-
-
 def test_multipart_etag_is_the_one_s3_computes(s3: Any, bucket: str) -> None:
     from s3regfs.storage.s3 import multipart_etag
 
@@ -249,45 +96,6 @@ def test_multipart_etag_is_the_one_s3_computes(s3: Any, bucket: str) -> None:
     )
     assert multipart_etag([p["ETag"] for p in parts]) == done["ETag"].strip('"')
     assert multipart_etag([p["ETag"] for p in parts]).endswith("-2")
-
-
-async def test_stale_lookup_past_many_names_sorting_before_the_directory(
-    moto: MotoServer, s3: Any, bucket: str
-) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    # "v1.0000" ... sort between the object "v1" and the prefix "v1/": the one
-    # delimited listing of "v1" is cut short before it reaches "v1/".
-    keys = [f"big/v1.{i:04d}" for i in range(1100)] + ["big/v1/x", "big/v2"]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"z"), keys))
-    store = make_store(moto.url, bucket)
-    namespace = Namespace(store, "", metadata_ttl=0.2)
-    big = await namespace.lookup(namespace.root, "big")
-    assert len(await namespace.list_children(big)) == 1102
-    await trio.sleep(0.3)
-    lists = store.request_counts["list_objects_v2"]
-    assert (await namespace.lookup(big, "v1")).is_dir
-    assert store.request_counts["list_objects_v2"] == lists + 2  # the name, then "v1/"
-    v2 = await namespace.lookup(big, "v2")
-    assert not v2.is_dir and v2.size == 1
-    with pytest.raises(NotFound):
-        await namespace.lookup(big, "v3")
-
-
-def test_upload_journals_never_share_a_file(tmp_path: Path) -> None:
-    from s3regfs.storage.journal import UploadJournal
-
-    # A pid can come back after a crash: the new journal must not reopen (and
-    # at its clean exit delete) the dead one of the same pid.
-    first = UploadJournal(str(tmp_path), "t", "42")
-    first.begun("k", "u1")
-    second = UploadJournal(str(tmp_path), "t", "42")
-    assert first.path != second.path
-    second.close()
-    assert os.path.exists(first.path) and "u1" in Path(first.path).read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging file left
-    first.close()
 
 
 async def test_stream_slots_come_back_on_close_cancel_and_failure(
@@ -318,36 +126,3 @@ async def test_stream_slots_come_back_on_close_cancel_and_failure(
     for each in streams:
         await each.aclose()
     assert store.connections.streams == 0 and store.connections.in_use == 0
-
-
-def test_malloc_arenas_are_limited_unless_the_user_says_otherwise() -> None:
-    from s3regfs.mount import limit_malloc_arenas
-
-    assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "8"}) is False
-    assert limit_malloc_arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
-    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
-        "/lib/aarch64-linux-gnu/libc.so.6"
-    ):
-        assert limit_malloc_arenas({}) is True  # glibc: mallopt answered 1
-
-
-async def test_a_dead_journal_stays_when_its_uploads_cannot_be_carried_over(tmp_path: Path) -> None:
-    from s3regfs.storage.journal import UploadJournal, recover
-
-    class Store:
-        async def upload_exists(self, key: str, upload_id: str) -> bool:
-            return True
-
-        async def abort_multipart(self, key: str, upload_id: str) -> None:
-            raise AssertionError("nothing is aborted without abort=True")
-
-    dead = tmp_path / "t.1.jsonl"
-    dead.write_text('{"begin":"u1","key":"a","time":"T"}\n')
-    mine = UploadJournal(str(tmp_path), "t", "mine")
-    assert mine._file is not None
-    mine._file.close()
-    mine._file = open("/dev/full", "w")  # the disk is full: every write fails  # noqa: SIM115
-    found = await recover(Store(), mine, str(tmp_path), "t", abort=False)
-    assert [u.upload_id for u in found.still_open] == ["u1"]
-    assert dead.exists()  # kept, so the next mount reports u1 again
-    mine.close()  # and closing a journal on a full disk raises nothing

@@ -272,3 +272,17 @@ def run_cli(
         cwd=str(REPO),
         stdin=subprocess.DEVNULL,
     )
+
+
+def make_store(endpoint: str, bucket: str, **params: str) -> Any:
+    """An S3Store of *bucket* at *endpoint* with the test credentials and -o *params*."""
+    from s3regfs.config import build
+    from s3regfs.storage.s3 import S3Store
+
+    options = [("regionendpoint", endpoint), ("region", "us-east-1"), *params.items()]
+    environ = {
+        "REGISTRY_STORAGE_S3_ACCESSKEY": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "REGISTRY_STORAGE_S3_SECRETKEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    }
+    config = build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ)
+    return S3Store.create(config.driver, config.options)

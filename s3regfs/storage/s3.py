@@ -184,6 +184,15 @@ def translate(exc: BaseException, what: str) -> StorageError:
     raise exc
 
 
+def _outcome(exc: BaseException) -> str:
+    """How an attempt ended, for the request counts: the HTTP status S3
+    answered, or "network" when no answer came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return str(status) if status else "error"
+    return "network"
+
+
 def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
     modified = meta.get("LastModified")
     mtime_ns = int(modified.timestamp() * 1e9) if modified is not None else 0
@@ -455,6 +464,8 @@ class S3Store:
         self._connections = Connections(max_connections)
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
+        #: Attempts by (operation, outcome): "ok", the HTTP status, or "network".
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
         #: Where the ids of the multipart uploads begun here are kept (see journal.py).
         self.journal = journal
         #: bytes_in, bytes_out, retries, errors (for the stats file).
@@ -552,10 +563,13 @@ class S3Store:
             await self._rate.acquire()
             self.request_counts[operation] += 1
             try:
-                return await self._connections.run(
+                response = await self._connections.run(
                     lambda: consume(method(**kwargs)) if consume else method(**kwargs), limiter=limiter
                 )
+                self.outcomes[(operation, "ok")] += 1
+                return response
             except Exception as exc:  # noqa: BLE001 - translated by the policy
+                self.outcomes[(operation, _outcome(exc))] += 1
                 failures += 1
                 await self._retry.failed(exc, what, failures, retries=retries, count_errors=count_errors)
 
@@ -571,6 +585,7 @@ class S3Store:
             "bytes_out": self.counters["bytes_out"],
             "retries": self.counters["retries"],
             "errors": self.counters["errors"],
+            "outcomes": {f"{op} {outcome}": n for (op, outcome), n in sorted(self.outcomes.items())},
         }
 
     # -- ObjectStore ----------------------------------------------------------

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: MIT
+"""The figures of ``.s3regfs/stats`` as Prometheus metrics (OpenMetrics text).
+
+Served as the file ``MOUNT/.s3regfs/metrics`` (for node_exporter's textfile
+collector, or ``cat``) and, with ``-o metrics=HOST:PORT``, over HTTP at
+``http://HOST:PORT/metrics``.  prometheus_client renders the text (the format
+Prometheus users expect, escaping included); the figures are read from the
+mount's own counters at every scrape, so nothing is counted twice.  The HTTP
+server is a trio task in the mount's nursery, not a thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
+from typing import cast
+
+import trio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger(__name__)
+
+#: What the handlers' stats() returns (see fs.Operations.stats).
+Stats = Callable[[], Mapping[str, object]]
+
+#: Counters: metric name (without _total), key in the stats, help.
+_COUNTERS = (
+    ("s3regfs_retries", "retries", "S3 request attempts retried"),
+    ("s3regfs_request_errors", "errors", "S3 requests that failed for good (after retries)"),
+    ("s3regfs_received_bytes", "bytes_in", "bytes read from S3"),
+    ("s3regfs_sent_bytes", "bytes_out", "bytes written to S3"),
+)
+#: Gauges: metric name, key in the stats, help.
+_GAUGES = (
+    ("s3regfs_open_files", "open_files", "files open through the mount"),
+    ("s3regfs_uploads_in_flight", "open_uploads", "multipart uploads open in S3"),
+    ("s3regfs_files_being_written", "files_being_written", "files with a writer"),
+    ("s3regfs_readahead_bytes", "readahead_bytes", "read-ahead memory held"),
+    ("s3regfs_write_memory_bytes", "write_memory_bytes", "part-upload memory held"),
+)
+
+
+def _number(value: object) -> float:
+    return float(cast(float, value)) if isinstance(value, int | float) else 0.0
+
+
+class StatsCollector(Collector):
+    """Reads the mount's figures at every collection."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        figures = self._stats()
+        requests = CounterMetricFamily(
+            "s3regfs_requests",
+            "S3 request attempts by operation and outcome",
+            labels=["operation", "outcome"],
+        )
+        outcomes = figures.get("outcomes")
+        for key, count in outcomes.items() if isinstance(outcomes, dict) else []:
+            operation, _, outcome = str(key).partition(" ")
+            requests.add_metric([operation, outcome], _number(count))
+        yield requests
+        for name, key, text in _COUNTERS:
+            yield CounterMetricFamily(name, text, value=_number(figures.get(key)))
+        cache = figures.get("cache")
+        cache = cache if isinstance(cache, dict) else {}
+        yield CounterMetricFamily(
+            "s3regfs_metadata_cache_hits",
+            "lookups and listings answered from the cache",
+            value=_number(cache.get("hits")),
+        )
+        yield CounterMetricFamily(
+            "s3regfs_metadata_cache_misses",
+            "lookups and listings that asked S3",
+            value=_number(cache.get("misses")),
+        )
+        for name, key, text in _GAUGES:
+            yield GaugeMetricFamily(name, text, value=_number(figures.get(key)))
+
+
+def render(stats: Stats) -> bytes:
+    """The OpenMetrics text of *stats* now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats))
+    return bytes(generate_latest(registry))  # type: ignore[no-untyped-call]  # untyped upstream
+
+
+async def serve(
+    host: str, port: int, stats: Stats, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer ``GET /metrics`` on HOST:PORT until cancelled (one request per
+    connection, a few KiB of request read at most)."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(10):
+                while b"\r\n\r\n" not in request and len(request) < 8192:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    request += data
+            line = request.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                body = render(stats)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+            else:
+                body = b"not found: try /metrics\n"
+                head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+            head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            with suppress(trio.BrokenResourceError):  # the scraper went away
+                await stream.send_all(head.encode() + body)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    log.info("metrics at http://%s:%d/metrics", host, port)
+    task_status.started()
+    await trio.serve_listeners(answer, listeners)
