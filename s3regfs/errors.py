@@ -10,6 +10,7 @@ Every error s3regfs raises on purpose derives from :class:`S3RegFSError`::
     │   └── MountpointError       the mount point cannot be used (exit 4)
     ├── SpoolFull                 no room in the local spool (spoolmax, or a full disk)
     ├── KeyTooLong                a key would be over S3's 1,024 bytes (nothing was sent)
+    ├── StaleHandle               an open file's object changed or vanished after it was read
     ├── Unsupported               not something the registry's objects can do (ENOTSUP)
     ├── WriteLost                 an open file's pending data will not be stored:
     │                             a write, truncate or commit of it failed (*cause*)
@@ -79,6 +80,11 @@ class SpoolFull(S3RegFSError):
 
 class KeyTooLong(S3RegFSError):
     """A key the operation needs would be over S3's limit; nothing was sent."""
+
+
+class StaleHandle(S3RegFSError):
+    """The object of an open file changed or was deleted after the handle
+    returned bytes of it: reading on would mix versions (ESTALE)."""
 
 
 class Unsupported(S3RegFSError):

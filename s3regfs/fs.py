@@ -23,13 +23,12 @@ change answers EROFS.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pyfuse3
@@ -37,6 +36,7 @@ import trio
 
 from s3regfs import layout
 from s3regfs.config import MountOptions
+from s3regfs.control import CONTROL_NAME, ControlFiles
 from s3regfs.errors import (
     AccessDenied,
     IntegrityError,
@@ -44,6 +44,7 @@ from s3regfs.errors import (
     NotFound,
     PreconditionFailed,
     SpoolFull,
+    StaleHandle,
     StorageError,
     Unsupported,
     WriteLost,
@@ -52,19 +53,14 @@ from s3regfs.errors import (
 from s3regfs.facts import RegistryFacts
 from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import Namespace, Node
-from s3regfs.metrics import render as render_metrics
 from s3regfs.open_files import FileHandle, OpenFiles
 from s3regfs.storage.base import KEY_MAX, ObjectStore
 from s3regfs.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
-CONTROL_NAME = ".s3regfs"
 #: st_blksize: a large value makes cp and friends read and write in big requests.
 BLOCK_SIZE = 1024 * 1024
-#: Reads that meet a changed object follow it to its new version this many
-#: times before they give up (an object rewritten faster than it can be read).
-NEW_VERSION_ATTEMPTS = 3
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
@@ -80,6 +76,14 @@ def _quote(name: str | bytes) -> str:
 def _child(parent: Node, name: bytes) -> str:
     """The quoted path of *name* in *parent*, for log lines."""
     return _quote(layout.join(parent.path, name.decode("utf-8", "backslashreplace")))
+
+
+#: Errors that answer a request as a local file system would, logged at debug level.
+_ANSWERS: dict[type[Exception], int] = {
+    StaleHandle: errno.ESTALE,
+    KeyTooLong: errno.ENAMETOOLONG,
+    Unsupported: errno.ENOTSUP,
+}
 
 
 def _lost_errno(cause: BaseException) -> int:
@@ -127,12 +131,11 @@ def errors_to_errno(what: str) -> Iterator[None]:
     except SpoolFull as exc:
         log.error("%s: %s", what, exc)
         raise pyfuse3.FUSEError(errno.ENOSPC) from exc
-    except KeyTooLong as exc:
+    except (StaleHandle, KeyTooLong, Unsupported) as exc:
+        # Answers about the request itself, logged where they arise (or not an
+        # error of the mount at all).
         log.debug("%s: %s", what, exc)
-        raise pyfuse3.FUSEError(errno.ENAMETOOLONG) from exc
-    except Unsupported as exc:
-        log.debug("%s: %s", what, exc)
-        raise pyfuse3.FUSEError(errno.ENOTSUP) from exc
+        raise pyfuse3.FUSEError(_ANSWERS[type(exc)]) from exc
     except trio.Cancelled:
         raise
     except OSError as exc:
@@ -149,57 +152,6 @@ class DirHandle:
 
     node: Node
     entries: list[tuple[str, Node]]
-
-
-class KernelNotifier:
-    """Makes the kernel forget what it cached (FUSE notifications); see
-    :class:`s3regfs.open_files.KernelCache`.  The notifications block, so they
-    run on worker threads; dropping pages waits for the page locks a read or
-    write of the inode in progress holds until answered, so that one runs in
-    the background in *nursery*, never awaited by a handler."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-
-    async def forget_entry(self, parent: Node, name: str) -> None:
-        # Not with deleted=: that takes the file's own inode lock, which a
-        # write in progress holds.
-        with suppress(OSError):  # the kernel did not know it
-            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent.ino, name.encode("utf-8"))
-
-    async def forget_attributes(self, node: Node) -> None:
-        with suppress(OSError):
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
-
-    def forget_pages_soon(self, node: Node) -> None:
-        self._nursery.start_soon(self._forget_pages, node.ino)
-
-    @staticmethod
-    async def _forget_pages(ino: int) -> None:
-        with suppress(OSError):
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
-
-
-@dataclass(frozen=True)
-class ControlFiles:
-    """``.s3regfs`` with its ``stats`` (JSON) and ``metrics`` (OpenMetrics)
-    files: reachable by name, never listed at the root."""
-
-    directory: Node
-    stats: Node
-    metrics: Node
-
-    @classmethod
-    def create(cls, namespace: Namespace) -> ControlFiles:
-        directory = namespace.new_virtual(CONTROL_NAME, namespace.root, is_dir=True)
-        return cls(
-            directory,
-            namespace.new_virtual("stats", directory, is_dir=False),
-            namespace.new_virtual("metrics", directory, is_dir=False),
-        )
-
-    def files(self) -> dict[str, Node]:
-        return {"metrics": self.metrics, "stats": self.stats}
 
 
 class Operations(pyfuse3.Operations):
@@ -226,8 +178,7 @@ class Operations(pyfuse3.Operations):
         self.files = files
         self.images = images
         self.facts = facts
-        self._control_files = control
-        self._control = control.directory
+        self._control = control
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_dir_fh = 1
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
@@ -250,8 +201,8 @@ class Operations(pyfuse3.Operations):
         attrs.st_ino = pyfuse3.InodeT(node.ino)
         attrs.generation = 0
         view = self._virtual(node)
-        if node.parent is self._control and not node.is_dir:
-            node.size = len(self._control_bytes(node))
+        if self._control.owns(node) and not node.is_dir:
+            node.size = len(self._control.content(node, self.stats))
         attrs.entry_timeout = self._options.metadata_ttl
         # A view file's size changes with its content (index.json): never cached.
         attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
@@ -296,7 +247,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _virtual(self, node: Node) -> bool:
-        return self.images.owns(node) or node is self._control or node.parent is self._control
+        return self.images.owns(node) or self._control.owns(node)
 
     def stats(self) -> dict[str, object]:
         """What the stats file shows (and SIGUSR1 logs)."""
@@ -304,15 +255,6 @@ class Operations(pyfuse3.Operations):
         figures["cache"] = {"hits": self.namespace.cache_hits, "misses": self.namespace.cache_misses}
         figures.update(self.files.stats())
         return figures
-
-    def _control_bytes(self, node: Node) -> bytes:
-        """The content of a file of ``.s3regfs`` now."""
-        if node is self._control_files.metrics:
-            return render_metrics(self.stats)
-        return self._stats_bytes()
-
-    def _stats_bytes(self) -> bytes:
-        return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
 
     @staticmethod
     def _immutable(node: Node) -> bool:
@@ -374,9 +316,9 @@ class Operations(pyfuse3.Operations):
             elif parent is self.namespace.root and name == VIEW_NAME.encode():
                 node = self.images.root  # always reachable by name
             elif parent is self.namespace.root and name == CONTROL_NAME.encode():
-                node = self._control
-            elif parent is self._control:
-                found = self._control_files.files().get(name.decode("utf-8", "replace"))
+                node = self._control.directory
+            elif parent is self._control.directory:
+                found = self._control.files().get(name.decode("utf-8", "replace"))
                 if found is None:
                     raise pyfuse3.FUSEError(errno.ENOENT)
                 node = found
@@ -480,8 +422,8 @@ class Operations(pyfuse3.Operations):
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         with errors_to_errno(f"listing {_quote(node.path or '/')}"):
-            if node is self._control:
-                entries = sorted(self._control_files.files().items())
+            if node is self._control.directory:
+                entries = sorted(self._control.files().items())
             elif self.images.owns(node):
                 entries = await self.images.children(node)
             else:
@@ -553,8 +495,8 @@ class Operations(pyfuse3.Operations):
             self._check_writable(node)
             if self._immutable(node):
                 raise pyfuse3.FUSEError(errno.EROFS)
-        control = node.parent is self._control and not node.is_dir
-        content = self._control_bytes(node) if control else self.images.content(node)
+        control = self._control.owns(node) and not node.is_dir
+        content = self._control.content(node, self.stats) if control else self.images.content(node)
         if content is not None:
             fh = self.files.add(FileHandle(node, None, None, content))
             # direct_io: the stats change between getattr and read.
@@ -608,8 +550,7 @@ class Operations(pyfuse3.Operations):
             # and a file created and closed is an empty object.
             node = self.namespace.add_local(parent, text, is_dir=False)
             node.mode = mode & 0o7777 & ~ctx.umask
-            writer = self.files.writer_for(node)
-            writer.dirty = True
+            writer = self.files.writer_for(node, created=True)
             self.namespace.remember(node)
             fh = self.files.add(FileHandle(node, None, writer))
             return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), self._attrs(node)
@@ -633,51 +574,14 @@ class Operations(pyfuse3.Operations):
         node = handle.node
         if handle.data is not None:
             return handle.data[off : off + size]
+        if handle.reader is None and self.files.writer_of(node) is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
         with errors_to_errno(f"read {_quote(node.path)} at {off}"):
-            writer = self.files.writer_of(node)
-            if writer is not None:
-                # Being written here: committed data from S3, the rest from the spool.
-                return await writer.read(off, size)
-            for attempt in range(1, NEW_VERSION_ATTEMPTS + 1):
-                reader = handle.reader
-                if reader is None:
-                    raise pyfuse3.FUSEError(errno.EBADF)
-                try:
-                    data = await reader.read(off, size)
-                except IntegrityError:
-                    self._corrupt.add((node.ino, node.etag))
-                    raise
-                except (PreconditionFailed, NotFound) as exc:
-                    # Changed or deleted by someone else since this handle's
-                    # version was known.  A handle that returned nothing yet
-                    # reads the current version; one that returned bytes of
-                    # the old one must not mix in bytes of another: ESTALE.
-                    if handle.reader is not reader and not handle.served:
-                        continue  # a concurrent read of this handle followed it already
-                    if handle.served or attempt == NEW_VERSION_ATTEMPTS:
-                        log.warning(
-                            "read %s at %d: the object changed or was deleted under an open file: %s",
-                            _quote(node.path),
-                            off,
-                            exc,
-                        )
-                        raise pyfuse3.FUSEError(errno.ESTALE) from exc
-                    try:
-                        old_etag, _ = await self.files.follow_new_version(handle)
-                    except NotFound:
-                        log.warning("read %s: deleted under an open file", _quote(node.path))
-                        raise pyfuse3.FUSEError(errno.ESTALE) from None
-                    log.info(
-                        "%s changed in S3 (ETag %s -> %s): reading the new version",
-                        _quote(node.path),
-                        old_etag,
-                        node.etag,
-                    )
-                    continue
-                if data:
-                    handle.served = True
-                return data
-            raise AssertionError("not reached")  # the loop returns or raises
+            try:
+                return await self.files.read(handle, off, size)
+            except IntegrityError:
+                self._corrupt.add((node.ino, node.etag))
+                raise
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self.files[fh]
@@ -776,48 +680,12 @@ class Operations(pyfuse3.Operations):
                 ancestor = ancestor.parent
             new_path = layout.join(new_parent.path, new_name)
             if node.is_dir:
-                await self._rename_directory(node, new_path)
+                await self.files.move_directory(node, new_path)
             else:
-                await self._rename_file(node, new_path)
+                await self.files.move_file(node, new_path)
             if target is not None:
                 self.files.discard_writer_of(target)
             self.namespace.move(node, new_parent, new_name)
-
-    async def _rename_file(self, node: Node, new_path: str) -> None:
-        writer = self.files.writer_of(node)
-        if writer is None:
-            await self._move_object(node, new_path)
-            return
-        # Under the writer's lock from commit to delete: no write or commit can
-        # land on the old key in between.
-        async with writer.lock:
-            await self.files.commit_locked(node, writer)
-            await self._move_object(node, new_path)
-
-    async def _move_object(self, node: Node, new_path: str) -> None:
-        if node.local:
-            return  # nothing stored yet
-        source = self.namespace.key(node)
-        dest = layout.key_of(self.namespace.key_prefix, new_path)
-        node.etag = await self.store.copy(source, dest, node.size, node.etag or None)
-        node.cached_etag = node.etag
-        await self.store.delete(source)
-        self.files.relocated(node, dest)
-
-    async def _rename_directory(self, node: Node, new_path: str) -> None:
-        """Copy every object below, then delete the sources: not atomic (docs)."""
-        await self.files.commit_below(node)
-        descendants = self.namespace.descendants(node)
-        relatives = {inner.ino: inner.path[len(node.path) + 1 :] for inner in descendants}
-        dest_prefix = layout.key_of(self.namespace.key_prefix, new_path) + "/"
-        new_etags = await self.store.move_prefix(
-            self.namespace.key(node) + "/", dest_prefix, also=list(relatives.values())
-        )
-        for inner in descendants:
-            relative = relatives[inner.ino]
-            if relative in new_etags:
-                inner.etag = inner.cached_etag = new_etags[relative]
-            self.files.relocated(inner, dest_prefix + relative)
 
     async def symlink(
         self,

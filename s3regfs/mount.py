@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from s3regfs.config import Config
+from s3regfs.control import ControlFiles
 from s3regfs.errors import (
     AccessDenied,
     InvalidCredentials,
@@ -36,9 +37,10 @@ from s3regfs.errors import (
     collapse_exception_groups,
 )
 from s3regfs.facts import RegistryFacts
-from s3regfs.fs import ControlFiles, KernelNotifier, Operations
+from s3regfs.fs import Operations
 from s3regfs.images import ImagesView
 from s3regfs.inode_cache import Namespace, Node
+from s3regfs.kernel import KernelNotifier
 from s3regfs.metrics import serve as serve_metrics
 from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
@@ -361,7 +363,7 @@ def build_operations(
     control = ControlFiles.create(namespace)
 
     def synthetic(node: Node) -> bool:
-        return images.owns(node) or node is control.directory or node.parent is control.directory
+        return images.owns(node) or control.owns(node)
 
     facts = RegistryFacts(namespace, store, images, read_small=files.pending_bytes, synthetic=synthetic)
     return Operations(options, store, namespace, files, images, facts, control)

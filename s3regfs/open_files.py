@@ -13,9 +13,11 @@ only decisions about a writer's data, each in one place:
   stored object), the name shows what S3 holds again, and one log line says
   what was not stored and why.
 
-It also re-points open readers and writers when a file or directory is renamed,
-and lets a handle that has returned nothing yet follow an object another writer
-replaced.  fs.py's handlers call it and translate its errors to errno values.
+It also renames files and directories (committing what is being written
+first, re-pointing open readers and writers after), and serves reads: a handle
+is pinned to one version of its object, except that a handle that has
+returned nothing yet follows an object another writer replaced.  fs.py's
+handlers call it and translate its errors to errno values.
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ from typing import Protocol
 import trio
 
 from s3regfs import layout
-from s3regfs.errors import WriteLost
+from s3regfs.errors import NotFound, PreconditionFailed, StaleHandle, WriteLost
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget
 from s3regfs.storage.base import ObjectInfo, ObjectStore
 from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
+
+#: Reads that meet a changed object follow it to its new version this many
+#: times before they give up (an object rewritten faster than it can be read).
+NEW_VERSION_ATTEMPTS = 3
 
 
 class KernelCache(Protocol):
@@ -142,6 +148,51 @@ class OpenFiles:
         if handle.writer is not None:
             await self.drop_writer(handle.node, handle.writer)
 
+    async def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+        """Bytes of *handle*'s file: a file being written here reads its
+        committed part from S3 and the rest from its spool; any other reads
+        the version its handle is pinned to.  A handle that has returned
+        nothing yet follows an object another writer replaced (at most
+        NEW_VERSION_ATTEMPTS times); one that returned bytes of a version
+        never mixes in another: StaleHandle, as for an object deleted under it."""
+        node = handle.node
+        writer = self._writers.get(node.ino)
+        if writer is not None:
+            return await writer.read(offset, size)
+        for attempt in range(1, NEW_VERSION_ATTEMPTS + 1):
+            reader = handle.reader
+            if reader is None:
+                raise StaleHandle(f"{node.path}: not open for reading")
+            try:
+                data = await reader.read(offset, size)
+            except (PreconditionFailed, NotFound) as exc:
+                if handle.reader is not reader and not handle.served:
+                    continue  # a concurrent read of this handle followed it already
+                if handle.served or attempt == NEW_VERSION_ATTEMPTS:
+                    log.warning(
+                        "read %r at %d: the object changed or was deleted under an open file: %s",
+                        node.path,
+                        offset,
+                        exc,
+                    )
+                    raise StaleHandle(f"{node.path}: changed under an open file") from exc
+                try:
+                    old_etag, _ = await self.follow_new_version(handle)
+                except NotFound:
+                    log.warning("read %r: deleted under an open file", node.path)
+                    raise StaleHandle(f"{node.path}: deleted under an open file") from None
+                log.info(
+                    "%r changed in S3 (ETag %s -> %s): reading the new version",
+                    node.path,
+                    old_etag,
+                    node.etag,
+                )
+                continue
+            if data:
+                handle.served = True
+            return data
+        raise AssertionError("not reached")  # the loop returns or raises
+
     async def follow_new_version(self, handle: FileHandle) -> tuple[str, int]:
         """Point *handle* (which has returned no byte yet) at the object S3
         holds now; returns the old (ETag, size).  NotFound if it is gone.
@@ -167,8 +218,10 @@ class OpenFiles:
 
     # -- writers ------------------------------------------------------------------
 
-    def writer_for(self, node: Node) -> FileWriter:
-        """The inode's writer (made on first use); counts one more user."""
+    def writer_for(self, node: Node, *, created: bool = False) -> FileWriter:
+        """The inode's writer (made on first use); counts one more user.
+        *created*: the file was just created, so its first commit stores it
+        even if nothing is written (an empty object)."""
         writer = self._writers.get(node.ino)
         if writer is None:
             key = self._namespace.key(node)
@@ -185,6 +238,8 @@ class OpenFiles:
             self._writers[node.ino] = writer
             node.writing = True
         writer.refs += 1
+        if created:
+            writer.dirty = True
         return writer
 
     def writer_of(self, node: Node) -> FileWriter | None:
@@ -295,6 +350,45 @@ class OpenFiles:
         writer = self._writers.get(node.ino)
         if writer is not None and not node.local:
             writer.rename(key, node.etag)
+
+    async def move_file(self, node: Node, new_path: str) -> None:
+        """Rename a file: commit what is being written (under the writer's
+        lock from commit to delete, so no write or commit lands on the old key
+        in between), copy as the driver copies, delete the source."""
+        writer = self._writers.get(node.ino)
+        if writer is None:
+            await self._move_object(node, new_path)
+            return
+        async with writer.lock:
+            await self.commit_locked(node, writer)
+            await self._move_object(node, new_path)
+
+    async def _move_object(self, node: Node, new_path: str) -> None:
+        if node.local:
+            return  # nothing stored yet
+        source = self._namespace.key(node)
+        dest = layout.key_of(self._namespace.key_prefix, new_path)
+        node.etag = await self._store.copy(source, dest, node.size, node.etag or None)
+        node.cached_etag = node.etag
+        await self._store.delete(source)
+        self.relocated(node, dest)
+
+    async def move_directory(self, directory: Node, new_path: str) -> None:
+        """Rename a directory: commit the files being written below it, then
+        copy every object below and delete the sources (not atomic; KeyTooLong
+        before any copy if a new key would be too long)."""
+        await self.commit_below(directory)
+        descendants = self._namespace.descendants(directory)
+        relatives = {inner.ino: inner.path[len(directory.path) + 1 :] for inner in descendants}
+        dest_prefix = layout.key_of(self._namespace.key_prefix, new_path) + "/"
+        new_etags = await self._store.move_prefix(
+            self._namespace.key(directory) + "/", dest_prefix, also=list(relatives.values())
+        )
+        for inner in descendants:
+            relative = relatives[inner.ino]
+            if relative in new_etags:
+                inner.etag = inner.cached_etag = new_etags[relative]
+            self.relocated(inner, dest_prefix + relative)
 
     async def commit_below(self, directory: Node) -> None:
         """Commit every file being written below *directory* (before it moves)."""
