@@ -148,14 +148,16 @@ def secret_value_spans(args: Sequence[bytes], names: frozenset[str]) -> list[tup
             continue
         item_start = position = begin
         while position <= len(arg):
-            if position == len(arg) or (
-                arg[position : position + 1] == b"," and arg[position - 1 : position] != b"\\"
-            ):
-                name, equals, _ = arg[item_start:position].partition(b"=")
+            if arg[position : position + 1] == b"\\":
+                position = min(position + 2, len(arg))  # an escape: the next byte is data
+                continue
+            if position >= len(arg) or arg[position : position + 1] == b",":
+                end = min(position, len(arg))
+                name, equals, _ = arg[item_start:end].partition(b"=")
                 if equals and name.decode("utf-8", "replace").strip() in names:
                     value_start = item_start + len(name) + 1
-                    if value_start < position:
-                        spans.append((index, value_start, position))
+                    if value_start < end:
+                        spans.append((index, value_start, end))
                 item_start = position + 1
             position += 1
     return spans

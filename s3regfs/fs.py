@@ -506,7 +506,13 @@ class Operations(pyfuse3.Operations):
                 await self.namespace.refresh_file(node)
             writer = self.files.writer_for(node) if writing else None
             if writer is not None and flags & os.O_TRUNC:
-                await writer.truncate(0)  # takes effect at the next commit
+                try:
+                    async with self.files.guard(node, writer):
+                        await writer.truncate(0)  # takes effect at the next commit
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await self.files.drop_writer(node, writer)  # no handle holds it
+                    raise
                 node.size = 0
         reader = self.files.new_reader(node) if not writing or flags & os.O_RDWR else None
         blob = layout.blob_digest(node.path) is not None
@@ -600,7 +606,7 @@ class Operations(pyfuse3.Operations):
         handle = self.files[fh]
         if handle.writer is not None:
             with errors_to_errno(f"storing {_quote(handle.node.path)}"):
-                await self.files.commit(handle.node, handle.writer)
+                await self.files.commit(handle.node, handle.writer, closing=True)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await self.flush(fh)

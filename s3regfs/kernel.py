@@ -25,6 +25,9 @@ class KernelNotifier:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
 
+    def forget_entry_soon(self, parent: Node, name: str) -> None:
+        self._nursery.start_soon(self.forget_entry, parent, name)
+
     async def forget_entry(self, parent: Node, name: str) -> None:
         # Not with deleted=: that takes the file's own inode lock, which a
         # write in progress holds.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
 from typing import cast
 
 import trio
@@ -97,6 +96,14 @@ async def serve(
     connection, a few KiB of request read at most)."""
 
     async def answer(stream: trio.SocketStream) -> None:
+        # A scraper that resets the connection must not end the mount (an
+        # error here would cancel the nursery every task of the mount runs in).
+        try:
+            await respond(stream)
+        except (trio.BrokenResourceError, OSError) as exc:
+            log.debug("metrics request ended early: %s", exc)
+
+    async def respond(stream: trio.SocketStream) -> None:
         async with stream:
             request = b""
             with trio.move_on_after(10):
@@ -113,8 +120,7 @@ async def serve(
                 body = b"not found: try /metrics\n"
                 head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
             head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            with suppress(trio.BrokenResourceError):  # the scraper went away
-                await stream.send_all(head.encode() + body)
+            await stream.send_all(head.encode() + body)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     log.info("metrics at http://%s:%d/metrics", host, port)

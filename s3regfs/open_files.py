@@ -50,7 +50,13 @@ class KernelCache(Protocol):
     notifications live in fs.py, the only module that talks to the kernel)."""
 
     async def forget_entry(self, parent: Node, name: str) -> None:
-        """The kernel forgets *name* in *parent* before this returns."""
+        """The kernel forgets *name* in *parent* before this returns.  It takes
+        the directory's lock: never await it in a handler whose own request
+        may hold that lock or wait for it (rename, unlink, create, write)."""
+        ...
+
+    def forget_entry_soon(self, parent: Node, name: str) -> None:
+        """The kernel forgets *name* in *parent* soon (never awaited)."""
         ...
 
     async def forget_attributes(self, node: Node) -> None:
@@ -252,11 +258,19 @@ class OpenFiles:
         if writer is not None:
             writer.unlinked = True
 
-    async def commit(self, node: Node, writer: FileWriter) -> None:
-        """Store what *writer* holds (flush, fsync); WriteLost if it cannot."""
-        async with self.guard(node, writer):
-            if await writer.commit():
-                self._stored(node, writer)
+    async def commit(self, node: Node, writer: FileWriter, *, closing: bool = False) -> None:
+        """Store what *writer* holds; WriteLost if it cannot.  *closing*: for
+        close() and fsync(), which hold no lock of the kernel's: a file that
+        was never stored and whose data is lost is gone from the kernel's
+        entries before the caller hears of the error (no ghost)."""
+        try:
+            async with self.guard(node, writer):
+                if await writer.commit():
+                    self._stored(node, writer)
+        except WriteLost:
+            if closing and not node.attached and node.parent is not None and not self._closing:
+                await self._kernel.forget_entry(node.parent, node.name)
+            raise
 
     async def commit_locked(self, node: Node, writer: FileWriter) -> None:
         """:meth:`commit` for a caller that holds the writer's lock (rename)."""
@@ -309,7 +323,9 @@ class OpenFiles:
             parent, name = node.parent, node.name
             if parent is not None and parent.children is not None and parent.children.get(name) is node:
                 self._namespace.remove(node)
-                await self._kernel.forget_entry(parent, name)
+                # Not awaited: the request that failed may hold (or wait for)
+                # the directory's lock (see KernelCache.forget_entry).
+                self._kernel.forget_entry_soon(parent, name)
         else:
             node.size = writer.stored_size
             node.etag = writer.etag
@@ -405,17 +421,19 @@ class OpenFiles:
         for handle in list(self._handles.values()):
             if handle.reader is not None:
                 await handle.reader.aclose()
+        # The kernel stopped listening: a notification could wait forever for
+        # a lock held by a request nobody will answer.
+        self._closing = True
+        writers = {id(w): w for w in self._writers.values()}
+        writers.update({id(h.writer): h.writer for h in self._handles.values() if h.writer is not None})
         with trio.move_on_after(commit_timeout):
             for ino, writer in list(self._writers.items()):
                 if not writer.unlinked:
                     with suppress(WriteLost):  # logged by _abandon
                         await self.commit(self._namespace.get(ino), writer)
-        self._closing = True  # the kernel is going: nothing more to tell it
         for ino, writer in list(self._writers.items()):
             if writer.dirty and not writer.unlinked:
                 await self._abandon(self._namespace.get(ino), writer)
-        writers = {id(w): w for w in self._writers.values()}
-        writers.update({id(h.writer): h.writer for h in self._handles.values() if h.writer is not None})
         for writer in writers.values():
             await writer.discard()
             writer.close()

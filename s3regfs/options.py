@@ -152,7 +152,7 @@ DRIVER_OPTIONS: tuple[Option, ...] = (
         "parts of one copy at once, and objects of a directory rename at once",
         lo=1,
         hi=INT64_MAX,
-        doc=">= 1; also the objects a directory rename copies at once",
+        doc=">= 1; also the objects a directory rename copies at once (at most half of `max_connections`)",
     ),
     Option(
         "multipartcopythresholdsize",

@@ -667,3 +667,25 @@ def test_every_declared_option_is_parsed_and_its_default_is_the_dataclass_defaul
     for option in FS_OPTIONS:
         if option.kind in samples:
             build_options({option.name: samples[option.kind]}, source="b")  # no AssertionError
+
+
+def test_secret_value_spans_follow_the_option_parser() -> None:
+    from s3regfs.cli import secret_value_spans
+
+    names = frozenset({"accesskey", "secretkey"})
+    cases = [
+        b"accesskey=a,secretkey=b,x=1",
+        b"x=a\\\\,secretkey=S",
+        b"secretkey=x\\,y,region=a",
+        b"secretkey=ends\\",
+    ]
+    for arg in cases:
+        spans = secret_value_spans([b"python", b"-o", arg], names)
+        # Exactly the secret values the option parser reads, nothing else.
+        parsed = {k: v for k, v in split_mount_options(arg.decode()) if k in names}
+        assert len(spans) == len(parsed), arg
+        for _, start, end in spans:
+            assert arg[start:end].decode().replace("\\,", ",").replace("\\\\", "\\") in parsed.values(), arg
+    assert secret_value_spans([b"python", b"-osecretkey=s", b"bucket-secretkey=x", b"/mnt"], names) == [
+        (1, 12, 13)
+    ]

@@ -45,6 +45,9 @@ class RecordingKernel:
     async def forget_entry(self, parent: Node, name: str) -> None:
         self.entries.append((parent.ino, name))
 
+    def forget_entry_soon(self, parent: Node, name: str) -> None:
+        self.entries.append((parent.ino, name))
+
     async def forget_attributes(self, node: Node) -> None:
         self.attributes.append(node.ino)
 

@@ -9,6 +9,8 @@ import hashlib
 import os
 import random
 import signal
+import socket
+import struct
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -611,6 +613,15 @@ def test_prometheus_metrics_as_a_file_and_over_http(
             over_http = samples(response.read().decode())
         assert over_http[("s3regfs_requests_total", (("operation", "get_object"), ("outcome", "ok")))] == 1
         assert ("s3regfs_uploads_in_flight", ()) in over_http
+        # A scraper that resets its connection (SO_LINGER 0) ends nothing but itself.
+        for payload in (b"", b"GET /metr"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(payload)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        time.sleep(0.2)
+        assert (mount.path / "f").read_bytes() == b"x" * 5000
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert b"s3regfs_requests_total" in response.read()
         # The port taken: the second mount refuses to start, in one line.
         result = run_cli(["-f", *endpoint_opts, "-o", f"metrics={port}", bucket, str(tmp_path)])
         assert result.returncode == 3, result.stderr

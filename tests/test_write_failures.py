@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,18 @@ def test_full_spool_new_file_is_never_stored_and_leaves_no_ghost(
         with pytest.raises(FileNotFoundError):
             (mount.path / "sp1").stat()
         assert "sp1" not in os.listdir(mount.path)
-        # The same with the writer still holding the file open after the failure.
+        # The same with the writer still holding the file open after the
+        # failure: the kernel forgets the name in the background (a write may
+        # not wait for the directory's lock), so promptly rather than at once.
         fd = os.open(mount.path / "sp2", os.O_WRONLY | os.O_CREAT, 0o644)
         assert write_all(fd, NEW) == errno.ENOSPC
-        with pytest.raises(FileNotFoundError):
-            (mount.path / "sp2").stat()
+        deadline = time.monotonic() + 5
+        while (mount.path / "sp2").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (mount.path / "sp2").exists()
         assert os_errno(os.close, fd) == errno.ENOSPC
+        with pytest.raises(FileNotFoundError):  # after the failed close: at once
+            (mount.path / "sp2").stat()
         assert os.listdir(tmp_path / "spool") == []
     assert keys(s3, bucket) == []
     assert open_uploads(s3, bucket) == []

@@ -243,6 +243,11 @@ class Connections:
         self.limiter.release_on_behalf_of(owner)
 
     @property
+    def total(self) -> int:
+        """Tokens in all (max_connections)."""
+        return int(self.limiter.total_tokens)
+
+    @property
     def streams(self) -> int:
         """Open streams holding a slot."""
         return self._streams
@@ -888,7 +893,8 @@ class S3Store:
 
     async def move_prefix(self, prefix: str, dest_prefix: str, *, also: Sequence[str] = ()) -> dict[str, str]:
         """Copy every object under *prefix* to *dest_prefix*, at most
-        multipartcopymaxconcurrency at once (each as :meth:`copy` copies), then
+        multipartcopymaxconcurrency (and half of max_connections) at once, each
+        as :meth:`copy` copies, then
         delete the sources in DeleteObjects batches; see ObjectStore."""
         sources: list[ObjectInfo] = []
         token: str | None = None
@@ -904,7 +910,9 @@ class S3Store:
         for relative in [*relatives, *also]:
             if len((dest_prefix + relative).encode("utf-8")) > KEY_MAX:
                 raise KeyTooLong(f"{dest_prefix}{relative}: over S3's {KEY_MAX}-byte limit for a key")
-        limiter = trio.CapacityLimiter(self._driver.multipartcopymaxconcurrency)
+        # Half the connections at most: reads and listings go on meanwhile.
+        at_once = min(self._driver.multipartcopymaxconcurrency, max(1, self._connections.total // 2))
+        limiter = trio.CapacityLimiter(at_once)
         new_etags: dict[str, str] = {}
 
         async def copy_one(info: ObjectInfo, relative: str) -> None:
