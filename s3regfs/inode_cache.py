@@ -50,7 +50,9 @@ LOOKUP_PAGE = 100
 #: small listing) before the lookup fails, so another writer's new object (a
 #: pushed manifest, a retag's new revision) is found at once, not after
 #: metadata_ttl; a name found missing so is not asked for again for this many
-#: seconds (at most metadata_ttl).
+#: seconds (at most metadata_ttl).  A directory made here by mkdir and not
+#: listed from S3 since is trusted: its names are the ones made here (cp -r
+#: into a new directory costs no request per file).
 NEGATIVE_TTL = 1.0
 #: Misses remembered at most (the oldest are dropped first).
 MISSES_KEPT = 4096
@@ -87,6 +89,7 @@ class Node:
         "gid",
         "mtime_fixed",
         "view_names",
+        "made_here",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -108,6 +111,9 @@ class Node:
         self.cached_etag = ""
         #: Directories: how many requests the last listing took.
         self.list_cost = 0
+        #: Directories made by mkdir here and not listed from S3 since: their
+        #: names are the ones made here, so a miss needs no look in S3.
+        self.made_here = False
         self.lock: trio.Lock | None = None
         #: Exists only in this mount, not (yet) as keys in S3: made by mkdir or
         #: create, or a directory whose last object was deleted here.  Listings
@@ -225,7 +231,7 @@ class Namespace:
         child = parent.children.get(name)
         if child is None:
             # A listing made by this very lookup needs no second look.
-            if listed_before and not parent.local and not self._missed_lately(parent, name):
+            if listed_before and not parent.made_here and not self._missed_lately(parent, name):
                 try:
                     return await self._check_child(parent, name)
                 except NotFound:
@@ -320,6 +326,7 @@ class Namespace:
             self._detach(old)
         node = self._new_node(name, parent, is_dir)
         node.local = True
+        node.made_here = is_dir
         node.mtime_ns = time.time_ns()
         node.fresh_at = self._now()
         parent.children[name] = node
@@ -555,6 +562,7 @@ class Namespace:
                 del directory.children[name]
                 self._detach(child)
         directory.fresh_at = when
+        directory.made_here = False  # its names now come from S3
 
     def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
         node = Node(next(self._inos), name, parent, is_dir)
