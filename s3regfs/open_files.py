@@ -203,8 +203,10 @@ class OpenFiles:
         """Point *handle* (which has returned no byte yet) at the object S3
         holds now; returns the old (ETag, size).  NotFound if it is gone.
 
-        The kernel holds no page of the old version: only blobs keep their
-        pages across opens, and a blob's bytes do not change.  Its idea of the
+        The kernel holds no page of the old version from before this open:
+        only blobs keep their pages across opens, and a blob's bytes do not
+        change; pages another handle filled since are dropped in the
+        background (a narrow window remains, see docs/reading.md).  Its idea of the
         size matters: a read is cut at the size it knows, so a version that
         grew needs the cached attributes dropped before this read is answered
         (the next read past the old end asks for them).  A version that shrank
@@ -220,6 +222,11 @@ class OpenFiles:
         handle.reader = self.new_reader(node)
         if node.size > old[1]:
             await self._kernel.forget_attributes(node)
+        # Another open handle of the inode may have filled pages with the old
+        # version since this one's open dropped them: drop them too (in the
+        # background: this read holds page locks until it is answered).
+        self._kernel.forget_pages_soon(node)
+        node.cached_etag = ""
         return old
 
     # -- writers ------------------------------------------------------------------
