@@ -205,8 +205,10 @@ class OpenFiles:
 
         The kernel holds no page of the old version from before this open:
         only blobs keep their pages across opens, and a blob's bytes do not
-        change; pages another handle filled since are dropped in the
-        background (a narrow window remains, see docs/reading.md).  Its idea of the
+        change.  (Pages another handle of the inode filled since may remain:
+        see docs/reading.md.  Dropping them is no remedy: any invalidation of
+        the inode, pages included, also stops the kernel from taking the size
+        from a short answer, below.)  Its idea of the
         size matters: a read is cut at the size it knows, so a version that
         grew needs the cached attributes dropped before this read is answered
         (the next read past the old end asks for them).  A version that shrank
@@ -222,11 +224,6 @@ class OpenFiles:
         handle.reader = self.new_reader(node)
         if node.size > old[1]:
             await self._kernel.forget_attributes(node)
-        # Another open handle of the inode may have filled pages with the old
-        # version since this one's open dropped them: drop them too (in the
-        # background: this read holds page locks until it is answered).
-        self._kernel.forget_pages_soon(node)
-        node.cached_etag = ""
         return old
 
     # -- writers ------------------------------------------------------------------
