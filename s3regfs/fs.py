@@ -609,7 +609,13 @@ class Operations(pyfuse3.Operations):
                 await self.files.commit(handle.node, handle.writer, closing=True)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        await self.flush(fh)
+        # Not flush(): the kernel holds the file's lock for the whole FSYNC,
+        # so the kernel may not be told here to forget a lost file's name
+        # (an rm of it would hold the directory and wait for the file).
+        handle = self.files[fh]
+        if handle.writer is not None:
+            with errors_to_errno(f"storing {_quote(handle.node.path)}"):
+                await self.files.commit(handle.node, handle.writer)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         with errors_to_errno(f"release of handle {fh}"):

@@ -264,16 +264,28 @@ class OpenFiles:
 
     async def commit(self, node: Node, writer: FileWriter, *, closing: bool = False) -> None:
         """Store what *writer* holds; WriteLost if it cannot.  *closing*: for
-        close() and fsync(), which hold no lock of the kernel's: a file that
-        was never stored and whose data is lost is gone from the kernel's
-        entries before the caller hears of the error (no ghost)."""
+        close() (FLUSH), which holds no lock of the kernel's: a file that was
+        never stored and whose data is lost is gone from the kernel's entries
+        before the caller hears of the error (no ghost).  Not for fsync: the
+        kernel holds the file's lock through FSYNC, and forgetting the entry
+        needs its directory's, which an rm of the file may hold while it
+        waits for the file's (the entry is then forgotten in the background)."""
         try:
             async with self.guard(node, writer):
                 if await writer.commit():
                     self._stored(node, writer)
         except WriteLost:
-            if closing and not node.attached and node.parent is not None and not self._closing:
-                await self._kernel.forget_entry(node.parent, node.name)
+            parent = node.parent
+            # Not when a new file took the name meanwhile: its entry is right.
+            if (
+                closing
+                and not node.attached
+                and not self._closing
+                and parent is not None
+                and parent.children is not None
+                and node.name not in parent.children
+            ):
+                await self._kernel.forget_entry(parent, node.name)
             raise
 
     async def commit_locked(self, node: Node, writer: FileWriter) -> None:

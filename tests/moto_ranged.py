@@ -4,7 +4,9 @@
 moto 5 reads an object's whole buffer on every access to ``FakeKey.value``
 (and a ranged GET slices that copy), so a 1-byte range of a 64 MiB object
 costs as much as the whole object.  Real S3 charges the range.  This launcher
-keeps each object's bytes once read (memory: the objects' size) and then
+keeps each object's bytes once read (memory: the objects' size, and for an
+object completed from parts, its parts' bytes too, which completing reads)
+and then
 starts moto's own server: ``python tests/moto_ranged.py -H 127.0.0.1 -p PORT``.
 For benchmarks of parallel ranged reads; the tests use plain moto_server.
 """

@@ -20,7 +20,6 @@ Only loopback; threads are daemons and end with :meth:`DistantS3.stop`.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import random
 import threading
@@ -49,7 +48,11 @@ PROFILES = {
 
 
 class _Throttle:
-    """Keeps one direction of one connection under *rate* bytes per second."""
+    """Keeps one direction of one connection under *rate* bytes per second,
+    with a burst of at most BURST bytes: idle time (between requests, or the
+    emulated delay) earns no more credit than that."""
+
+    BURST = CHUNK
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
@@ -59,8 +62,11 @@ class _Throttle:
     def account(self, count: int) -> None:
         if not self._rate:
             return
+        now = time.monotonic()
+        # Forget credit beyond one burst earned while nothing was sent.
+        self._started = max(self._started, now - (self._sent + self.BURST) / self._rate)
         self._sent += count
-        ahead = self._sent / self._rate - (time.monotonic() - self._started)
+        ahead = self._sent / self._rate - (now - self._started)
         if ahead > 0:
             time.sleep(ahead)
 
@@ -141,8 +147,12 @@ class DistantS3:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
             def handle_one_request(self) -> None:
-                with contextlib.suppress(OSError, ValueError):
+                try:
                     super().handle_one_request()
+                except (OSError, ValueError, http.client.HTTPException):
+                    # The answer may be cut: the client must not wait on this
+                    # connection for the rest of it.
+                    self.close_connection = True
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
