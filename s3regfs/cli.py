@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from s3regfs import __version__
-from s3regfs.config import SECRET_PARAMS, Config, build, split_mount_options
+from s3regfs.config import SECRET_PARAMS, Config, build, mount_option_spans, split_mount_options
 from s3regfs.errors import EXIT_CONFIG, ConfigError, QuietError
 from s3regfs.log import detach_to_syslog, setup_logging
 from s3regfs.options import help_lines
@@ -136,7 +136,8 @@ def _secrets(config: Config | None) -> list[str]:
 def secret_value_spans(args: Sequence[bytes], names: frozenset[str]) -> list[tuple[int, int, int]]:
     """Where the values of the options *names* are in *args* (argv as bytes):
     (argument index, start, end) of every ``NAME=VALUE`` item of an ``-o``
-    option list (``-o LIST`` or ``-oLIST``; items split at unescaped commas).
+    option list (``-o LIST`` or ``-oLIST``), split as the option parser
+    splits them (:func:`s3regfs.config.mount_option_spans`).
     Nothing else is touched: not the program, the bucket, the mount point."""
     spans: list[tuple[int, int, int]] = []
     for index, arg in enumerate(args):
@@ -146,20 +147,15 @@ def secret_value_spans(args: Sequence[bytes], names: frozenset[str]) -> list[tup
             begin = 0
         else:
             continue
-        item_start = position = begin
-        while position <= len(arg):
-            if arg[position : position + 1] == b"\\":
-                position = min(position + 2, len(arg))  # an escape: the next byte is data
-                continue
-            if position >= len(arg) or arg[position : position + 1] == b",":
-                end = min(position, len(arg))
-                name, equals, _ = arg[item_start:end].partition(b"=")
-                if equals and name.decode("utf-8", "replace").strip() in names:
-                    value_start = item_start + len(name) + 1
-                    if value_start < end:
-                        spans.append((index, value_start, end))
-                item_start = position + 1
-            position += 1
+        # One character per byte: the parser's spans are byte offsets.
+        text = arg[begin:].decode("latin-1")
+        for start, end in mount_option_spans(text):
+            name, equals, _ = text[start:end].partition("=")
+            value_start = start + len(name) + 1
+            # The key as the parser reads it (argv is decoded as Python does).
+            key = arg[begin + start : begin + start + len(name)].decode("utf-8", "surrogateescape")
+            if equals and key.strip() in names and value_start < end:
+                spans.append((index, begin + value_start, begin + end))
     return spans
 
 

@@ -373,26 +373,46 @@ def split_mount_options(text: str) -> list[tuple[str, str | None]]:
     A comma inside a value is written ``\\,`` (libfuse's escape); ``\\\\``
     stands for a backslash.
     """
-    items: list[str] = []
-    current: list[str] = []
-    chars = iter(text)
-    for char in chars:
-        if char == "\\":
-            nxt = next(chars, "")
-            current.append(nxt if nxt in (",", "\\") else "\\" + nxt)
-        elif char == ",":
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
     result: list[tuple[str, str | None]] = []
-    for item in items:
+    for start, end in mount_option_spans(text):
+        item = _unescape(text[start:end])
         if not item:
             continue
         key, sep, value = item.partition("=")
         result.append((key.strip(), value if sep else None))
     return result
+
+
+def mount_option_spans(text: str) -> list[tuple[int, int]]:
+    """Where the items of an option list are in *text*, escapes still in
+    them: (start, end) of each, split at every comma no backslash escapes (a
+    backslash takes the character after it, whatever it is)."""
+    spans: list[tuple[int, int]] = []
+    start = position = 0
+    while position < len(text):
+        if text[position] == "\\":
+            position += 2
+            continue
+        if text[position] == ",":
+            spans.append((start, position))
+            start = position + 1
+        position += 1
+    spans.append((start, len(text)))
+    return spans
+
+
+def _unescape(raw: str) -> str:
+    """An item of an option list as meant: ``\\,`` is a comma, ``\\\\`` a
+    backslash; any other backslash stays."""
+    out: list[str] = []
+    chars = iter(raw)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, "")
+            out.append(following if following in (",", "\\") else "\\" + following)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def parse_source(source: str) -> tuple[str, str | None]:
