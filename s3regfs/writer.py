@@ -50,6 +50,8 @@ import errno
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -276,14 +278,21 @@ class FileWriter:
             self.failure = exc
         return WriteLost(self.failure)
 
+    @contextmanager
+    def _poisoning(self) -> Iterator[None]:
+        """Around a change to the pending data: refused once poisoned, and any
+        failure of it poisons."""
+        self._poisoned()
+        try:
+            yield
+        except Exception as exc:
+            raise self._poison(exc) from exc
+
     async def write(self, offset: int, data: bytes) -> int:
         """Write *data* at *offset* (into the spool).  WriteLost once anything failed."""
         async with self.lock:
-            self._poisoned()
-            try:
+            with self._poisoning():
                 await self._write_locked(offset, data)
-            except Exception as exc:
-                raise self._poison(exc) from exc
         return len(data)
 
     async def _write_locked(self, offset: int, data: bytes) -> None:
@@ -324,11 +333,8 @@ class FileWriter:
         """Set the size; takes effect at the next commit (0: a fresh object).
         WriteLost once anything failed."""
         async with self.lock:
-            self._poisoned()
-            try:
+            with self._poisoning():
                 await self._truncate_locked(size)
-            except Exception as exc:
-                raise self._poison(exc) from exc
 
     async def _truncate_locked(self, size: int) -> None:
         if size == self.size:
