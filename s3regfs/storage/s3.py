@@ -455,7 +455,6 @@ class S3Store:
     """The ObjectStore on one boto3 client.  Build it with :meth:`create`."""
 
     bucket: str
-    maxretries: int
     request_counts: collections.Counter[str]
 
     def __init__(
@@ -465,7 +464,6 @@ class S3Store:
         self._driver = driver
         self._headers = object_headers(driver)
         self.bucket = driver.bucket
-        self.maxretries = driver.maxretries
         self._connections = Connections(max_connections)
         self._rate = RateLimiter(driver.maxrequestspersecond)
         self.request_counts = collections.Counter()
