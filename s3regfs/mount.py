@@ -357,6 +357,8 @@ def build_operations(
         write_memory=write_memory,
         readahead=readahead,
         max_window=options.readahead,
+        max_ranges=options.read_ranges,
+        parts_in_flight=options.parts_in_flight,
         verify=options.verify,
     )
     images = ImagesView(namespace, store, options.metadata_ttl)

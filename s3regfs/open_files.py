@@ -34,7 +34,7 @@ import trio
 from s3regfs import layout
 from s3regfs.errors import NotFound, PreconditionFailed, StaleHandle, WriteLost
 from s3regfs.inode_cache import Namespace, Node
-from s3regfs.reader import ObjectReader, ReadaheadBudget
+from s3regfs.reader import ObjectReader, ReadaheadBudget, range_size
 from s3regfs.storage.base import ObjectInfo, ObjectStore
 from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
 
@@ -98,6 +98,8 @@ class OpenFiles:
         write_memory: WriteMemory,
         readahead: ReadaheadBudget,
         max_window: int,
+        max_ranges: int,
+        parts_in_flight: int,
         verify: bool,
     ) -> None:
         self._store = store
@@ -109,6 +111,8 @@ class OpenFiles:
         self.write_memory = write_memory
         self.readahead = readahead
         self._max_window = max_window
+        self._max_ranges = max_ranges
+        self._parts_in_flight = parts_in_flight
         self._verify = verify
         self._handles: dict[int, FileHandle] = {}
         self._writers: dict[int, FileWriter] = {}
@@ -141,6 +145,8 @@ class OpenFiles:
             budget=self.readahead,
             nursery=self._nursery,
             max_window=self._max_window,
+            range_size=range_size(node.size, node.etag, self._chunksize),
+            max_ranges=self._max_ranges,
             verify_digest=layout.blob_digest(node.path) if self._verify else None,
         )
 
@@ -244,6 +250,7 @@ class OpenFiles:
                 space=self._spool,
                 memory=self.write_memory,
                 nursery=self._nursery,
+                parts_in_flight=self._parts_in_flight,
             )
             self._writers[node.ino] = writer
             node.writing = True

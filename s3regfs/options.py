@@ -287,9 +287,18 @@ FS_OPTIONS: tuple[Option, ...] = (
     Option("fsname", "special", "", "SOURCE", "file-system name shown by findmnt and mount"),
     Option("subtype", "special", "s3regfs", "s3regfs", "file-system subtype (fuse.SUBTYPE)"),
     Option(
-        "readahead", "size", 16 * MiB, "16M", "largest read-ahead window of one open file (at least 128K)"
+        "readahead", "size", 128 * MiB, "128M", "largest read-ahead window of one open file (at least 128K)"
     ),
-    Option("readahead_total", "size", 128 * MiB, "128M", "memory for read-ahead across all open files"),
+    Option("readahead_total", "size", 256 * MiB, "256M", "memory for read-ahead across all open files"),
+    Option(
+        "read_ranges",
+        "int",
+        16,
+        "16",
+        "ranged GETs in flight at once per file read sequentially (1: one stream per file)",
+        lo=1,
+        hi=1024,
+    ),
     Option(
         "max_connections",
         "int",
@@ -309,6 +318,15 @@ FS_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "write_memory", "size", 256 * MiB, "256M", "memory for part uploads across all files being written"
+    ),
+    Option(
+        "parts_in_flight",
+        "int",
+        10,
+        "10",
+        "parts of one file uploading at once (within write_memory)",
+        lo=1,
+        hi=1024,
     ),
     Option("commit_timeout", "seconds", 300.0, "300", "seconds to commit open files when unmounting"),
     Option(

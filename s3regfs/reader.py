@@ -1,32 +1,53 @@
 # SPDX-License-Identifier: MIT
-"""Reading objects: streaming read-ahead for sequential readers, exact ranges
-for random ones, inside one global memory budget.
+"""Reading objects: read-ahead for sequential readers (one stream, then
+parallel ranges when the network is the bottleneck), small ranges for random
+readers, inside one global memory budget and the connection pool.
 
 One :class:`ObjectReader` serves one open file handle.  A sequential reader
 (its first read at offset 0, or a read that starts where the previous one
-ended) gets a *stream*: one GET of the rest of the object, read on a
-background task into a buffer of 1 MiB chunks that runs ahead of the reader
-by a *window*.  The window starts at 1 MiB and doubles (up to the
+ended) gets read-ahead: a background *producer* that keeps data ahead of the
+reader by a *window*.  The window starts at 1 MiB and doubles (up to the
 ``readahead`` option) each time the reader has to wait for data, so a slow
-consumer holds little memory and a fast one gets long requests.  A read
-elsewhere fetches just its range and leaves the stream alone.
+consumer holds little memory and a fast one gets long requests.
+
+The producer fetches with one *stream* (one GET of the rest of the object,
+read 1 MiB at a time) as long as the window is at most one *range* (8 MiB, or
+the object's part size when it is known).  A reader that outgrows it is
+waiting on the network, which on a distant S3 gives one connection tens of
+MB/s: the stream is then cut at the next range boundary and the window is
+fetched as *parallel ranges*: ranged GETs aligned to the range boundaries, at
+most ``read_ranges`` in flight per file, each on a connection it waits its
+turn for (so files reading at once share the pool), each taking its whole
+range from the budget before it starts.  A *deliverer* task hands the bytes to
+the reader strictly in order; -o verify hashes them there.  A reader that keeps
+up with one stream never waits long enough to leave it.
+
+A read elsewhere (a random reader) fetches its range, rounded up to
+RANDOM_MIN, and keeps that one block for the reads that follow it; it never
+starts read-ahead and leaves any read-ahead alone.
 
 Memory: every buffered byte is taken from one :class:`ReadaheadBudget`
 shared by all readers (the ``readahead_total`` option).  A producer that
 finds the budget spent waits, unless its reader is blocked on the very next
-chunk; then it takes that chunk anyway, so a reader always progresses.  A
-blocked read further ahead is told the stream is stalled and fetches its own
-range.  So the budget is overshot by at most two chunks (2 MiB) per reader
-that is actually waiting, however many files are open.
+chunk; then it takes that chunk (or range) anyway, so a reader always
+progresses.  A blocked read further ahead is told the read-ahead is stalled
+and fetches its own range.  So the budget is overshot by at most one range
+per reader that is actually waiting, however many files are open.
+
+Errors: a stream or range that breaks is resumed where it broke, with
+If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
+fails for good fails the reads that reach it (not earlier ones), and a changed
+object fails with PreconditionFailed: a reader never sees bytes out of order,
+twice, or of two versions.
 
 Concurrency: reads on one handle are serialised by a lock (the kernel sends
 several concurrently during its own read-ahead); data is kept 1 MiB behind
 the furthest read so slightly reordered requests still hit the buffer.
 
-Idle readers: a stream whose reader has not moved for IDLE_STREAM_SECONDS
-ends and gives back its buffer and connection, so open but unused files
-(a program holding many open) do not keep memory and connections from the
-readers that read.
+Idle readers: read-ahead whose reader has not moved for IDLE_STREAM_SECONDS
+ends and gives back its buffer, ranges and connections, so open but unused
+files (a program holding many open) do not keep memory and connections from
+the readers that read.
 """
 
 from __future__ import annotations
@@ -50,14 +71,58 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 INITIAL_WINDOW = 1024 * 1024
 KEEP_BEHIND = 1024 * 1024
-#: A stream whose reader has not moved for this long ends: its buffer goes back
-#: to the budget and its connection to the pool.  A reader that comes back
-#: gets a new stream from where it stopped (one more GET).
+#: Read-ahead whose reader has not moved for this long ends: its buffer goes
+#: back to the budget and its connections to the pool.  A reader that comes
+#: back gets new read-ahead from where it stopped.
 IDLE_STREAM_SECONDS = 5.0
+#: The range size of parallel reads unless the object's part size is known.
+RANGE_SIZE = 8 * 1024 * 1024
+#: Part sizes that make good ranges (else RANGE_SIZE).
+RANGE_MIN, RANGE_MAX = 4 * 1024 * 1024, 32 * 1024 * 1024
+#: One stream gives way to parallel ranges only once its reader, over at
+#: least STREAM_TRIAL bytes since the first ones came, has been waiting for
+#: data WAITING_SHARE of the time: the network, not the reader, is slow.
+STREAM_TRIAL = 2 * 1024 * 1024
+WAITING_SHARE = 0.75
+#: A random read fetches at least this much and keeps it for the next reads.
+RANDOM_MIN = 128 * 1024
 
 
 #: Read-ahead memory of all open files (the ``readahead_total`` option).
 ReadaheadBudget = MemoryBudget
+
+
+def range_size(size: int, etag: str, part_size: int) -> int:
+    """The range size for parallel reads of an object of *size* bytes: the
+    part size it was uploaded with, when its multipart ETag (``-N``) shows
+    *part_size* is that (N - 1 full parts and a last one), and it lies
+    within [RANGE_MIN, RANGE_MAX]; else RANGE_SIZE."""
+    _, dash, count = etag.rpartition("-")
+    if dash and count.isdigit() and RANGE_MIN <= part_size <= RANGE_MAX:
+        parts = int(count)
+        if parts > 1 and (parts - 1) * part_size < size <= parts * part_size:
+            return part_size
+    return RANGE_SIZE
+
+
+class _Fetch:
+    """One GET of bytes [start, limit) of the object, read chunk by chunk.
+
+    *limit* may be lowered (never below the end of a read in progress) to
+    cut a stream at a range boundary.  Received bytes wait in *chunks* until
+    the deliverer hands them to the reader in order; *held* is the budget
+    they (and, for a range, the rest of it) stand for.
+    """
+
+    def __init__(self, start: int, limit: int, *, is_range: bool) -> None:
+        self.start = start
+        self.position = start
+        self.limit = limit
+        self.is_range = is_range
+        self.chunks: deque[bytes] = deque()
+        self.held = 0
+        self.done = False
+        self.error: StorageError | None = None
 
 
 class ObjectReader:
@@ -65,6 +130,8 @@ class ObjectReader:
 
     *etag* pins the version: every GET sends If-Match, so a reader never mixes
     bytes of two versions (a changed object fails with PreconditionFailed).
+    *range_size* and *max_ranges* shape parallel ranges (``max_ranges`` 1:
+    one stream only).
     """
 
     def __init__(
@@ -77,11 +144,13 @@ class ObjectReader:
         budget: ReadaheadBudget,
         nursery: trio.Nursery,
         max_window: int,
+        range_size: int = RANGE_SIZE,
+        max_ranges: int = 1,
         verify_digest: str | None = None,
     ) -> None:
         self.key = key
-        # -o verify: a stream that starts at offset 0 hashes every chunk it
-        # reads, in order, and compares before it hands out the last one.
+        # -o verify: read-ahead that starts at offset 0 hashes every chunk it
+        # delivers, in order, and compares before it hands out the last one.
         self._algorithm = ""
         self._expected = ""
         self._corrupt = False
@@ -98,13 +167,20 @@ class ObjectReader:
         self._budget = budget
         self._nursery = nursery
         self._max_window = max(max_window, INITIAL_WINDOW)
+        self._range_size = max(range_size, CHUNK)
+        self._max_ranges = max(max_ranges, 1)
         self._lock = trio.Lock()
         # The buffer: chunks (offset, data), contiguous, covering
-        # [self._buf_start, self._stream_pos).
+        # [self._buf_start, self._stream_pos), delivered in order.
         self._chunks: deque[tuple[int, bytes]] = deque()
         self._buf_start = 0
         self._buffered = 0
         self._stream_pos = 0
+        # Fetches of the running read-ahead, in offset order, and the first
+        # offset none of them covers.
+        self._fetches: deque[_Fetch] = deque()
+        self._next_fetch = 0
+        self._generation = 0
         self._streaming = False
         self._window = INITIAL_WINDOW
         self._furthest = 0
@@ -115,10 +191,20 @@ class ObjectReader:
         self._error: StorageError | None = None
         self._data_arrived = trio.Event()
         self._consumer_moved = trio.Event()
+        self._progress = trio.Event()
         self._moved_at = 0.0
         self._producer_scope: trio.CancelScope | None = None
         self._producer_done = trio.Event()
         self._producer_done.set()
+        # How long the reader waited since the read-ahead's first bytes came.
+        self._first_data_at: float | None = None
+        self._first_data_pos = 0
+        self._waited = 0.0
+        # Parallel ranges have paid for this reader (it was network-bound):
+        # read-ahead that starts again goes straight to them.
+        self._ranges_pay = False
+        # The last random read's block: (offset, data).
+        self._block: tuple[int, bytes] = (0, b"")
 
     async def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of the object, short only at its end."""
@@ -140,8 +226,9 @@ class ObjectReader:
                     await self._stop_stream()
                     raise error
                 # The kernel's own read-ahead sends reads ahead of the reader:
-                # anything within the largest window is the stream's to serve,
-                # unless the budget is spent and the read is not next in line.
+                # anything within the largest window is the read-ahead's to
+                # serve, unless the budget is spent and the read is not next
+                # in line.
                 in_stream = (
                     self._streaming and self._buf_start <= offset <= self._stream_pos + self._max_window
                 )
@@ -151,16 +238,25 @@ class ObjectReader:
                 if offset == 0 or offset == self._last_end:
                     await self._start_stream(offset)
                     continue
-                # A random read: fetch exactly this range, keep any stream.
-                data = await self._store.get_range(self.key, offset, end, self._etag)
-                self._last_end = end
-                return data
+                return await self._read_random(offset, end)
+
+    async def _read_random(self, offset: int, end: int) -> bytes:
+        """A random read: its range, rounded up to RANDOM_MIN, kept for the
+        next reads; any read-ahead is left alone."""
+        block_start, block = self._block
+        if not (block_start <= offset and end <= block_start + len(block)):
+            fetch_end = min(self.size, max(end, offset + RANDOM_MIN))
+            block = await self._store.get_range(self.key, offset, fetch_end, self._etag)
+            block_start = offset
+            self._block = (block_start, block)
+        self._last_end = end
+        return block[offset - block_start : end - block_start]
 
     def relocate(self, key: str, etag: str) -> None:
         """The object was renamed to *key* (a copy with *etag*): read from there.
 
-        A stream in flight keeps its open GET of the old key, whose bytes are
-        the same.
+        Fetches in flight keep their open GETs of the old key, whose bytes
+        are the same.
         """
         self.key = key
         self._etag = etag or None
@@ -169,6 +265,7 @@ class ObjectReader:
         """Stop read-ahead and give its memory back; idempotent."""
         async with self._lock:
             await self._stop_stream()
+            self._block = (0, b"")
 
     # -- consumer side ------------------------------------------------------
 
@@ -210,18 +307,34 @@ class ObjectReader:
         self._waiting = True
         self._wait_offset = offset
         self._wake_producer()
+        began = trio.current_time()
+        counted = self._first_data_at is not None
         try:
             await self._data_arrived.wait()
         finally:
             self._waiting = False
+            if counted:
+                self._waited += trio.current_time() - began
+
+    def _network_bound(self) -> bool:
+        """The reader has spent most of its time since the first bytes
+        arrived waiting for more (over at least STREAM_TRIAL bytes): one
+        connection does not keep up with it."""
+        if self._first_data_at is None or self._stream_pos - self._first_data_pos < STREAM_TRIAL:
+            return False
+        elapsed = trio.current_time() - self._first_data_at
+        return elapsed > 0 and self._waited >= WAITING_SHARE * elapsed
 
     # -- producer side --------------------------------------------------------
 
     async def _start_stream(self, offset: int) -> None:
         await self._stop_stream()
-        self._buf_start = self._stream_pos = self._furthest = offset
+        self._buf_start = self._stream_pos = self._furthest = self._next_fetch = offset
         self._streaming = True
         self._stalled = False
+        self._first_data_at = None
+        self._first_data_pos = offset
+        self._waited = 0.0
         self._error = None
         self._moved_at = trio.current_time()
         self._producer_done = trio.Event()
@@ -238,6 +351,9 @@ class ObjectReader:
         self._drop_buffer()
 
     def _drop_buffer(self) -> None:
+        """Give back the delivered buffer; a later delivery of the same
+        read-ahead is discarded (the generation moves on)."""
+        self._generation += 1
         self._budget.give(self._buffered)
         self._chunks.clear()
         self._buffered = 0
@@ -245,24 +361,30 @@ class ObjectReader:
 
     def _idle(self, idle_after: float) -> bool:
         """If the reader has not moved for *idle_after* seconds (and waits for
-        nothing), end the stream: give the buffer back (no await, so no read
-        sees it half-dropped); the producer's exit closes the stream."""
+        nothing), end the read-ahead: give the buffer back (no await, so no
+        read sees it half-dropped); the producer's exit ends the fetches."""
         # The same sum as the waits' deadline, so a deadline that fired is idle.
         if self._waiting or trio.current_time() < self._moved_at + idle_after:
             return False
-        log.debug("read-ahead of %s idle at %d: stream ended", self.key, self._stream_pos)
+        log.debug("read-ahead of %s idle at %d: ended", self.key, self._stream_pos)
         self._streaming = False
         # A reader that comes back starts small again: a slow but steady one
         # (reading less than every IDLE_STREAM_SECONDS) must not fetch a grown
         # window at every restart.
         self._window = INITIAL_WINDOW
+        self._ranges_pay = False
         self._drop_buffer()
         return True
 
+    def _idle_deadline(self, idle_after: float) -> float:
+        # A reader blocked on data is not idle, however long it waits: its
+        # answer counts as a move (see _publish).
+        return math.inf if self._waiting else self._moved_at + idle_after
+
     async def _wait_unless_idle(self, wait: Callable[[], Awaitable[None]], idle_after: float) -> bool:
-        """Await *wait* until the reader's idle deadline; True if the stream
-        ended meanwhile for want of a reader (see :meth:`_idle`)."""
-        with trio.move_on_at(self._moved_at + idle_after):
+        """Await *wait* until the reader's idle deadline; True if the
+        read-ahead ended meanwhile for want of a reader (see :meth:`_idle`)."""
+        with trio.move_on_at(self._idle_deadline(idle_after)):
             await wait()
         return self._idle(idle_after)
 
@@ -277,72 +399,245 @@ class ObjectReader:
         self._data_arrived.set()
         self._data_arrived = trio.Event()
 
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _stall(self) -> None:
+        """The budget is spent: a read waiting beyond the next chunk is told
+        to fetch its own range instead of waiting."""
+        if self._waiting and not self._stalled:
+            self._stalled = True
+            self._publish()
+
     async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
-        stream: ObjectStream | None = None
+        generation = self._generation
         hasher: Any = hashlib.new(self._algorithm) if self._algorithm and start == 0 else None
-        # -o verify's hash needs one stream from the first byte: never idle out.
+        # -o verify's hash needs every byte from the first, in order: never idle out.
         idle_after = IDLE_STREAM_SECONDS if hasher is None else math.inf
         try:
             with scope:
-                stream = await self._store.open_stream(self.key, start, self.size, self._etag)
-                while stream.position < self.size:
-                    ahead = stream.position - self._furthest
-                    if ahead >= self._window and not self._waiting:
-                        if await self._wait_unless_idle(self._consumer_moved.wait, idle_after):
-                            return
-                        continue
-                    want = min(CHUNK, self.size - stream.position)
-                    if not self._budget.try_take(want):
-                        # Over budget, only a read that waits for the very next
-                        # chunk gets it; one further ahead is told to fetch its
-                        # own range instead of waiting.
-                        if self._waiting and self._wait_offset < stream.position + CHUNK:
-                            self._budget.try_take(want, force=True)
-                        else:
-                            if self._waiting and not self._stalled:
-                                self._stalled = True
-                                self._publish()
-                            # Both events are taken now, before any checkpoint, so
-                            # a give() or a read in between cannot be missed.
-                            either = partial(
-                                _first_of, self._budget.freed_event().wait, self._consumer_moved.wait
-                            )
-                            if await self._wait_unless_idle(either, idle_after):
-                                return
-                            continue
-                    self._stalled = False
-                    try:
-                        data = await stream.read(want)
-                    except BaseException:
-                        self._budget.give(want)
-                        raise
-                    self._budget.give(want - len(data))
-                    if hasher is not None:
-                        await trio.to_thread.run_sync(hasher.update, data)
-                        if stream.position == self.size and hasher.hexdigest() != self._expected:
-                            # Decided before the last chunk is handed out.
-                            log.error("%r: content does not match its digest (read with -o verify)", self.key)
-                            self._corrupt = True
-                    self._chunks.append((self._stream_pos, data))
-                    self._buffered += len(data)
-                    self._stream_pos += len(data)
-                    self._publish()
-        except StorageError as exc:
-            # A changed or deleted object is the reader's to judge (fs.read).
-            level = logging.DEBUG if isinstance(exc, (PreconditionFailed, NotFound)) else logging.WARNING
-            log.log(level, "read-ahead of %s stopped at %d: %s", self.key, self._stream_pos, exc)
-            self._error = exc
-            self._publish()
+                async with trio.open_nursery() as fetches:
+                    fetches.start_soon(self._deliver, generation, hasher)
+                    if not await self._schedule(start, fetches, idle_after):
+                        fetches.cancel_scope.cancel()
         except Exception as exc:
             # A bug here must fail this file's reads, not the whole mount.
             log.exception("read-ahead of %s failed", self.key)
-            self._error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
-            self._publish()
+            if generation == self._generation:
+                self._error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
+                self._publish()
+        finally:
+            # Every fetch has ended: what they hold and never delivered goes back.
+            for fetch in self._fetches:
+                self._budget.give(fetch.held)
+                fetch.held = 0
+            self._fetches.clear()
+            done.set()
+
+    async def _schedule(self, start: int, fetches: trio.Nursery, idle_after: float) -> bool:
+        """Start the fetches of read-ahead from *start*, one stream first and
+        parallel ranges once the window outgrows a range; return when every
+        byte to the end has been handed to a fetch and they have all ended
+        (True), or the reader went idle or failed (False)."""
+        size = self.size
+        step = self._range_size
+        parallel = self._max_ranges > 1
+        stream: _Fetch | None = None
+        if not (parallel and self._ranges_pay):
+            stream = _Fetch(start, size, is_range=False)
+            self._fetches.append(stream)
+            self._next_fetch = size
+            fetches.start_soon(self._run_stream, stream)
+        while True:
+            if self._error is not None:
+                return False
+            if (
+                parallel
+                and stream is not None
+                and not stream.done
+                and self._window > step
+                and stream.limit == size
+                and self._network_bound()
+            ):
+                # The reader outgrew one stream: cut it after the chunk it may
+                # be reading now; ranges take over from there (the first one
+                # up to the next range boundary).
+                cut = stream.position + CHUNK
+                if cut < size:
+                    log.debug(
+                        "read-ahead of %s: parallel ranges from %d (waited %.2f s of %.2f s)",
+                        self.key,
+                        cut,
+                        self._waited,
+                        trio.current_time() - (self._first_data_at or 0.0),
+                    )
+                    stream.limit = self._next_fetch = cut
+                    self._ranges_pay = True
+            active = sum(1 for fetch in self._fetches if fetch.is_range and not fetch.done)
+            if (
+                self._next_fetch < size
+                and active < self._max_ranges
+                and (
+                    self._next_fetch - self._furthest < self._window
+                    or (self._waiting and self._wait_offset >= self._next_fetch)
+                )
+            ):
+                started = await self._start_range(fetches, idle_after)
+                if started is None:
+                    return False
+                continue
+            if self._next_fetch >= size and all(fetch.done for fetch in self._fetches):
+                return True
+            either = partial(_first_of, self._consumer_moved.wait, self._progress.wait)
+            if await self._wait_unless_idle(either, idle_after):
+                return False
+
+    async def _start_range(self, fetches: trio.Nursery, idle_after: float) -> bool | None:
+        """Take the budget and a connection for the next range and start it:
+        True if started, False to look again (the budget was short), None if
+        the reader went idle meanwhile."""
+        start = self._next_fetch
+        end = min(self.size, (start // self._range_size + 1) * self._range_size)
+        if not self._budget.try_take(end - start):
+            # Over budget, only a range the reader is blocked on goes anyway.
+            if self._waiting and self._wait_offset < end:
+                self._budget.try_take(end - start, force=True)
+            else:
+                self._stall()
+                either = partial(_first_of, self._budget.freed_event().wait, self._consumer_moved.wait)
+                return None if await self._wait_unless_idle(either, idle_after) else False
+        self._stalled = False
+        stream = self._store.stream(self.key, start, end, self._etag)
+        while True:
+            with trio.move_on_at(self._idle_deadline(idle_after)) as waited:
+                await stream.reserve()
+            if not waited.cancelled_caught:
+                break
+            if self._idle(idle_after):
+                self._budget.give(end - start)
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                return None
+        fetch = _Fetch(start, end, is_range=True)
+        fetch.held = end - start
+        self._fetches.append(fetch)
+        self._next_fetch = end
+        fetches.start_soon(self._run_range, fetch, stream)
+        return True
+
+    async def _run_range(self, fetch: _Fetch, stream: ObjectStream) -> None:
+        """Read a range that holds its budget and connection to its end."""
+        try:
+            while fetch.position < fetch.limit:
+                data = await stream.read(min(CHUNK, fetch.limit - fetch.position))
+                self._received(fetch, data)
+        except Exception as exc:
+            self._fetch_failed(fetch, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            fetch.done = True
+            self._signal_progress()
+
+    async def _run_stream(self, fetch: _Fetch) -> None:
+        """Read one GET of the rest of the object (until its limit is cut),
+        a chunk at a time within the window and the budget."""
+        stream: ObjectStream | None = None
+        try:
+            stream = await self._store.open_stream(self.key, fetch.start, self.size, self._etag)
+            while fetch.position < fetch.limit:
+                if fetch.position - self._furthest >= self._window and not self._waiting:
+                    await self._consumer_moved.wait()
+                    continue
+                want = min(CHUNK, fetch.limit - fetch.position)
+                if not self._budget.try_take(want):
+                    # Over budget, only a read that waits for the very next
+                    # chunk gets it; one further ahead is told to fetch its
+                    # own range instead of waiting.
+                    if self._waiting and self._wait_offset < fetch.position + CHUNK:
+                        self._budget.try_take(want, force=True)
+                    else:
+                        self._stall()
+                        # Both events are taken now, before any checkpoint, so
+                        # a give() or a read in between cannot be missed.
+                        either = partial(
+                            _first_of, self._budget.freed_event().wait, self._consumer_moved.wait
+                        )
+                        await either()
+                        continue
+                self._stalled = False
+                fetch.held += want
+                data = await stream.read(want)
+                fetch.held -= want - len(data)
+                self._budget.give(want - len(data))
+                self._received(fetch, data)
+        except Exception as exc:
+            self._fetch_failed(fetch, exc)
         finally:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
-            done.set()
+            fetch.done = True
+            self._signal_progress()
+
+    def _received(self, fetch: _Fetch, data: bytes) -> None:
+        if not data:
+            raise StorageError(f"reading {self.key}: no data at {fetch.position} of {fetch.limit}")
+        fetch.chunks.append(data)
+        fetch.position += len(data)
+        self._signal_progress()
+
+    def _fetch_failed(self, fetch: _Fetch, exc: Exception) -> None:
+        if isinstance(exc, StorageError):
+            # A changed or deleted object is the reader's to judge (fs.read).
+            level = logging.DEBUG if isinstance(exc, (PreconditionFailed, NotFound)) else logging.WARNING
+            log.log(level, "read-ahead of %s stopped at %d: %s", self.key, fetch.position, exc)
+            fetch.error = exc
+        else:
+            # A bug here must fail this file's reads, not the whole mount.
+            log.exception("read-ahead of %s failed", self.key)
+            fetch.error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
+
+    async def _deliver(self, generation: int, hasher: Any) -> None:
+        """Hand the fetches' bytes to the reader in order (hashing them for
+        -o verify); a failed fetch's error reaches the reader when its bytes
+        would have."""
+        while True:
+            progress = self._progress
+            while self._fetches and generation == self._generation:
+                head = self._fetches[0]
+                if head.chunks:
+                    data = head.chunks.popleft()
+                    if hasher is not None:
+                        await trio.to_thread.run_sync(hasher.update, data)
+                        if generation != self._generation:
+                            return
+                        if self._stream_pos + len(data) == self.size and hasher.hexdigest() != self._expected:
+                            # Decided before the last chunk is handed out.
+                            log.error("%r: content does not match its digest (read with -o verify)", self.key)
+                            self._corrupt = True
+                    head.held -= len(data)
+                    self._buffered += len(data)
+                    self._chunks.append((self._stream_pos, data))
+                    self._stream_pos += len(data)
+                    if self._first_data_at is None:
+                        self._first_data_at = trio.current_time()
+                    self._publish()
+                    continue
+                if head.error is not None:
+                    self._error = head.error
+                    self._publish()
+                    return
+                if head.done:
+                    self._budget.give(head.held)
+                    head.held = 0
+                    self._fetches.popleft()
+                    continue
+                break
+            if generation != self._generation or self._next_fetch >= self.size and not self._fetches:
+                return
+            await progress.wait()
 
 
 async def _first_of(*waiters: Callable[[], Awaitable[None]]) -> None:

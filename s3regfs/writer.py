@@ -12,7 +12,7 @@ Sequential writing (every write since the base was set lands in
 ``[base_keep, size]``: a new file, O_TRUNC, or an append) is *streamed*: each
 time ``chunksize`` bytes past the upload cursor are in the spool, a background
 task reads them back and uploads them as the next part of a multipart upload,
-at most ``PARTS_IN_FLIGHT`` at once per file; a writer that gets further ahead
+at most ``parts_in_flight`` at once per file; a writer that gets further ahead
 waits (backpressure), and every part buffer comes from one :class:`WriteMemory`
 budget shared by all files.  The commit uploads the last part and completes
 the upload; a file smaller than chunksize is one PutObject.  An append reuses
@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024
 MAX_PART = 5 * 1024 * 1024 * 1024
-#: Parts of one file uploading at once; a writer that gets further ahead waits.
-PARTS_IN_FLIGHT = 4
+#: Parts of one file uploading at once by default (the ``parts_in_flight``
+#: option); a writer that gets further ahead waits.
+PARTS_IN_FLIGHT = 10
 FETCH_CHUNK = 8 * 1024 * 1024
 
 
@@ -185,8 +186,10 @@ class FileWriter:
         space: SpoolSpace,
         memory: WriteMemory,
         nursery: trio.Nursery,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
     ) -> None:
         self.key = key
+        self._parts_in_flight = max(1, parts_in_flight)
         self._store = store
         self._chunksize = chunksize
         self._space = space
@@ -466,7 +469,7 @@ class FileWriter:
                 continue
             if upload.stale and not final:
                 return  # restarted at the commit: no more parts for this upload
-            while upload.pending >= PARTS_IN_FLIGHT and upload.error is None:
+            while upload.pending >= self._parts_in_flight and upload.error is None:
                 await upload.changed.wait()
             if upload.error is not None:
                 self._drop_tail()

@@ -61,6 +61,12 @@ class ObjectStream(Protocol):
         """
         ...
 
+    async def reserve(self) -> None:
+        """Wait in line for a connection of the streams' share and keep it
+        until :meth:`aclose` (a stream is otherwise free to read by ranged
+        GETs when no connection is free at once)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the connection; idempotent."""
         ...
@@ -95,6 +101,10 @@ class ObjectStore(Protocol):
 
     async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> ObjectStream:
         """Start a GET of bytes [start, end) to be read incrementally."""
+        ...
+
+    def stream(self, key: str, start: int, end: int, etag: str | None = None) -> ObjectStream:
+        """A stream of bytes [start, end) that sends nothing until its first read."""
         ...
 
     async def probe(self, key_prefix: str) -> BucketProbe:

@@ -9,11 +9,15 @@ client (boto3 clients are thread-safe once created; sessions are not).
 Connections: the limiter has a token per connection of the pool
 (``max_connections``), and whoever uses a connection holds a token: a
 request for the whole call, a ranged GET until its body is read (in the same
-call), an open stream (read-ahead) for its life.  Streams take their token
-only if it is free at once and streams hold fewer than half of them; a stream
-without one reads chunk by chunk as ranged GETs.  So the pool is never
-exceeded (urllib3 would open extra connections and discard them with a
-warning), and idle streams can never keep other requests waiting.
+call), an open stream (read-ahead) for its life.  Streams together hold at
+most three quarters of the tokens (the *bulk* share), so the other requests
+always have a quarter.  A read-ahead stream takes its token only if it is free
+at once and streams hold fewer than half of them (a stream without one reads
+chunk by chunk as ranged GETs); a parallel range (:meth:`S3Stream.reserve`)
+queues for one, first come first served, so files reading at once share the
+bulk share in turn.  So the pool is never exceeded (urllib3 would open extra
+connections and discard them with a warning), and streams never keep the
+other requests waiting.
 
 Retries live here and only here: botocore's own retries are switched off
 (``total_max_attempts=1``), and :meth:`S3Store._call` makes at most
@@ -209,13 +213,17 @@ class Connections:
     """The connection tokens of one client (its pool holds *max_connections*).
 
     Every request holds a token while it runs.  An open stream holds one for
-    its life, a *slot*, and streams together hold at most half of them, so
-    the other requests always progress, however many streams sit idle.
+    its life, a *slot*; slots come from the *bulk* share (three quarters of
+    the tokens, at least one), so the other requests always progress, however
+    many streams read.  A slot is taken either at once or not at all
+    (:meth:`take_stream_slot`: read-ahead streams, at most half of the tokens)
+    or in turn (:meth:`wait_for_slot`: parallel ranges).
     """
 
     def __init__(self, max_connections: int) -> None:
         self.limiter = trio.CapacityLimiter(max_connections)
         self._stream_slots = max_connections // 2
+        self._bulk = trio.CapacityLimiter(max(1, max_connections - max_connections // 4))
         self._streams = 0
 
     async def run(self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
@@ -226,26 +234,47 @@ class Connections:
         )
 
     def take_stream_slot(self, owner: object) -> bool:
-        """A token for *owner*'s connection, if one is free now and streams hold
-        fewer than half of them; never waits (a stream without a slot reads by
+        """A slot for *owner*, if one is free now and streams hold fewer than
+        half of the tokens; never waits (a stream without a slot reads by
         ranged GETs, so no reader waits for an idle one)."""
         if self._streams >= self._stream_slots:
             return False
         try:
+            self._bulk.acquire_on_behalf_of_nowait(owner)
+        except trio.WouldBlock:
+            return False
+        try:
             self.limiter.acquire_on_behalf_of_nowait(owner)
         except trio.WouldBlock:
+            self._bulk.release_on_behalf_of(owner)
             return False
         self._streams += 1
         return True
 
+    async def wait_for_slot(self, owner: object) -> None:
+        """A slot for *owner*, waiting in line for one (first come, first served)."""
+        await self._bulk.acquire_on_behalf_of(owner)
+        try:
+            await self.limiter.acquire_on_behalf_of(owner)
+        except BaseException:
+            self._bulk.release_on_behalf_of(owner)
+            raise
+        self._streams += 1
+
     def give_stream_slot(self, owner: object) -> None:
         self._streams -= 1
         self.limiter.release_on_behalf_of(owner)
+        self._bulk.release_on_behalf_of(owner)
 
     @property
     def total(self) -> int:
         """Tokens in all (max_connections)."""
         return int(self.limiter.total_tokens)
+
+    @property
+    def bulk(self) -> int:
+        """Slots streams may hold at once."""
+        return int(self._bulk.total_tokens)
 
     @property
     def streams(self) -> int:
@@ -349,6 +378,13 @@ class S3Stream:
                 self._key, self.position, self._end, self._etag, limiter=self._limiter
             )
         return self._slot
+
+    async def reserve(self) -> None:
+        """Wait in line for a slot and keep it until :meth:`aclose` (a parallel
+        range: it must not fall back to chunk-sized requests)."""
+        if not self._slot:
+            await self._connections.wait_for_slot(self)
+            self._slot = True
 
     async def open(self) -> None:
         """Open the body at once (with a slot), under the usual retry budget."""
@@ -680,8 +716,8 @@ class S3Store:
         """:meth:`_get_bytes` in one attempt, uncounted: for a stream."""
         return await self._get_bytes(key, start, end, etag, retries=0, count_errors=False)
 
-    async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
-        stream = S3Stream(
+    def stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
+        return S3Stream(
             key,
             start,
             end,
@@ -692,6 +728,9 @@ class S3Store:
             get_body=self._get_body,
             get_bytes=self._get_bytes_once,
         )
+
+    async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
+        stream = self.stream(key, start, end, etag)
         if end > start:
             try:
                 await stream.open()
