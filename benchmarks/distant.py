@@ -1,20 +1,29 @@
 # SPDX-License-Identifier: MIT
 """s3regfs against a distant S3, emulated on loopback, side by side with boto3.
 
-    .venv/bin/python benchmarks/distant.py [--size-mib 64] [--profiles T,L] [--links 1000]
+    .venv/bin/python benchmarks/distant.py [--profiles T,L] [--size-mib 256]
+        [--readers 4] [--reader-mib 128] [--links 3000] [--rounds 3]
 
-The endpoint is moto_server started through tests/moto_ranged.py (a ranged GET
-costs the range, as on S3), behind tests/s3emulator.py (per-connection
-bandwidth cap, a delay before each request; profiles T and L).  For each
-profile it prints, measured in the same run:
+(``benchmarks/bench.py --profiles T,L`` runs the same.)  The endpoint is
+moto_server started through tests/moto_ranged.py (a ranged GET costs the
+range, as on S3: plain moto reads the whole object for every range), behind
+tests/s3emulator.py (a bandwidth cap per connection and direction, a delay
+before each request, more per LIST page; profiles T and L).  For each profile
+it prints, every round and the median, measured in the same run and
+alternating the two sides:
 
-1. the cost of ranged GETs on this moto (no emulator), so a reader of these
-   figures knows what the endpoint charges;
-2. reading one object: boto3 ``download_fileobj`` (8 MiB ranges, 10 threads)
-   vs ``cat`` of the file through a fresh s3regfs mount (page cache dropped);
-3. writing it: boto3 ``upload_file`` (8 MiB parts, 10 threads) vs ``cp`` into
-   the mount (chunksize 8 MiB) until close() returns;
-4. ``find -ls`` over N link files, each in its own digest directory.
+1. read: boto3 ``download_fileobj`` (8 MiB ranges, 10 threads) vs ``cat`` of
+   the blob through the mount, the page cache dropped before each;
+2. write: boto3 ``upload_file`` (8 MiB parts, 10 threads) vs ``cp`` into the
+   mount (chunksize 8 MiB) until close() returns;
+3. N readers of N different blobs at once: aggregate throughput vs N
+   ``download_fileobj`` at once, and each reader's share;
+4. first byte of a small link file (its directory listed already, and on a
+   fresh mount by its whole path);
+5. ``find -ls`` over N link files, each in its own digest directory, on a
+   fresh mount: time, requests, and the time the requests would take one
+   after another (requests x their delays);
+6. the daemon's peak RSS (VmHWM) over sections 1-3 (one mount).
 
 Only loopback traffic; everything it starts, it stops.
 """
@@ -25,17 +34,20 @@ import argparse
 import hashlib
 import io
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.s3emulator import PROFILES, DistantS3  # noqa: E402
+from tests.s3emulator import PROFILES, DistantS3, Profile  # noqa: E402
 from tests.util import (  # noqa: E402
     free_port,
     mount_env,
@@ -47,6 +59,12 @@ from tests.util import (  # noqa: E402
 
 MiB = 1024 * 1024
 BUCKET = "distant"
+PART = 8 * MiB
+LINKS = "docker/registry/v2/repositories/app/_layers/sha256"
+
+
+def blob_key(digest: str) -> str:
+    return f"docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data"
 
 
 def start_ranged_moto(log: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -64,148 +82,334 @@ def start_ranged_moto(log: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 def drop_page_cache() -> None:
     subprocess.run(["sync"], check=True)
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def mount(url: str, path: Path, log: Path) -> subprocess.Popen[str]:
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"regionendpoint={url},region=us-east-1,chunksize={8 * MiB},metadata_ttl=60"
-    out = open(log, "a")  # noqa: SIM115 - lives as long as the mount
-    process = subprocess.Popen(
-        s3regfs_command("-f", "-o", options, BUCKET, str(path)),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env=mount_env(),
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while not os.path.ismount(path):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"s3regfs did not mount: {log.read_text()}")
-        time.sleep(0.05)
-    return process
+class Mounted:
+    """``s3regfs -f`` of the bucket through *url* at *path*."""
+
+    def __init__(self, url: str, path: Path, log: Path, extra: str = "") -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = f"regionendpoint={url},region=us-east-1,chunksize={PART},metadata_ttl=60"
+        if extra:
+            options += f",{extra}"
+        self.path = path
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(
+                s3regfs_command("-f", "-o", options, BUCKET, str(path)),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=mount_env(),
+            )
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"s3regfs did not mount: {log.read_text()}")
+            time.sleep(0.05)
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=False)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_process(self.process)
 
 
-def unmount(process: subprocess.Popen[str], path: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(path)], check=False)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        stop_process(process)  # type: ignore[arg-type]
-
-
-def timed(fn: Any) -> float:
+def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
 
 
+def read_through(path: Path) -> int:
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(MiB):
+            total += len(chunk)
+    return total
+
+
+def sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def range_costs(s3: Any, key: str, rounds: int = 5) -> str:
-    one = [
-        timed(lambda: s3.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-0")["Body"].read())
-        for _ in range(rounds)
-    ]
-    mib = [
-        timed(
-            lambda: s3.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={MiB}-{2 * MiB - 1}")["Body"].read()
+    def get(range_: str) -> float:
+        return timed(lambda: s3.get_object(Bucket=BUCKET, Key=key, Range=range_)["Body"].read())
+
+    one = min(get("bytes=0-0") for _ in range(rounds))
+    mib = min(get(f"bytes={MiB}-{2 * MiB - 1}") for _ in range(rounds))
+    return f"1-byte range {one * 1000:.1f} ms, 1 MiB range {mib * 1000:.1f} ms (best of {rounds})"
+
+
+def rounds_text(values: list[float], unit: str = "s") -> str:
+    return ", ".join(f"{v:.2f}" for v in values) + f" {unit}"
+
+
+def ratio_line(label: str, mib: float, boto: list[float], fs: list[float], target: str) -> str:
+    b, f = statistics.median(boto), statistics.median(fs)
+    return (
+        f"{label}: boto3 {mib / b:6.1f} MiB/s ({rounds_text(boto)}), s3regfs {mib / f:6.1f} MiB/s "
+        f"({rounds_text(fs)}); ratio {b / f:.2f} (rounds {', '.join(f'{x / y:.2f}' for x, y in zip(boto, fs, strict=True))}; target {target})"
+    )
+
+
+class Bench:
+    """The data of one run: a 'big' blob, N reader blobs, a source file, links."""
+
+    def __init__(self, port: int, work: Path, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = work
+        direct = s3_client(f"http://127.0.0.1:{port}")
+        direct.create_bucket(Bucket=BUCKET)
+        data = os.urandom(args.size_mib * MiB)
+        self.big_digest = hashlib.sha256(data).hexdigest()
+        direct.put_object(Bucket=BUCKET, Key=blob_key(self.big_digest), Body=data)
+        self.source = work / "source"
+        self.source.write_bytes(data)
+        del data
+        self.readers: list[str] = []
+        for _ in range(args.readers):
+            body = os.urandom(args.reader_mib * MiB)
+            digest = hashlib.sha256(body).hexdigest()
+            direct.put_object(Bucket=BUCKET, Key=blob_key(digest), Body=body)
+            self.readers.append(digest)
+        self.link_names: list[str] = []
+        with ThreadPoolExecutor(8) as pool:
+
+            def put_link(i: int) -> None:
+                hexdigest = hashlib.sha256(str(i).encode()).hexdigest()
+                direct.put_object(
+                    Bucket=BUCKET, Key=f"{LINKS}/{hexdigest}/link", Body=f"sha256:{hexdigest}".encode()
+                )
+
+            list(pool.map(put_link, range(args.links)))
+        self.first_link = f"{LINKS}/{hashlib.sha256(b'0').hexdigest()}/link"
+        print(
+            f"1. ranged GETs of a {args.size_mib} MiB object, no emulator: {range_costs(direct, blob_key(self.big_digest))}"
         )
-        for _ in range(rounds)
-    ]
-    return f"1-byte range {min(one) * 1000:.1f} ms, 1 MiB range {min(mib) * 1000:.1f} ms (best of {rounds})"
 
+    def run_profile(self, port: int, profile: Profile) -> None:
+        args = self.args
+        import botocore.config
+        from boto3.s3.transfer import TransferConfig
 
-def run_profile(
-    name: str, port: int, args: argparse.Namespace, transfer: Any, work: Path, digest: str, source: Path
-) -> None:
-    """Sections 2-4 for one emulator profile."""
-    profile = PROFILES[name]
-    proxy = DistantS3(port, profile).start()
-    try:
+        proxy = DistantS3(port, profile).start()
+        transfer = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=10)
+        # The mount's client settings: checksums only when required (the registry sends none).
+        client: Any = s3_client(
+            proxy.url,
+            botocore.config.Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                max_pool_connections=64,
+            ),
+        )
         cap = (
             f"{profile.bandwidth / 1e6:.0f} MB/s per connection" if profile.bandwidth else "no bandwidth cap"
         )
         print(
-            f"\nprofile {name}: {cap}, {profile.latency * 1000:.0f} ms per request, "
-            f"+{profile.list_latency * 1000:.0f} ms per LIST page"
+            f"\nprofile {profile.name}: {cap}, {profile.latency * 1000:.0f} ms before each request, "
+            f"+{profile.list_latency * 1000:.0f} ms per LIST page; {args.rounds} rounds, medians"
         )
-        client = s3_client(proxy.url)
-        sink = io.BytesIO()
-        boto_read = timed(lambda: client.download_fileobj(BUCKET, "big", sink, Config=transfer))
-        assert hashlib.sha256(sink.getvalue()).hexdigest() == digest
-        mnt = work / f"mnt-{name}"
-        process = mount(proxy.url, mnt, work / f"s3regfs-{name}.log")
+        mnt = self.work / f"mnt-{profile.name}"
+        log = self.work / f"s3regfs-{profile.name}.log"
         try:
+            mounted = Mounted(proxy.url, mnt, log)
+            try:
+                self._transfers(client, transfer, mounted)
+                print(
+                    f"6. daemon peak RSS (VmHWM) over 1-3: {mounted.peak_rss_mib():.0f} MiB (target <= 300)"
+                )
+            finally:
+                mounted.stop()
+            self._first_byte(proxy, mnt, log, profile)
+            self._find(proxy, mnt, log, profile)
+        finally:
+            proxy.stop()
+
+    def _transfers(self, client: Any, transfer: Any, mounted: Mounted) -> None:
+        args = self.args
+        size = args.size_mib
+        key = blob_key(self.big_digest)
+        big = mounted.path / key
+
+        def boto_read() -> float:
+            sink = io.BytesIO()
+            elapsed = timed(lambda: client.download_fileobj(BUCKET, key, sink, Config=transfer))
+            assert hashlib.sha256(sink.getvalue()).hexdigest() == self.big_digest
+            return elapsed
+
+        def fs_read() -> float:
             drop_page_cache()
-            fs_read = timed(
-                lambda: subprocess.run(["cat", str(mnt / "big")], stdout=subprocess.DEVNULL, check=True)
+            elapsed = timed(lambda: read_through(big))
+            # Checked after the clock stopped (blob pages stay cached).
+            assert sha256_of_file(big) == self.big_digest, "s3regfs read wrong bytes"
+            return elapsed
+
+        boto_reads: list[float] = []
+        fs_reads: list[float] = []
+        for _ in range(args.rounds):
+            boto_reads.append(boto_read())
+            fs_reads.append(fs_read())
+        print(ratio_line(f"2. read {size} MiB", size, boto_reads, fs_reads, ">= 1.0"))
+
+        def boto_write(name: str) -> float:
+            return timed(lambda: client.upload_file(str(self.source), BUCKET, name, Config=transfer))
+
+        def fs_write(name: str) -> float:
+            elapsed = timed(
+                lambda: subprocess.run(["cp", str(self.source), str(mounted.path / name)], check=True)
             )
-            size = args.size_mib
-            print(
-                f"2. read {size} MiB: boto3 download_fileobj {size / boto_read:6.1f} MiB/s, "
-                f"s3regfs {size / fs_read:6.1f} MiB/s, ratio {boto_read / fs_read:.2f}"
+            assert client.head_object(Bucket=BUCKET, Key=name)["ContentLength"] == size * MiB
+            return elapsed
+
+        (mounted.path / "upload").mkdir(exist_ok=True)
+        boto_writes = []
+        fs_writes = []
+        for round_ in range(args.rounds):
+            boto_writes.append(boto_write(f"upload/boto-{round_}"))
+            fs_writes.append(fs_write(f"upload/cp-{round_}"))
+        print(ratio_line(f"3. write {size} MiB", size, boto_writes, fs_writes, ">= 0.9"))
+
+        n, each = args.readers, args.reader_mib
+        boto_all: list[float] = []
+        fs_all: list[float] = []
+        shares: list[str] = []
+        for _ in range(args.rounds):
+            boto_all.append(self._boto_readers(client, transfer))
+            elapsed, finished = self._fs_readers(mounted)
+            fs_all.append(elapsed)
+            # A reader's share: its throughput over the aggregate's, times N
+            # (1.0 = a fair share; >= 0.8 is the target).
+            aggregate = n * each / elapsed
+            shares.append("/".join(f"{(each / finished[d]) / aggregate * n:.2f}" for d in self.readers))
+        print(
+            ratio_line(
+                f"4. {n} readers of {each} MiB at once, aggregate", n * each, boto_all, fs_all, ">= 0.9"
             )
-            boto_write = timed(lambda: client.upload_file(str(source), BUCKET, "up-boto", Config=transfer))
-            fs_write = timed(lambda: subprocess.run(["cp", str(source), str(mnt / "up-fs")], check=True))
+        )
+        print(
+            f"   each s3regfs reader's share of the aggregate x {n}, per round: {'; '.join(shares)} (target >= 0.8)"
+        )
+
+    def _boto_readers(self, client: Any, transfer: Any) -> float:
+        sinks = {digest: io.BytesIO() for digest in self.readers}
+
+        def one(digest: str) -> None:
+            client.download_fileobj(BUCKET, blob_key(digest), sinks[digest], Config=transfer)
+
+        with ThreadPoolExecutor(len(sinks)) as pool:
+            elapsed = timed(lambda: list(pool.map(one, sinks)))
+        for digest, sink in sinks.items():
+            assert hashlib.sha256(sink.getvalue()).hexdigest() == digest
+        return elapsed
+
+    def _fs_readers(self, mounted: Mounted) -> tuple[float, dict[str, float]]:
+        """All readers at once: the time until the last ended, and each one's."""
+        drop_page_cache()
+        finished: dict[str, float] = {}
+        started = time.perf_counter()
+
+        def one(digest: str) -> None:
+            read_through(mounted.path / blob_key(digest))
+            finished[digest] = time.perf_counter() - started
+
+        with ThreadPoolExecutor(len(self.readers)) as pool:
+            elapsed = timed(lambda: list(pool.map(one, self.readers)))
+        for digest in self.readers:
+            assert sha256_of_file(mounted.path / blob_key(digest)) == digest, "s3regfs read wrong bytes"
+        return elapsed, finished
+
+    def _first_byte(self, proxy: DistantS3, mnt: Path, log: Path, profile: Profile) -> None:
+        mounted = Mounted(proxy.url, mnt, log)
+        try:
+            path = mounted.path / self.first_link
+
+            def first_byte() -> None:
+                with open(path, "rb", buffering=0) as f:
+                    assert f.read(1) == b"s"
+
+            before = proxy.requests
+            cold = timed(first_byte)
+            cold_requests = proxy.requests - before
+            warm: list[float] = []
+            warm_requests = 0
+            for i in range(1, 1 + self.args.rounds):
+                # Another link, its directory listed already (ls of the parent);
+                # a link's pages are dropped at every open (not a blob).
+                other = f"{LINKS}/{hashlib.sha256(str(i).encode()).hexdigest()}/link"
+                os.listdir(mounted.path / other.rpartition("/")[0])
+                path = mounted.path / other
+                before = proxy.requests
+                warm.append(timed(first_byte))
+                warm_requests += proxy.requests - before
             print(
-                f"3. write {size} MiB: boto3 upload_file {size / boto_write:6.1f} MiB/s, "
-                f"s3regfs {size / fs_write:6.1f} MiB/s, ratio {boto_write / fs_write:.2f}"
+                f"5. first byte of a link file, its directory listed: {statistics.median(warm) * 1000:.0f} ms "
+                f"({rounds_text([w * 1000 for w in warm], 'ms')}); one request's delay "
+                f"{profile.latency * 1000:.0f} ms (target <= 1.5 x + FUSE overhead); "
+                f"{warm_requests / self.args.rounds:.1f} requests each; "
+                f"fresh mount, whole path: {cold * 1000:.0f} ms, {cold_requests} requests"
             )
         finally:
-            unmount(process, mnt)
-        process = mount(proxy.url, mnt, work / f"s3regfs-{name}.log")
+            mounted.stop()
+
+    def _find(self, proxy: DistantS3, mnt: Path, log: Path, profile: Profile) -> None:
+        mounted = Mounted(proxy.url, mnt, log)
         try:
-            before = proxy.requests
+            time.sleep(0.5)  # start-up requests are not the walk's
+            before, lists_before = proxy.requests, proxy.list_requests
             elapsed = timed(
                 lambda: subprocess.run(
-                    ["find", str(mnt / "docker"), "-type", "f", "-ls"],
+                    ["find", str(mounted.path / "docker/registry/v2/repositories"), "-type", "f", "-ls"],
                     stdout=subprocess.DEVNULL,
                     check=True,
                 )
             )
+            requests = proxy.requests - before
+            lists = proxy.list_requests - lists_before
+            serial = requests * profile.latency + lists * profile.list_latency
             print(
-                f"4. find -ls over {args.links} link files, fresh mount: {elapsed:.2f} s, "
-                f"{proxy.requests - before} requests"
+                f"7. find -ls over {self.args.links} link files, fresh mount: {elapsed:.2f} s, {requests} requests "
+                f"({lists} LIST); those requests one after another: {serial:.2f} s; "
+                f"ratio {elapsed / serial if serial else float('nan'):.2f} (target <= 1.5)"
             )
         finally:
-            unmount(process, mnt)
-    finally:
-        proxy.stop()
+            mounted.stop()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--profiles", default="T,L")
-    parser.add_argument("--links", type=int, default=1000)
-    args = parser.parse_args()
-    from boto3.s3.transfer import TransferConfig
-
-    transfer = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=10)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--readers", type=int, default=4)
+    parser.add_argument("--reader-mib", type=int, default=128)
+    parser.add_argument("--links", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="s3regfs-distant-"))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print("endpoint: moto_server with ranged GETs costing the range (tests/moto_ranged.py)")
+    print(
+        "endpoint: moto_server through tests/moto_ranged.py (ranged GETs cost the range), "
+        "behind tests/s3emulator.py"
+    )
     moto, port = start_ranged_moto(work / "moto.log")
     try:
-        direct = s3_client(f"http://127.0.0.1:{port}")
-        direct.create_bucket(Bucket=BUCKET)
-        data = os.urandom(args.size_mib * MiB)
-        digest = hashlib.sha256(data).hexdigest()
-        direct.put_object(Bucket=BUCKET, Key="big", Body=data)
-        source = work / "source"
-        source.write_bytes(data)
-        for i in range(args.links):
-            hexdigest = hashlib.sha256(str(i).encode()).hexdigest()
-            direct.put_object(
-                Bucket=BUCKET,
-                Key=f"docker/registry/v2/repositories/app/_layers/sha256/{hexdigest}/link",
-                Body=f"sha256:{hexdigest}".encode(),
-            )
-        print(f"1. ranged GETs of a {args.size_mib} MiB object, no emulator: {range_costs(direct, 'big')}")
+        bench = Bench(port, work, args)
         for name in args.profiles.split(","):
-            run_profile(name, port, args, transfer, work, digest, source)
+            bench.run_profile(port, PROFILES[name])
     finally:
         stop_process(moto)
     return 0

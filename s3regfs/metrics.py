@@ -31,6 +31,8 @@ _COUNTERS = (
     ("s3regfs_request_errors", "errors", "S3 requests that failed for good (after retries)"),
     ("s3regfs_received_bytes", "bytes_in", "bytes read from S3"),
     ("s3regfs_sent_bytes", "bytes_out", "bytes written to S3"),
+    ("s3regfs_parallel_reads", "parallel_reads", "sequential reads that turned to parallel ranged GETs"),
+    ("s3regfs_read_ranges", "read_ranges", "ranged GETs of parallel reads"),
 )
 #: Gauges: metric name, key in the stats, help.
 _GAUGES = (

@@ -22,6 +22,7 @@ handlers call it and translate its errors to errno values.
 
 from __future__ import annotations
 
+import collections
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -112,6 +113,8 @@ class OpenFiles:
         self.readahead = readahead
         self._max_window = max_window
         self._max_ranges = max_ranges
+        #: The readers' parallel_reads and ranges (see reader.ObjectReader).
+        self.read_counters: collections.Counter[str] = collections.Counter()
         self._parts_in_flight = parts_in_flight
         self._verify = verify
         self._handles: dict[int, FileHandle] = {}
@@ -147,6 +150,7 @@ class OpenFiles:
             max_window=self._max_window,
             range_size=range_size(node.size, node.etag, self._chunksize),
             max_ranges=self._max_ranges,
+            counters=self.read_counters,
             verify_digest=layout.blob_digest(node.path) if self._verify else None,
         )
 
@@ -471,6 +475,8 @@ class OpenFiles:
             "files_being_written": len(self._writers),
             "readahead_bytes": self.readahead.used,
             "write_memory_bytes": self.write_memory.used,
+            "parallel_reads": self.read_counters["parallel_reads"],
+            "read_ranges": self.read_counters["ranges"],
         }
 
 

@@ -32,7 +32,8 @@ finds the budget spent waits, unless its reader is blocked on the very next
 chunk; then it takes that chunk (or range) anyway, so a reader always
 progresses.  A blocked read further ahead is told the read-ahead is stalled
 and fetches its own range.  So the budget is overshot by at most one range
-per reader that is actually waiting, however many files are open.
+and one chunk per reader that is actually waiting, however many files are
+open.
 
 Errors: a stream or range that breaks is resumed where it broke, with
 If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
@@ -52,6 +53,7 @@ the readers that read.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import math
@@ -147,8 +149,12 @@ class ObjectReader:
         range_size: int = RANGE_SIZE,
         max_ranges: int = 1,
         verify_digest: str | None = None,
+        counters: collections.Counter[str] | None = None,
     ) -> None:
         self.key = key
+        #: parallel_reads (read-ahead that turned to ranges) and ranges (their
+        #: GETs), shared by the readers of one mount for its stats.
+        self._counters = counters if counters is not None else collections.Counter()
         # -o verify: read-ahead that starts at offset 0 hashes every chunk it
         # delivers, in order, and compares before it hands out the last one.
         self._algorithm = ""
@@ -474,6 +480,7 @@ class ObjectReader:
                     )
                     stream.limit = self._next_fetch = cut
                     self._ranges_pay = True
+                    self._counters["parallel_reads"] += 1
             active = sum(1 for fetch in self._fetches if fetch.is_range and not fetch.done)
             if (
                 self._next_fetch < size
@@ -521,6 +528,7 @@ class ObjectReader:
                 return None
         fetch = _Fetch(start, end, is_range=True)
         fetch.held = end - start
+        self._counters["ranges"] += 1
         self._fetches.append(fetch)
         self._next_fetch = end
         fetches.start_soon(self._run_range, fetch, stream)

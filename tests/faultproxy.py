@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import random
+import re
 import socket
 import struct
 import threading
@@ -54,11 +55,19 @@ class Rule:
     truncate_after: int | None = None
     stall: float = 0.0
     lose_response: bool = False
+    #: Only requests whose Range header starts at this offset or later.
+    range_from: int | None = None
     hits: int = 0
 
-    def fires(self, method: str, path: str, rng: random.Random) -> bool:
+    def fires(
+        self, method: str, path: str, rng: random.Random, headers: dict[str, str] | None = None
+    ) -> bool:
         if not self.match(method, path):
             return False
+        if self.range_from is not None:
+            found = re.match(r"bytes=(\d+)-", (headers or {}).get("range", ""))
+            if found is None or int(found.group(1)) < self.range_from:
+                return False
         if self.count is not None and self.hits >= self.count:
             return False
         if self.probability < 1.0 and rng.random() >= self.probability:
@@ -88,6 +97,10 @@ class FaultProxy:
     _rng: random.Random = field(default_factory=random.Random)
 
     @property
+    def port(self) -> int:
+        return self._port
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
@@ -112,6 +125,8 @@ class FaultProxy:
 
             def setup(self) -> None:
                 super().setup()
+                # No Nagle: headers and body are separate writes (see s3emulator.py).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with proxy._lock:
                     proxy._connections.add(self.connection)
 
@@ -124,17 +139,12 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with proxy._lock:
-                    proxy.log.append(
-                        Request(
-                            self.command,
-                            self.path,
-                            time.monotonic(),
-                            {k.lower(): v for k, v in self.headers.items()},
-                        )
-                    )
+                    proxy.log.append(Request(self.command, self.path, time.monotonic(), headers))
                     rule = next(
-                        (r for r in proxy.rules if r.fires(self.command, self.path, proxy._rng)), None
+                        (r for r in proxy.rules if r.fires(self.command, self.path, proxy._rng, headers)),
+                        None,
                     )
                 if rule is not None and rule.delay:
                     time.sleep(rule.delay)

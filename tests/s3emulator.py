@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,14 +80,19 @@ class DistantS3:
     profile: Profile
     seed: int = 0
     requests: int = 0
+    list_requests: int = 0
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _rng: random.Random = field(default_factory=random.Random)
 
     @property
-    def url(self) -> str:
+    def port(self) -> int:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> DistantS3:
         self._rng.seed(self.seed)
@@ -100,6 +106,10 @@ class DistantS3:
 
             def setup(self) -> None:
                 super().setup()
+                # Headers and body go out in separate writes: without this,
+                # Nagle's algorithm and the client's delayed ACK add 40 ms to
+                # every answer on a kept-alive connection.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # One cap per connection and direction, for the connection's life.
                 self.up = _Throttle(proxy.profile.bandwidth)
                 self.down = _Throttle(proxy.profile.bandwidth)
@@ -107,10 +117,12 @@ class DistantS3:
             def _wait(self) -> None:
                 profile = proxy.profile
                 delay = profile.latency
-                if self.command == "GET" and "list-type=2" in self.path:
+                listing = self.command == "GET" and "list-type=2" in self.path
+                if listing:
                     delay += profile.list_latency
                 with proxy._lock:
                     proxy.requests += 1
+                    proxy.list_requests += listing
                     if profile.tail_fraction and proxy._rng.random() < profile.tail_fraction:
                         delay += profile.tail_latency
                 time.sleep(delay)
@@ -138,9 +150,17 @@ class DistantS3:
                     self.end_headers()
                     if self.command == "HEAD":
                         return
+                    promised = int(response.getheader("Content-Length") or -1)
+                    sent = 0
                     while chunk := response.read(CHUNK):
                         self.wfile.write(chunk)
                         self.down.account(len(chunk))
+                        sent += len(chunk)
+                    if 0 <= sent < promised:
+                        # Upstream cut its answer (http.client's read says
+                        # nothing): cut ours too, or the client waits for the
+                        # rest until its read timeout.
+                        self.close_connection = True
                 finally:
                     upstream.close()
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import trio
 
-from s3regfs.reader import ObjectReader, ReadaheadBudget
+from s3regfs.reader import RANGE_SIZE, ObjectReader, ReadaheadBudget, range_size
+from tests.s3emulator import DistantS3, Profile
 from tests.util import MotoServer, make_store
 
 
@@ -32,3 +34,55 @@ async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket
     assert budget.used == 0
     assert budget.peak <= 2 * 1024 * 1024 + 1024 * 1024
     assert store.request_counts["get_object"] == 2  # one stream, one range
+
+
+def test_range_size_is_the_part_size_when_the_etag_shows_it() -> None:
+    MiB = 1024 * 1024
+    assert range_size(20 * MiB, "abc-4", 5 * MiB) == 5 * MiB  # 4 parts of 5 MiB: 15 < 20 <= 20
+    assert range_size(16 * MiB, "abc-4", 5 * MiB) == 5 * MiB
+    assert range_size(21 * MiB, "abc-4", 5 * MiB) == RANGE_SIZE  # not 4 parts of 5 MiB
+    assert range_size(15 * MiB, "abc-4", 5 * MiB) == RANGE_SIZE
+    assert range_size(20 * MiB, "d41d8cd98f00b204e9800998ecf8427e", 5 * MiB) == RANGE_SIZE  # one PUT
+    assert range_size(200 * MiB, "abc-2", 100 * MiB) == RANGE_SIZE  # parts too big to be ranges
+    assert range_size(6 * MiB, "abc-2", 3 * MiB) == RANGE_SIZE  # too small
+
+
+async def test_parallel_ranges_stay_in_order_and_within_the_budget(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    MiB = 1024 * 1024
+    data = bytes((i * 13) % 251 for i in range(29 * MiB + 5))
+    s3.put_object(Bucket=bucket, Key="blob", Body=data)
+    emulator = DistantS3(moto.port, Profile("slow", bandwidth=8_000_000, latency=0.01)).start()
+    try:
+        store = make_store(emulator.url, bucket, max_connections="8")
+        info = await store.head("blob")
+        budget = ReadaheadBudget(12 * MiB)
+        counters: collections.Counter[str] = collections.Counter()
+        async with trio.open_nursery() as nursery:
+            reader = ObjectReader(
+                store,
+                "blob",
+                info.size,
+                info.etag,
+                budget=budget,
+                nursery=nursery,
+                max_window=64 * MiB,
+                range_size=2 * MiB,
+                max_ranges=8,
+                counters=counters,
+            )
+            received = bytearray()
+            while chunk := await reader.read(len(received), 131072):
+                received += chunk
+            assert bytes(received) == data
+            await reader.aclose()
+        assert counters["parallel_reads"] == 1 and counters["ranges"] >= 5, counters
+        # At most 3/4 of the connections (6 of 8) ever held by ranges at once.
+        assert store.connections.bulk == 6 and store.connections.streams == 0
+        assert budget.used == 0
+        # Over budget only by what a blocked reader forces: a range, and a
+        # chunk of the stream the ranges took over from.
+        assert budget.peak <= 12 * MiB + 2 * MiB + 1 * MiB, budget.peak
+    finally:
+        emulator.stop()
