@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s3regfs.errors import InvalidRange, NoSuchBucket, NotFound, PreconditionFailed, TemporaryFailure
 from tests.util import MotoServer, free_port, make_store
@@ -126,3 +129,20 @@ async def test_stream_slots_come_back_on_close_cancel_and_failure(
     for each in streams:
         await each.aclose()
     assert store.connections.streams == 0 and store.connections.in_use == 0
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1970, 1, 2),
+        max_value=datetime.datetime(2999, 12, 31),
+        timezones=st.just(datetime.UTC),
+    ),
+    style=st.sampled_from(["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%a, %d %b %Y %H:%M:%S GMT"]),
+)
+def test_the_fast_timestamp_parser_agrees_with_botocores(moment: datetime.datetime, style: str) -> None:
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    from s3regfs.storage.s3 import parse_timestamp
+
+    text = moment.strftime(style)
+    assert parse_timestamp(text) == botocore_parse(text)
