@@ -230,8 +230,11 @@ class Namespace:
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None:
-            # A listing made by this very lookup needs no second look.
-            if listed_before and not parent.made_here and not self._missed_lately(parent, name):
+            # A listing made by this very lookup needs no second look, and
+            # counts as one for a while (cp's stat, then its create).
+            if not listed_before:
+                self._remember_miss(parent, name)
+            elif not parent.made_here and not self._missed_lately(parent, name):
                 try:
                     return await self._check_child(parent, name)
                 except NotFound:
