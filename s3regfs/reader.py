@@ -507,8 +507,9 @@ class ObjectReader:
         start = self._next_fetch
         end = min(self.size, (start // self._range_size + 1) * self._range_size)
         if not self._budget.try_take(end - start):
-            # Over budget, only a range the reader is blocked on goes anyway.
-            if self._waiting and self._wait_offset < end:
+            # Over budget, only the range holding the bytes the reader is
+            # blocked on goes anyway (not every range after them).
+            if self._waiting and start <= self._wait_offset < end:
                 self._budget.try_take(end - start, force=True)
             else:
                 self._stall()

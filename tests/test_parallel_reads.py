@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from s3regfs.reader import IDLE_STREAM_SECONDS
 from tests.faultproxy import FaultProxy, Rule, get_object
 from tests.s3emulator import DistantS3, Profile
 from tests.util import MotoServer, Mount, fuse_test_marker, mounted, rng_bytes
@@ -256,3 +258,36 @@ def test_an_object_overwritten_under_a_parallel_reader_fails_the_read_never_mixe
         assert len(got) < len(old) and bytes(got) == old[: len(got)]
         # A new open reads the new version.
         assert read_whole(rig.mount.path / "data/img") == new
+
+
+def test_idle_parallel_read_ahead_gives_back_its_memory_and_resumes_exactly(rig: Rig) -> None:
+    data = rig.objects["data/obj1"]
+    with open(rig.mount.path / "data/obj1", "rb", buffering=0) as f:
+        got = bytearray()
+        while len(got) < 5 * MiB:
+            got += f.read(128 * 1024)
+        assert rig.stats()["readahead_bytes"] > 0
+        deadline = time.monotonic() + IDLE_STREAM_SECONDS + 10
+        while rig.stats()["readahead_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert rig.stats()["readahead_bytes"] == 0  # ranges cancelled, budget back
+        while chunk := f.read(128 * 1024):
+            got += chunk
+    assert bytes(got) == data
+
+
+def test_verify_hashes_parallel_ranges_in_order(moto: MotoServer, s3: Any, tmp_path: Path) -> None:
+    good = rng_bytes(21 * MiB, seed=71)
+    digest = hashlib.sha256(good).hexdigest()
+    bad_digest = hashlib.sha256(b"something else").hexdigest()
+    objects = {
+        f"docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data": good,
+        f"docker/registry/v2/blobs/sha256/{bad_digest[:2]}/{bad_digest}/data": rng_bytes(21 * MiB, seed=72),
+    }
+    with distant_mount(moto, s3, tmp_path, objects, "verify") as rig:
+        paths = list(objects)
+        assert read_whole(rig.mount.path / paths[0]) == good
+        with pytest.raises(OSError) as failure:
+            read_whole(rig.mount.path / paths[1])
+        assert failure.value.errno == errno.EIO
+        assert rig.stats()["parallel_reads"] >= 2
