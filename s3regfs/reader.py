@@ -444,8 +444,8 @@ class ObjectReader:
     async def _schedule(self, start: int, fetches: trio.Nursery, idle_after: float) -> bool:
         """Start the fetches of read-ahead from *start*, one stream first and
         parallel ranges once the window outgrows a range; return when every
-        byte to the end has been handed to a fetch and they have all ended
-        (True), or the reader went idle or failed (False)."""
+        byte to the end has been fetched and read (True), or the reader went
+        idle or failed (False)."""
         size = self.size
         step = self._range_size
         parallel = self._max_ranges > 1
@@ -494,7 +494,13 @@ class ObjectReader:
                 if started is None:
                     return False
                 continue
-            if self._next_fetch >= size and all(fetch.done for fetch in self._fetches):
+            # Everything fetched: stay (watching for idleness, which gives
+            # the buffer back) until the reader has had it all.
+            if (
+                self._next_fetch >= size
+                and all(fetch.done for fetch in self._fetches)
+                and self._furthest >= size
+            ):
                 return True
             either = partial(_first_of, self._consumer_moved.wait, self._progress.wait)
             if await self._wait_unless_idle(either, idle_after):

@@ -121,14 +121,19 @@ def test_a_sequential_reader_of_a_slow_connection_gets_aligned_parallel_ranges(r
     assert read_whole(rig.mount.path / "data/obj0") == data
     after = rig.stats()
     assert after["parallel_reads"] == before["parallel_reads"] + 1, after
-    starts = range_starts(rig.faults, "data/obj0")
+    # Sorted: ranges start in order but their requests race to the endpoint.
+    starts = sorted(range_starts(rig.faults, "data/obj0"))
     # One stream from 0, cut where the ranges took over (one range up to the
     # next part boundary), then ranges on part boundaries: the object's parts.
     assert starts[0] == 0 and len(starts) >= 3, starts
     assert all(start % PART == 0 for start in starts[2:]), starts
-    assert sorted(starts) == starts and len(set(starts)) == len(starts), starts
+    assert len(set(starts)) == len(starts), starts  # no byte fetched twice
     assert after["read_ranges"] - before["read_ranges"] == len(starts) - 1
-    assert after["readahead_bytes"] == 0
+    # The kernel sends RELEASE after close() returned: give it a moment.
+    deadline = time.monotonic() + 5
+    while rig.stats()["readahead_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rig.stats()["readahead_bytes"] == 0
 
 
 @settings(
