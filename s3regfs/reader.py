@@ -198,6 +198,7 @@ class ObjectReader:
         self._data_arrived = trio.Event()
         self._consumer_moved = trio.Event()
         self._progress = trio.Event()
+        self._scheduler_wake = trio.Event()
         self._moved_at = 0.0
         self._producer_scope: trio.CancelScope | None = None
         self._producer_done = trio.Event()
@@ -306,6 +307,13 @@ class ObjectReader:
         self._moved_at = trio.current_time()
         self._consumer_moved.set()
         self._consumer_moved = trio.Event()
+        self._wake_scheduler()
+
+    def _wake_scheduler(self) -> None:
+        # One event for both things the scheduler waits for (a read, a fetch's
+        # progress): cheaper per chunk than waiting for the first of two.
+        self._scheduler_wake.set()
+        self._scheduler_wake = trio.Event()
 
     async def _wait_for_data(self, offset: int) -> None:
         # Having to wait means the window is too small for this reader.
@@ -408,6 +416,7 @@ class ObjectReader:
     def _signal_progress(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
+        self._wake_scheduler()
 
     def _stall(self) -> None:
         """The budget is spent: a read waiting beyond the next chunk is told
@@ -502,8 +511,7 @@ class ObjectReader:
                 and self._furthest >= size
             ):
                 return True
-            either = partial(_first_of, self._consumer_moved.wait, self._progress.wait)
-            if await self._wait_unless_idle(either, idle_after):
+            if await self._wait_unless_idle(self._scheduler_wake.wait, idle_after):
                 return False
 
     async def _start_range(self, fetches: trio.Nursery, idle_after: float) -> bool | None:
