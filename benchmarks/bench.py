@@ -90,12 +90,14 @@ def mount_s3regfs(moto: MotoServer, path: Path, log: Path) -> Running:
     return wait_mounted(Running("s3regfs", process, path, ["fusermount3", "-u"]))
 
 
-def mount_s3fs(moto: MotoServer, path: Path, log: Path, *, read_only: bool = True) -> Running:
+def mount_s3fs(
+    moto: MotoServer, path: Path, log: Path, *, read_only: bool = True, bucket: str = BUCKET
+) -> Running:
     passwd = log.with_suffix(".passwd")
     passwd.write_text(f"{CREDENTIALS['AWS_ACCESS_KEY_ID']}:{CREDENTIALS['AWS_SECRET_ACCESS_KEY']}\n")
     passwd.chmod(0o600)
     command = [
-        "s3fs", BUCKET, str(path), "-f", "-o", f"url={moto.url}", "-o", "use_path_request_style",
+        "s3fs", bucket, str(path), "-f", "-o", f"url={moto.url}", "-o", "use_path_request_style",
         "-o", f"passwd_file={passwd}", "-o", "endpoint=us-east-1",
     ]  # fmt: skip
     if read_only:
@@ -105,7 +107,7 @@ def mount_s3fs(moto: MotoServer, path: Path, log: Path, *, read_only: bool = Tru
     return wait_mounted(Running("s3fs-fuse", process, path, ["fusermount", "-u"]))
 
 
-def mount_rclone(moto: MotoServer, path: Path, log: Path) -> Running:
+def mount_rclone(moto: MotoServer, path: Path, log: Path, *, bucket: str = BUCKET) -> Running:
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     env |= {
         "RCLONE_CONFIG_MOTO_TYPE": "s3",
@@ -115,7 +117,7 @@ def mount_rclone(moto: MotoServer, path: Path, log: Path) -> Running:
         "RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         "RCLONE_CONFIG_MOTO_FORCE_PATH_STYLE": "true",
     }
-    command = ["rclone", "mount", f"moto:{BUCKET}", str(path), "--read-only"]
+    command = ["rclone", "mount", f"moto:{bucket}", str(path), "--read-only"]
     with open(log, "ab") as err:
         process = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT, env=env)
     return wait_mounted(Running("rclone mount", process, path, ["fusermount", "-u"]))
@@ -411,7 +413,8 @@ def main() -> int:
         import distant  # benchmarks/distant.py, beside this file
 
         print(f"machine: {machine()}")
-        return distant.main(["--profiles", args.profiles, "--rounds", str(args.rounds)])
+        extra = ["--peers"] if args.peers else []
+        return distant.main(["--profiles", args.profiles, "--rounds", str(args.rounds), *extra])
 
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"machine: {machine()}")

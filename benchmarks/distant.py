@@ -23,7 +23,9 @@ alternating the two sides:
 5. ``find -ls`` over N link files, each in its own digest directory, on a
    fresh mount: time, requests, and the time the requests would take one
    after another (requests x their delays);
-6. the daemon's peak RSS (VmHWM) over sections 1-3 (one mount).
+6. the daemon's peak RSS (VmHWM) over sections 1-3 (one mount);
+8. with ``--peers``: s3fs-fuse and rclone mount (Debian's packages, when
+   installed), reading the blob and walking the links the same way.
 
 Only loopback traffic; everything it starts, it stops.
 """
@@ -41,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -235,20 +238,75 @@ class Bench:
                 mounted.stop()
             self._first_byte(proxy, mnt, log, profile)
             self._find(proxy, mnt, log, profile)
+            if args.peers:
+                self._peers(proxy, client, transfer, profile)
         finally:
             proxy.stop()
+
+    def _boto_read(self, client: Any, transfer: Any) -> float:
+        sink = io.BytesIO()
+        key = blob_key(self.big_digest)
+        elapsed = timed(lambda: client.download_fileobj(BUCKET, key, sink, Config=transfer))
+        assert hashlib.sha256(sink.getvalue()).hexdigest() == self.big_digest
+        return elapsed
+
+    def _peers(self, proxy: DistantS3, client: Any, transfer: Any, profile: Profile) -> None:
+        """8. s3fs-fuse and rclone mount (Debian's), read-only, through the same proxy."""
+        import shutil
+        from types import SimpleNamespace
+
+        from bench import mount_rclone, mount_s3fs  # benchmarks/bench.py, beside this file
+
+        endpoint: Any = SimpleNamespace(url=proxy.url)
+        key = blob_key(self.big_digest)
+        size = self.args.size_mib
+        for binary, start in (("s3fs", mount_s3fs), ("rclone", mount_rclone)):
+            if not shutil.which(binary):
+                print(f"8. {binary}: not installed, skipped")
+                continue
+            path = self.work / f"mnt-{binary}-{profile.name}"
+            path.mkdir(exist_ok=True)
+            running = start(endpoint, path, self.work / f"{binary}.log", bucket=BUCKET)
+            try:
+                boto_reads: list[float] = []
+                peer_reads: list[float] = []
+                for _ in range(self.args.rounds):
+                    boto_reads.append(self._boto_read(client, transfer))
+                    drop_page_cache()
+                    peer_reads.append(timed(partial(read_through, path / key)))
+                    assert sha256_of_file(path / key) == self.big_digest, f"{binary} read wrong bytes"
+                print(
+                    ratio_line(
+                        f"8. {running.name} read {size} MiB",
+                        size,
+                        boto_reads,
+                        peer_reads,
+                        "for s3regfs >= 1.0",
+                    )
+                )
+                before = proxy.requests
+                started = time.perf_counter()
+                try:
+                    subprocess.run(
+                        ["find", str(path / "docker/registry/v2/repositories"), "-type", "f", "-ls"],
+                        stdout=subprocess.DEVNULL,
+                        check=True,
+                        timeout=self.args.peer_find_timeout,
+                    )
+                    walked = f"{time.perf_counter() - started:.2f} s"
+                except subprocess.TimeoutExpired:
+                    walked = f"not done after {self.args.peer_find_timeout:.0f} s"
+                print(
+                    f"   {running.name} find -ls over {self.args.links} links: {walked}, {proxy.requests - before} requests"
+                )
+            finally:
+                running.stop()
 
     def _transfers(self, client: Any, transfer: Any, mounted: Mounted) -> None:
         args = self.args
         size = args.size_mib
         key = blob_key(self.big_digest)
         big = mounted.path / key
-
-        def boto_read() -> float:
-            sink = io.BytesIO()
-            elapsed = timed(lambda: client.download_fileobj(BUCKET, key, sink, Config=transfer))
-            assert hashlib.sha256(sink.getvalue()).hexdigest() == self.big_digest
-            return elapsed
 
         def fs_read() -> float:
             drop_page_cache()
@@ -260,7 +318,7 @@ class Bench:
         boto_reads: list[float] = []
         fs_reads: list[float] = []
         for _ in range(args.rounds):
-            boto_reads.append(boto_read())
+            boto_reads.append(self._boto_read(client, transfer))
             fs_reads.append(fs_read())
         print(ratio_line(f"2. read {size} MiB", size, boto_reads, fs_reads, ">= 1.0"))
 
@@ -398,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reader-mib", type=int, default=128)
     parser.add_argument("--links", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--peers", action="store_true", help="also s3fs-fuse and rclone mount, when installed"
+    )
+    parser.add_argument("--peer-find-timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="s3regfs-distant-"))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
