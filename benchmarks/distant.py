@@ -159,10 +159,12 @@ def rounds_text(values: list[float], unit: str = "s") -> str:
     return ", ".join(f"{v:.2f}" for v in values) + f" {unit}"
 
 
-def ratio_line(label: str, mib: float, boto: list[float], fs: list[float], target: str) -> str:
+def ratio_line(
+    label: str, mib: float, boto: list[float], fs: list[float], target: str, tool: str = "s3regfs"
+) -> str:
     b, f = statistics.median(boto), statistics.median(fs)
     return (
-        f"{label}: boto3 {mib / b:6.1f} MiB/s ({rounds_text(boto)}), s3regfs {mib / f:6.1f} MiB/s "
+        f"{label}: boto3 {mib / b:6.1f} MiB/s ({rounds_text(boto)}), {tool} {mib / f:6.1f} MiB/s "
         f"({rounds_text(fs)}); ratio {b / f:.2f} (rounds {', '.join(f'{x / y:.2f}' for x, y in zip(boto, fs, strict=True))}; target {target})"
     )
 
@@ -282,6 +284,7 @@ class Bench:
                         boto_reads,
                         peer_reads,
                         "for s3regfs >= 1.0",
+                        tool=running.name,
                     )
                 )
                 before = proxy.requests

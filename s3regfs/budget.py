@@ -35,6 +35,8 @@ class MemoryBudget:
         self.try_take(size, force=True)
 
     def give(self, size: int) -> None:
+        if not size:
+            return  # wakes nobody for nothing
         self.used -= size
         self._freed.set()
         self._freed = trio.Event()

@@ -210,6 +210,8 @@ class ObjectReader:
         # Parallel ranges have paid for this reader (it was network-bound):
         # read-ahead that starts again goes straight to them.
         self._ranges_pay = False
+        # This read-ahead hashes what it delivers (-o verify from offset 0).
+        self._verifying = False
         # The last random read's block: (offset, data).
         self._block: tuple[int, bytes] = (0, b"")
 
@@ -412,6 +414,8 @@ class ObjectReader:
         self._waiting = False
         self._data_arrived.set()
         self._data_arrived = trio.Event()
+        # The scheduler's idle deadline depended on the reader waiting.
+        self._wake_scheduler()
 
     def _signal_progress(self) -> None:
         self._progress.set()
@@ -420,14 +424,16 @@ class ObjectReader:
 
     def _stall(self) -> None:
         """The budget is spent: a read waiting beyond the next chunk is told
-        to fetch its own range instead of waiting."""
-        if self._waiting and not self._stalled:
+        to fetch its own range instead of waiting (never with -o verify: that
+        range would skip the hash; the producer forces its takes instead)."""
+        if self._waiting and not self._stalled and not self._verifying:
             self._stalled = True
             self._publish()
 
     async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
         generation = self._generation
         hasher: Any = hashlib.new(self._algorithm) if self._algorithm and start == 0 else None
+        self._verifying = hasher is not None
         # -o verify's hash needs every byte from the first, in order: never idle out.
         idle_after = IDLE_STREAM_SECONDS if hasher is None else math.inf
         try:
@@ -523,7 +529,9 @@ class ObjectReader:
         if not self._budget.try_take(end - start):
             # Over budget, only the range holding the bytes the reader is
             # blocked on goes anyway (not every range after them).
-            if self._waiting and start <= self._wait_offset < end:
+            # -o verify: never a stall (a read served by its own GET would
+            # skip the hash), so any range the reader waits on or beyond.
+            if self._waiting and start <= self._wait_offset and (self._wait_offset < end or self._verifying):
                 self._budget.try_take(end - start, force=True)
             else:
                 self._stall()
@@ -531,16 +539,19 @@ class ObjectReader:
                 return None if await self._wait_unless_idle(either, idle_after) else False
         self._stalled = False
         stream = self._store.stream(self.key, start, end, self._etag)
-        while True:
-            with trio.move_on_at(self._idle_deadline(idle_after)) as waited:
-                await stream.reserve()
-            if not waited.cancelled_caught:
-                break
-            if self._idle(idle_after):
-                self._budget.give(end - start)
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                return None
+        try:
+            while True:
+                with trio.move_on_at(self._idle_deadline(idle_after)) as waited:
+                    await stream.reserve()
+                if not waited.cancelled_caught:
+                    break
+                if self._idle(idle_after):
+                    await self._abandon_range(stream, end - start)
+                    return None
+        except BaseException:
+            # Cancelled (the file closed) while waiting in line for a connection.
+            await self._abandon_range(stream, end - start)
+            raise
         fetch = _Fetch(start, end, is_range=True)
         fetch.held = end - start
         self._counters["ranges"] += 1
@@ -548,6 +559,12 @@ class ObjectReader:
         self._next_fetch = end
         fetches.start_soon(self._run_range, fetch, stream)
         return True
+
+    async def _abandon_range(self, stream: ObjectStream, budget: int) -> None:
+        """A range that never started: its budget and any connection go back."""
+        self._budget.give(budget)
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
     async def _run_range(self, fetch: _Fetch, stream: ObjectStream) -> None:
         """Read a range that holds its budget and connection to its end."""
@@ -578,7 +595,7 @@ class ObjectReader:
                     # Over budget, only a read that waits for the very next
                     # chunk gets it; one further ahead is told to fetch its
                     # own range instead of waiting.
-                    if self._waiting and self._wait_offset < fetch.position + CHUNK:
+                    if self._waiting and (self._wait_offset < fetch.position + CHUNK or self._verifying):
                         self._budget.try_take(want, force=True)
                     else:
                         self._stall()

@@ -86,3 +86,46 @@ async def test_parallel_ranges_stay_in_order_and_within_the_budget(
         assert budget.peak <= 12 * MiB + 2 * MiB + 1 * MiB, budget.peak
     finally:
         emulator.stop()
+
+
+async def test_a_range_waiting_for_a_connection_gives_its_budget_back_on_close(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    MiB = 1024 * 1024
+    data = bytes((i * 7) % 253 for i in range(24 * MiB))
+    s3.put_object(Bucket=bucket, Key="blob", Body=data)
+    emulator = DistantS3(moto.port, Profile("slow", bandwidth=4_000_000, latency=0.01)).start()
+    try:
+        store = make_store(emulator.url, bucket, max_connections="4")
+        info = await store.head("blob")
+        # Two of the three slots streams may hold are taken elsewhere.
+        others = [store.stream("blob", 0, MiB, info.etag) for _ in range(2)]
+        for other in others:
+            await other.reserve()
+        budget = ReadaheadBudget(64 * MiB)
+        counters: collections.Counter[str] = collections.Counter()
+        async with trio.open_nursery() as nursery:
+            reader = ObjectReader(
+                store,
+                "blob",
+                info.size,
+                info.etag,
+                budget=budget,
+                nursery=nursery,
+                max_window=64 * MiB,
+                range_size=2 * MiB,
+                max_ranges=8,
+                counters=counters,
+            )
+            offset = 0
+            while counters["ranges"] < 1:  # read until ranges took over
+                offset += len(await reader.read(offset, 131072))
+            assert (await reader.read(offset, MiB)) == data[offset : offset + MiB]
+            # A second range now waits in line for a connection: close the file.
+            await reader.aclose()
+        assert budget.used == 0, budget.used
+        for other in others:
+            await other.aclose()
+        assert store.connections.streams == 0 and store.connections.in_use == 0
+    finally:
+        emulator.stop()
