@@ -37,7 +37,8 @@ open.
 
 Errors: a stream or range that breaks is resumed where it broke, with
 If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
-fails for good fails the reads that reach it (not earlier ones), and a changed
+fails for good fails the reads that reach it (not earlier ones, nor reads
+elsewhere), and a changed
 object fails with PreconditionFailed: a reader never sees bytes out of order,
 twice, or of two versions.
 
@@ -230,7 +231,12 @@ class ObjectReader:
                     data = self._slice(offset, end)
                     self._served(offset, end)
                     return data
-                if self._error is not None:
+                # A failed read-ahead fails the reads that reach its failure
+                # (where its delivered bytes end), not reads elsewhere.
+                if (
+                    self._error is not None
+                    and self._buf_start <= offset <= self._stream_pos + self._max_window
+                ):
                     error, self._error = self._error, None
                     await self._stop_stream()
                     raise error

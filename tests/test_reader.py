@@ -6,9 +6,12 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+import pytest
 import trio
 
+from s3regfs.errors import StorageError
 from s3regfs.reader import RANGE_SIZE, ObjectReader, ReadaheadBudget, range_size
+from tests.faultproxy import FaultProxy, Rule, get_object
 from tests.s3emulator import DistantS3, Profile
 from tests.util import MotoServer, make_store
 
@@ -129,3 +132,49 @@ async def test_a_range_waiting_for_a_connection_gives_its_budget_back_on_close(
         assert store.connections.streams == 0 and store.connections.in_use == 0
     finally:
         emulator.stop()
+
+
+async def test_a_failed_read_ahead_fails_the_reads_that_reach_it_not_reads_elsewhere(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    MiB = 1024 * 1024
+    data = bytes((i * 11) % 251 for i in range(8 * MiB))
+    s3.put_object(Bucket=bucket, Key="blob", Body=data)
+    faults = FaultProxy(moto.port).start()
+    try:
+        # The stream's connection is cut at 5 MiB, and every GET from there
+        # on fails: the stream cannot resume.
+        faults.rules[:] = [
+            Rule(get_object, status=0, truncate_after=5 * MiB, count=1),
+            Rule(get_object, status=500, range_from=5 * MiB),
+        ]
+        store = make_store(faults.url, bucket, maxretries="1")
+        info = await store.head("blob")
+        async with trio.open_nursery() as nursery:
+            reader = ObjectReader(
+                store,
+                "blob",
+                info.size,
+                info.etag,
+                budget=ReadaheadBudget(16 * MiB),
+                nursery=nursery,
+                max_window=2 * MiB,
+            )
+            offset = 0
+            while offset < 4 * MiB:
+                offset += len(await reader.read(offset, 131072))
+            with trio.fail_after(10):
+                while reader._error is None:  # the read-ahead has met the cut
+                    await trio.sleep(0.05)
+            # A read elsewhere (its own GET, which S3 answers) is served...
+            assert await reader.read(100, 1000) == data[100:1100]
+            # ...and the reads that reach the failure fail.
+            with pytest.raises(StorageError):
+                while offset < len(data):
+                    chunk = await reader.read(offset, 131072)
+                    assert chunk == data[offset : offset + len(chunk)]
+                    offset += len(chunk)
+            assert 5 * MiB - 131072 <= offset <= 5 * MiB
+            await reader.aclose()
+    finally:
+        faults.stop()
