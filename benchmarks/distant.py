@@ -43,21 +43,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import drop_page_cache, peak_rss_mib, read_file  # noqa: E402  (beside this file)
+
 from tests.s3emulator import PROFILES, DistantS3, Profile  # noqa: E402
 from tests.util import (  # noqa: E402
-    free_port,
     mount_env,
     s3_client,
     s3regfs_command,
+    start_moto,
     stop_process,
-    wait_for_port,
 )
 
 MiB = 1024 * 1024
@@ -68,24 +68,6 @@ LINKS = "docker/registry/v2/repositories/app/_layers/sha256"
 
 def blob_key(digest: str) -> str:
     return f"docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data"
-
-
-def start_ranged_moto(log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(REPO / "tests/moto_ranged.py"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=mount_env(),
-        )
-    wait_for_port(port, process)
-    return process, port
-
-
-def drop_page_cache() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 class Mounted:
@@ -110,12 +92,6 @@ class Mounted:
                 raise RuntimeError(f"s3regfs did not mount: {log.read_text()}")
             time.sleep(0.05)
 
-    def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
     def stop(self) -> None:
         subprocess.run(["fusermount3", "-u", str(self.path)], check=False)
         try:
@@ -128,14 +104,6 @@ def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
-
-
-def read_through(path: Path) -> int:
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(MiB):
-            total += len(chunk)
-    return total
 
 
 def sha256_of_file(path: Path) -> str:
@@ -234,7 +202,7 @@ class Bench:
             try:
                 self._transfers(client, transfer, mounted)
                 print(
-                    f"6. daemon peak RSS (VmHWM) over 1-3: {mounted.peak_rss_mib():.0f} MiB (target <= 300)"
+                    f"6. daemon peak RSS (VmHWM) over 1-3: {peak_rss_mib(mounted.process.pid):.0f} MiB (target <= 300)"
                 )
             finally:
                 mounted.stop()
@@ -257,7 +225,7 @@ class Bench:
         import shutil
         from types import SimpleNamespace
 
-        from bench import mount_rclone, mount_s3fs  # benchmarks/bench.py, beside this file
+        from bench import mount_rclone, mount_s3fs
 
         endpoint: Any = SimpleNamespace(url=proxy.url)
         key = blob_key(self.big_digest)
@@ -275,7 +243,7 @@ class Bench:
                 for _ in range(self.args.rounds):
                     boto_reads.append(self._boto_read(client, transfer))
                     drop_page_cache()
-                    peer_reads.append(timed(partial(read_through, path / key)))
+                    peer_reads.append(read_file(path / key)[1])
                     assert sha256_of_file(path / key) == self.big_digest, f"{binary} read wrong bytes"
                 print(
                     ratio_line(
@@ -313,7 +281,7 @@ class Bench:
 
         def fs_read() -> float:
             drop_page_cache()
-            elapsed = timed(lambda: read_through(big))
+            elapsed = read_file(big)[1]
             # Checked after the clock stopped (blob pages stay cached).
             assert sha256_of_file(big) == self.big_digest, "s3regfs read wrong bytes"
             return elapsed
@@ -383,7 +351,7 @@ class Bench:
         started = time.perf_counter()
 
         def one(digest: str) -> None:
-            read_through(mounted.path / blob_key(digest))
+            read_file(mounted.path / blob_key(digest))
             finished[digest] = time.perf_counter() - started
 
         with ThreadPoolExecutor(len(self.readers)) as pool:
@@ -470,13 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         "endpoint: moto_server through tests/moto_ranged.py (ranged GETs cost the range), "
         "behind tests/s3emulator.py"
     )
-    moto, port = start_ranged_moto(work / "moto.log")
+    moto = start_moto(mount_env(), ranged=True)
     try:
-        bench = Bench(port, work, args)
+        bench = Bench(moto.port, work, args)
         for name in args.profiles.split(","):
-            bench.run_profile(port, PROFILES[name])
+            bench.run_profile(moto.port, PROFILES[name])
     finally:
-        stop_process(moto)
+        moto.stop()
     return 0
 
 

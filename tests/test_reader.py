@@ -15,6 +15,26 @@ from tests.faultproxy import FaultProxy, Rule, get_object
 from tests.s3emulator import DistantS3, Profile
 from tests.util import MotoServer, make_store
 
+MiB = 1024 * 1024
+
+
+def parallel_reader(
+    store: Any, info: Any, budget: ReadaheadBudget, nursery: trio.Nursery, counters: collections.Counter[str]
+) -> ObjectReader:
+    """A reader of "blob" that may go parallel: 2 MiB ranges, 8 in flight, a 64 MiB window."""
+    return ObjectReader(
+        store,
+        "blob",
+        info.size,
+        info.etag,
+        budget=budget,
+        nursery=nursery,
+        max_window=64 * MiB,
+        range_size=2 * MiB,
+        max_ranges=8,
+        counters=counters,
+    )
+
 
 async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket: str) -> None:
     data = bytes((i * 7) % 251 for i in range(5 * 1024 * 1024 + 17))
@@ -40,7 +60,6 @@ async def test_reader_streams_and_reads_ranges(moto: MotoServer, s3: Any, bucket
 
 
 def test_range_size_is_the_part_size_when_the_etag_shows_it() -> None:
-    MiB = 1024 * 1024
     assert range_size(20 * MiB, "abc-4", 5 * MiB) == 5 * MiB  # 4 parts of 5 MiB: 15 < 20 <= 20
     assert range_size(16 * MiB, "abc-4", 5 * MiB) == 5 * MiB
     assert range_size(21 * MiB, "abc-4", 5 * MiB) == RANGE_SIZE  # not 4 parts of 5 MiB
@@ -53,7 +72,6 @@ def test_range_size_is_the_part_size_when_the_etag_shows_it() -> None:
 async def test_parallel_ranges_stay_in_order_and_within_the_budget(
     moto: MotoServer, s3: Any, bucket: str
 ) -> None:
-    MiB = 1024 * 1024
     data = bytes((i * 13) % 251 for i in range(29 * MiB + 5))
     s3.put_object(Bucket=bucket, Key="blob", Body=data)
     emulator = DistantS3(moto.port, Profile("slow", bandwidth=8_000_000, latency=0.01)).start()
@@ -63,18 +81,7 @@ async def test_parallel_ranges_stay_in_order_and_within_the_budget(
         budget = ReadaheadBudget(12 * MiB)
         counters: collections.Counter[str] = collections.Counter()
         async with trio.open_nursery() as nursery:
-            reader = ObjectReader(
-                store,
-                "blob",
-                info.size,
-                info.etag,
-                budget=budget,
-                nursery=nursery,
-                max_window=64 * MiB,
-                range_size=2 * MiB,
-                max_ranges=8,
-                counters=counters,
-            )
+            reader = parallel_reader(store, info, budget, nursery, counters)
             received = bytearray()
             while chunk := await reader.read(len(received), 131072):
                 received += chunk
@@ -94,7 +101,6 @@ async def test_parallel_ranges_stay_in_order_and_within_the_budget(
 async def test_a_range_waiting_for_a_connection_gives_its_budget_back_on_close(
     moto: MotoServer, s3: Any, bucket: str
 ) -> None:
-    MiB = 1024 * 1024
     data = bytes((i * 7) % 253 for i in range(24 * MiB))
     s3.put_object(Bucket=bucket, Key="blob", Body=data)
     emulator = DistantS3(moto.port, Profile("slow", bandwidth=4_000_000, latency=0.01)).start()
@@ -108,18 +114,7 @@ async def test_a_range_waiting_for_a_connection_gives_its_budget_back_on_close(
         budget = ReadaheadBudget(64 * MiB)
         counters: collections.Counter[str] = collections.Counter()
         async with trio.open_nursery() as nursery:
-            reader = ObjectReader(
-                store,
-                "blob",
-                info.size,
-                info.etag,
-                budget=budget,
-                nursery=nursery,
-                max_window=64 * MiB,
-                range_size=2 * MiB,
-                max_ranges=8,
-                counters=counters,
-            )
+            reader = parallel_reader(store, info, budget, nursery, counters)
             offset = 0
             while counters["ranges"] < 1:  # read until ranges took over
                 offset += len(await reader.read(offset, 131072))
@@ -137,7 +132,6 @@ async def test_a_range_waiting_for_a_connection_gives_its_budget_back_on_close(
 async def test_a_failed_read_ahead_fails_the_reads_that_reach_it_not_reads_elsewhere(
     moto: MotoServer, s3: Any, bucket: str
 ) -> None:
-    MiB = 1024 * 1024
     data = bytes((i * 11) % 251 for i in range(8 * MiB))
     s3.put_object(Bucket=bucket, Key="blob", Body=data)
     faults = FaultProxy(moto.port).start()

@@ -116,14 +116,19 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def start_moto(extra_env: dict[str, str] | None = None) -> MotoServer:
+def start_moto(extra_env: dict[str, str] | None = None, *, ranged: bool = False) -> MotoServer:
+    """moto_server on a free loopback port; with *ranged*, through
+    tests/moto_ranged.py (a ranged GET costs the range, as on S3)."""
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="moto-", suffix=".log")[1])
     env = dict(os.environ, **(extra_env or {}))
-    moto = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    if ranged:
+        command = [sys.executable, str(REPO / "tests/moto_ranged.py")]
+    else:
+        command = [shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [moto, "-H", "127.0.0.1", "-p", str(port)],
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
