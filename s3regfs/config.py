@@ -325,6 +325,7 @@ class MountOptions:
     gid: int = 0
     umask: int = int_default("umask")
     metadata_ttl: float = float_default("metadata_ttl")
+    metadata_cache: int = int_default("metadata_cache")
     connect_timeout: float = float_default("connect_timeout")
     read_timeout: float = float_default("read_timeout")
     fsname: str = str_default("fsname")
@@ -699,6 +700,8 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             raise AssertionError(f"option {name} is declared but not parsed")
     if values.get("readahead", MiB) < 128 * KiB:
         raise ConfigError("the readahead option must be at least 128K")
+    if values.get("metadata_cache", MiB) < MiB:
+        raise ConfigError("the metadata_cache option must be at least 1M")
     values.setdefault("statedir", default_statedir(os.environ))
     return MountOptions(**values)
 

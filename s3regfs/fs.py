@@ -252,7 +252,15 @@ class Operations(pyfuse3.Operations):
     def stats(self) -> dict[str, object]:
         """What the stats file shows (and SIGUSR1 logs)."""
         figures = self.store.stats()
-        figures["cache"] = {"hits": self.namespace.cache_hits, "misses": self.namespace.cache_misses}
+        namespace = self.namespace
+        figures["cache"] = {
+            "hits": namespace.cache_hits,
+            "misses": namespace.cache_misses,
+            "nodes": len(namespace),
+            "max_nodes": namespace.max_nodes,
+            "evicted": namespace.evicted,
+            "trims": namespace.trims,
+        }
         figures.update(self.files.stats())
         return figures
 
@@ -432,6 +440,7 @@ class Operations(pyfuse3.Operations):
                     entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
         fh = self._new_dir_fh()
         self._dir_handles[fh] = DirHandle(node, entries)
+        self.namespace.hold(node)  # the snapshot's children stay in the inode table
         return pyfuse3.FileHandleT(fh)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -446,7 +455,9 @@ class Operations(pyfuse3.Operations):
             self.namespace.remember(node)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        self._dir_handles.pop(fh, None)
+        handle = self._dir_handles.pop(fh, None)
+        if handle is not None:
+            self.namespace.release(handle.node)
 
     async def mkdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, mode: int, ctx: pyfuse3.RequestContext

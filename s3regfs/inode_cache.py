@@ -22,8 +22,19 @@ readdirplus or create counts one lookup; :meth:`Namespace.forget` gives them
 back.  A node that disappears from a listing is detached from the tree at
 once but stays in the inode table until its lookup count reaches zero.
 
+Memory: the cache holds at most ``metadata_cache`` bytes' worth of nodes
+(:data:`NODE_BYTES` each), plus what the kernel still holds.  Past that bound
+the coldest directories (least recently listed or looked into) are trimmed:
+every node below them that the kernel does not hold (nor a handle, a writer,
+a listing in progress) is dropped and the directory is marked unlisted, so a
+later visit lists it again in pages; the kernel is asked to forget the rest
+(an entry invalidation of the directory), and each node it forgets is dropped
+as its FORGET arrives.  A node the kernel holds keeps its inode: a new listing
+of its directory finds it again by name.
+
 Concurrency: a listing holds its directory's lock across its requests; the
 ingestion of a page has no ``await`` in it, so readers never see half a page.
+A trim never touches a subtree whose listing is in progress.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from typing import Protocol
 
 import trio
 
@@ -56,6 +68,14 @@ LOOKUP_PAGE = 100
 NEGATIVE_TTL = 1.0
 #: Misses remembered at most (the oldest are dropped first).
 MISSES_KEPT = 4096
+
+#: What one cached name costs the daemon's memory, with its share of the
+#: tables that find it (measured as RSS growth per node over a registry walk:
+#: benchmarks/README.md); metadata_cache / NODE_BYTES nodes are kept.
+NODE_BYTES = 1024
+#: A trim brings the cache down to this share of its bound, so that trims are
+#: rare (once per a few thousand new names at least).
+TRIM_TO = 0.75
 
 #: A key that is both an object and a directory prefix ("a" and "a/b"): the
 #: directory is shown (also by lookups), the object stays hidden until the
@@ -90,6 +110,9 @@ class Node:
         "mtime_fixed",
         "view_names",
         "made_here",
+        "used",
+        "held",
+        "doomed",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -130,6 +153,13 @@ class Node:
         #: Blob data files: the images-view names this inode also has (hard
         #: links); None for every other node.
         self.view_names: set[str] | None = None
+        #: When it (or a node below it) was last listed or looked into: a
+        #: tick of Namespace's clock, for trimming the coldest first.
+        self.used = 0
+        #: Directories: handles reading it (their snapshot holds its children).
+        self.held = 0
+        #: Trimmed while the kernel held it: dropped once the kernel forgets it.
+        self.doomed = False
 
     @property
     def is_dir(self) -> bool:
@@ -148,10 +178,31 @@ class Node:
         return f"<Node {self.ino} {self.path!r}{'/' if self.is_dir else ''}>"
 
 
-class Namespace:
-    """The cached tree of one mount; see the module docstring."""
+class EntryForgetter(Protocol):
+    """How a trim asks the kernel to forget the entries below a directory."""
 
-    def __init__(self, store: ObjectStore, key_prefix: str, metadata_ttl: float) -> None:
+    def forget_entry_soon(self, parent: Node, name: str) -> None:
+        """Ask the kernel, in the background, to drop *parent*'s entry *name*
+        (and everything it cached below it); never blocks the caller."""
+
+
+class Namespace:
+    """The cached tree of one mount; see the module docstring.
+
+    *max_nodes* bounds the nodes kept (0: no bound); *kernel* is asked to
+    forget trimmed entries (None: nodes the kernel holds stay until it forgets
+    them on its own).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        key_prefix: str,
+        metadata_ttl: float,
+        *,
+        max_nodes: int = 0,
+        kernel: EntryForgetter | None = None,
+    ) -> None:
         self._store = store
         self.key_prefix = key_prefix
         self.ttl = metadata_ttl
@@ -164,11 +215,23 @@ class Namespace:
         #: (directory inode, name) -> when S3 last confirmed the name missing.
         self._misses: dict[tuple[int, str], float] = {}
         self.negative_ttl = min(NEGATIVE_TTL, metadata_ttl)
+        #: Directory inode -> requests spent checking names one by one since
+        #: its listing went stale (see lookup).
+        self._stale_checks: dict[int, int] = {}
         #: Inodes of nodes that are not in the bucket (the images view, .s3regfs).
         self._virtual: set[int] = set()
         #: Directory answers from the cache, and those that needed S3.
         self.cache_hits = 0
         self.cache_misses = 0
+        self.max_nodes = max_nodes
+        self._kernel = kernel
+        #: The clock of Node.used: one tick per directory use.
+        self._tick = 0
+        self._created = 0
+        self._created_at_trim = 0
+        #: Nodes dropped by trims (at once or when the kernel forgot them).
+        self.evicted = 0
+        self.trims = 0
 
     # -- inode table ----------------------------------------------------------
 
@@ -191,8 +254,25 @@ class Namespace:
         if node is None or ino == ROOT_INODE:
             return
         node.nlookup = max(0, node.nlookup - count)
-        if node.nlookup == 0 and not node.attached:
+        if node.nlookup:
+            return
+        if not node.attached:
             del self._inodes[ino]
+        elif node.doomed and self._droppable(node):
+            parent = node.parent
+            assert parent is not None and parent.children is not None
+            if parent.children.get(node.name) is node:
+                del parent.children[node.name]
+                parent.fresh_at = None  # its listing is no longer whole
+            del self._inodes[ino]
+            self.evicted += 1
+
+    def hold(self, directory: Node) -> None:
+        """A handle reads *directory*: a trim leaves its children alone."""
+        directory.held += 1
+
+    def release(self, directory: Node) -> None:
+        directory.held = max(0, directory.held - 1)
 
     def __len__(self) -> int:
         return len(self._inodes)
@@ -217,14 +297,25 @@ class Namespace:
 
         In a fresh directory a name it holds costs nothing; a name it lacks
         is looked for in S3 (see NEGATIVE_TTL).  In a stale one whose last
-        listing took more than one request, only *name* is checked again (a
-        HEAD, then a one-key listing for a directory), as the driver's Stat
-        does; otherwise the directory is listed again.
+        listing took more than one request, only *name* is checked again (one
+        small delimited listing, as the driver's Stat does), until the checks
+        since it went stale have cost as many requests as listing it again:
+        then it is listed again (a walk after metadata_ttl costs at most twice
+        the listings, never a request per name); otherwise it is listed again
+        at once.
         """
         if not parent.attached:
             raise NotFound(f"{layout.join(parent.path, name)}: the directory was removed")
-        if parent.fresh_at is not None and parent.list_cost > 1 and not self.is_fresh(parent):
-            return await self._check_child(parent, name)
+        self._touch(parent)
+        if (
+            parent.fresh_at is not None
+            and parent.list_cost > 1
+            and not self.is_fresh(parent)
+            and self._stale_checks.get(parent.ino, 0) < parent.list_cost
+        ):
+            checked = await self._check_child(parent, name)
+            self._maybe_trim()
+            return checked
         listed_before = self.is_fresh(parent)
         await self.ensure_listed(parent)
         assert parent.children is not None
@@ -270,9 +361,13 @@ class Namespace:
         # common prefix (only keys "name" + a byte below "/" come before it).
         # Where a key is both a file and a directory prefix ("a" and "a/b"),
         # listings show the directory, and so must this.
+        if len(self._stale_checks) >= MISSES_KEPT:
+            self._stale_checks.clear()
+        self._stale_checks[parent.ino] = self._stale_checks.get(parent.ino, 0) + 1
         page = await self._store.list_page(key, delimiter="/", max_keys=LOOKUP_PAGE)
         is_dir = key + "/" in page.prefixes
         if not is_dir and page.next_token is not None:
+            self._stale_checks[parent.ino] += 1
             is_dir = bool((await self._store.list_page(key + "/", max_keys=1)).objects)
         info = next((each for each in page.objects if each.key == key), None)
         if is_dir:
@@ -420,6 +515,7 @@ class Namespace:
 
     async def ensure_listed(self, directory: Node) -> None:
         """Make *directory*'s children known and fresh (lists at most once at a time)."""
+        self._touch(directory)
         if self.is_fresh(directory):
             self.cache_hits += 1
             return
@@ -430,6 +526,7 @@ class Namespace:
             if self.is_fresh(directory) or not directory.attached:
                 return
             await self._list(directory)
+        self._maybe_trim()
 
     async def _list(self, directory: Node) -> None:
         path = directory.path
@@ -493,6 +590,7 @@ class Namespace:
             child.mtime_ns = parent.mtime_ns or time.time_ns()
             parent.children[name] = child
         child.seen_gen = max(child.seen_gen, gen)
+        child.doomed = False
         return child
 
     def _ingest(
@@ -533,6 +631,7 @@ class Namespace:
             node.children[name] = leaf
         self._set_file(leaf, info)
         leaf.seen_gen = max(leaf.seen_gen, gen)
+        leaf.doomed = False
 
     def _ingest_prefix(self, directory: Node, prefix: str, child_prefix: str, gen: int) -> None:
         name = child_prefix[len(prefix) :].rstrip("/")
@@ -566,11 +665,141 @@ class Namespace:
                 self._detach(child)
         directory.fresh_at = when
         directory.made_here = False  # its names now come from S3
+        self._stale_checks.pop(directory.ino, None)
 
     def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
         node = Node(next(self._inos), name, parent, is_dir)
+        node.used = self._tick
         self._inodes[node.ino] = node
+        self._created += 1
         return node
+
+    # -- the memory bound -------------------------------------------------------------
+
+    def _touch(self, directory: Node) -> None:
+        """*directory* is in use now: it and its ancestors are the warmest."""
+        self._tick += 1
+        each: Node | None = directory
+        while each is not None:
+            each.used = self._tick
+            each = each.parent
+
+    def _maybe_trim(self) -> None:
+        # Also while the kernel holds more than the bound: then once per
+        # eighth of the bound of new nodes, not on every listing.
+        if (
+            self.max_nodes
+            and len(self._inodes) > self.max_nodes
+            and self._created - self._created_at_trim >= self.max_nodes // 8
+        ):
+            self.trim()
+
+    def trim(self) -> None:
+        """Bring the cache down to about TRIM_TO of its bound, coldest
+        subtrees first (see the module docstring).  Synchronous: no listing's
+        page is half ingested while it runs."""
+        self._created_at_trim = self._created
+        self.trims += 1
+        before = len(self._inodes)
+        cutoff = self._cold_cutoff(before - int(self.max_nodes * TRIM_TO))
+        forgotten = self._trim_cold(self.root, cutoff)
+        log.debug(
+            "trimmed the cache from %d to %d nodes (bound %d); asked the kernel to forget %d directories",
+            before,
+            len(self._inodes),
+            self.max_nodes,
+            forgotten,
+        )
+
+    def _cold_cutoff(self, excess: int) -> int:
+        """The Node.used tick at or below which directories are cold: the
+        coldest directories whose children add up to *excess*.  What the
+        latest use touched (the listing just made, the directory being looked
+        into) is never cold."""
+        directories = sorted(
+            (
+                node
+                for node in self._inodes.values()
+                if node.children and node.parent is not None and node.used < self._tick
+            ),
+            key=lambda node: node.used,
+        )
+        cutoff = 0
+        for directory in directories:
+            if excess <= 0:
+                break
+            assert directory.children is not None
+            excess -= len(directory.children)
+            cutoff = directory.used
+        return cutoff
+
+    def _trim_cold(self, directory: Node, cutoff: int) -> int:
+        """Trim every maximal cold subtree below *directory* (whose used tick
+        is <= *cutoff*); how many directories the kernel was asked to forget."""
+        assert directory.children is not None
+        asked = 0
+        if directory.lock is not None and directory.lock.locked():
+            return 0  # a listing is filling this subtree
+        for name, child in list(directory.children.items()):
+            if not child.children or child.ino in self._virtual:
+                continue
+            if child.used > cutoff:
+                asked += self._trim_cold(child, cutoff)
+                continue
+            if child.lock is not None and child.lock.locked():
+                continue
+            if self._trim_below(child) and self._droppable(child):
+                del directory.children[name]
+                self._inodes.pop(child.ino, None)
+                self.evicted += 1
+                directory.fresh_at = None
+            elif self._kernel is not None:
+                self._kernel.forget_entry_soon(directory, name)
+                asked += 1
+        return asked
+
+    def _trim_below(self, directory: Node) -> bool:
+        """Drop what can go below *directory*; whether all of it went."""
+        assert directory.children is not None
+        if directory.held or directory.made_here or directory.local:
+            return False
+        whole = True
+        dropped = False
+        for name, child in list(directory.children.items()):
+            if child.children:
+                if child.lock is not None and child.lock.locked():
+                    whole = False
+                    continue
+                if not self._trim_below(child):
+                    whole = False
+            if not self._droppable(child):
+                child.doomed = True
+                whole = False
+                continue
+            del directory.children[name]
+            self._inodes.pop(child.ino, None)
+            self.evicted += 1
+            dropped = True
+        if dropped:
+            directory.fresh_at = None  # listed again when visited
+        return whole
+
+    def _droppable(self, node: Node) -> bool:
+        """Whether nothing but the cache knows *node*: it can go, and come
+        back from a listing."""
+        return not (
+            node.nlookup
+            or node.children
+            or node.held
+            or node.local
+            or node.writing
+            or node.view_names
+            or node.mode is not None
+            or node.uid is not None
+            or node.gid is not None
+            or node.mtime_fixed
+            or node.ino in self._virtual
+        )
 
     def _detach(self, node: Node) -> None:
         for each in _walk(node):

@@ -80,6 +80,16 @@ class StatsCollector(Collector):
             "lookups and listings that asked S3",
             value=_number(cache.get("misses")),
         )
+        yield CounterMetricFamily(
+            "s3regfs_metadata_cache_evicted",
+            "cached names dropped to keep the cache within metadata_cache",
+            value=_number(cache.get("evicted")),
+        )
+        yield GaugeMetricFamily(
+            "s3regfs_metadata_cache_nodes",
+            "names and directories cached now",
+            value=_number(cache.get("nodes")),
+        )
         for name, key, text in _GAUGES:
             yield GaugeMetricFamily(name, text, value=_number(figures.get(key)))
 

@@ -39,7 +39,7 @@ from s3regfs.errors import (
 from s3regfs.facts import RegistryFacts
 from s3regfs.fs import Operations
 from s3regfs.images import ImagesView
-from s3regfs.inode_cache import Namespace, Node
+from s3regfs.inode_cache import NODE_BYTES, Namespace, Node
 from s3regfs.kernel import KernelNotifier
 from s3regfs.metrics import serve as serve_metrics
 from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
@@ -346,11 +346,19 @@ def build_operations(
     how to make the kernel forget what it cached (FUSE notifications unless
     given: tests that drive the handlers without a kernel give their own)."""
     options = config.options
-    namespace = Namespace(store, config.driver.key_prefix, options.metadata_ttl)
+    if kernel is None:
+        kernel = KernelNotifier(nursery)
+    namespace = Namespace(
+        store,
+        config.driver.key_prefix,
+        options.metadata_ttl,
+        max_nodes=options.metadata_cache // NODE_BYTES,
+        kernel=kernel,
+    )
     files = OpenFiles(
         store,
         namespace,
-        kernel if kernel is not None else KernelNotifier(nursery),
+        kernel,
         nursery,
         chunksize=config.driver.chunksize,
         spool=SpoolSpace(options.spooldir or default_spooldir(), options.spoolmax),

@@ -282,6 +282,13 @@ FS_OPTIONS: tuple[Option, ...] = (
     Option("gid", "int", None, "mounting group", "group of every file", lo=0, hi=2**32 - 2),
     Option("umask", "special", 0o022, "022", "octal mask applied to 0777 (directories) and 0666 (files)"),
     Option("metadata_ttl", "seconds", 60.0, "60", "seconds a listing or attribute stays fresh"),
+    Option(
+        "metadata_cache",
+        "size",
+        128 * MiB,
+        "128M",
+        "memory for names and attributes; past it the coldest directories are forgotten (listed again when visited)",
+    ),
     Option("connect_timeout", "seconds", 10.0, "10", "seconds to wait for a connection, per attempt"),
     Option("read_timeout", "seconds", 60.0, "60", "seconds to wait for data on a connection, per attempt"),
     Option("fsname", "special", "", "SOURCE", "file-system name shown by findmnt and mount"),

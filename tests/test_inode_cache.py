@@ -57,10 +57,16 @@ async def test_stale_lookup_in_a_large_directory_checks_one_name(
     with pytest.raises(NotFound):
         await namespace.lookup(big, "f0001")
     assert "f0001" not in big.children
+    # One delimited listing of each name: f0000, f0001.
+    assert store.request_counts["list_objects_v2"] == lists + 2
+    # Checks as costly as a listing (2 pages) by now: the next name lists the
+    # directory again, and the names after it cost nothing.
     sub = await namespace.lookup(big, "sub")
     assert sub.is_dir
-    # One delimited listing of each name: f0000, f0001 and sub.
-    assert store.request_counts["list_objects_v2"] == lists + 3
+    assert store.request_counts["list_objects_v2"] == lists + 4
+    for i in range(2, 40):
+        assert (await namespace.lookup(big, f"f{i:04d}")).size == 1
+    assert store.request_counts["list_objects_v2"] == lists + 4
 
 
 async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
@@ -111,3 +117,96 @@ async def test_stale_lookup_past_many_names_sorting_before_the_directory(
     assert not v2.is_dir and v2.size == 1
     with pytest.raises(NotFound):
         await namespace.lookup(big, "v3")
+
+
+class _RecordingKernel:
+    """Stands in for the kernel's side of entry invalidation: records what a
+    trim asked it to forget (the mount tests cover the real notifications)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, str]] = []
+
+    def forget_entry_soon(self, parent: Any, name: str) -> None:
+        self.asked.append((parent.ino, name))
+
+
+async def test_trim_keeps_the_cache_bounded_and_what_the_kernel_holds(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # 8 repositories of 60 layer links (each repository is listed flat:
+    # 60 links + 60 digest directories + 2).
+    base = "docker/registry/v2/repositories"
+    keys = [
+        f"{base}/r{r}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
+        for r in range(8)
+        for i in range(60)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=key[-70:].encode()), keys))
+    store = make_store(moto.url, bucket)
+    kernel = _RecordingKernel()
+    namespace = Namespace(store, "", metadata_ttl=60, max_nodes=400, kernel=kernel)
+    held: dict[str, Any] = {}
+    for r in range(8):
+        sha = await namespace.resolve(f"{base}/r{r}/_layers/sha256")
+        children = await namespace.list_children(sha)
+        if r == 0:
+            # The kernel holds r0's first digest directory and its link.
+            namespace.remember(children[0])
+            link = await namespace.lookup(children[0], "link")
+            namespace.remember(link)
+            held = {"dir": children[0], "link": link, "ino": link.ino}
+        assert len(namespace) <= 400 + 130  # the bound, plus at most one listing's worth
+    assert namespace.trims >= 1 and namespace.evicted > 0
+    # The coldest repositories went first; the warmest (r7) is still whole.
+    r7 = await namespace.resolve(f"{base}/r7/_layers/sha256")
+    assert r7.fresh_at is not None and len(r7.children or {}) == 60
+    # What the kernel holds kept its inode and its place in the tree...
+    assert namespace.get(held["ino"]) is held["link"] and held["link"].doomed
+    assert held["dir"].children == {"link": held["link"]}
+    # ...and the kernel was asked to forget the subtree that holds it.
+    assert (await namespace.resolve(base)).ino in {ino for ino, _ in kernel.asked}
+    # Once the kernel forgets them, they go.
+    namespace.forget(held["link"].ino, 1)
+    with pytest.raises(KeyError):
+        namespace.get(held["ino"])
+    namespace.forget(held["dir"].ino, 1)
+    # A trimmed name comes back from a listing, with its attributes.
+    lists = store.request_counts["list_objects_v2"]
+    again = await namespace.resolve(keys[5])
+    assert again.size == 70 and not again.is_dir
+    assert store.request_counts["list_objects_v2"] - lists == 1  # the repository, listed flat
+    sha0 = await namespace.resolve(f"{base}/r0/_layers/sha256")
+    assert sorted(child.name for child in await namespace.list_children(sha0)) == sorted(
+        key.split("/")[7] for key in keys[:60]
+    )
+
+
+async def test_trim_leaves_a_directory_being_read_and_local_changes(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    for i in range(300):
+        s3.put_object(Bucket=bucket, Key=f"a/f{i:03d}", Body=b"1")
+        s3.put_object(Bucket=bucket, Key=f"b/f{i:03d}", Body=b"2")
+    s3.put_object(Bucket=bucket, Key="c/f", Body=b"3")
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60, max_nodes=400)
+    a = await namespace.resolve("a")
+    snapshot = await namespace.list_children(a)
+    namespace.hold(a)  # a readdir handle's snapshot
+    made = namespace.add_local(a, "new", is_dir=False)
+    b = await namespace.resolve("b")
+    await namespace.list_children(b)
+    await namespace.list_children(await namespace.resolve("c"))
+    namespace.trim()
+    assert all(namespace.get(node.ino) is node for node in snapshot)  # held
+    assert namespace.get(made.ino) is made
+    assert "b" not in (namespace.root.children or {}) and len(namespace) < 400
+    namespace.release(a)
+    namespace.max_nodes = 100
+    namespace.trim()
+    assert a.children == {"new": made} and a.fresh_at is None
+    assert len(await namespace.list_children(a)) == 301
+    assert (await namespace.resolve("b/f007")).size == 1

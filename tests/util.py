@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +142,65 @@ def start_moto(extra_env: dict[str, str] | None = None, *, ranged: bool = False)
         server.stop()
         raise
     return server
+
+
+@dataclass
+class SynthServer:
+    """A ``python -m tests.synths3`` process on loopback (see start_synth):
+    *keys* is the real key count of its bucket; its stdout and stderr in
+    *log_path*."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    bucket: str
+    keys: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict[str, int]:
+        """The server's request counters (GET /_synths3/stats)."""
+        with urllib.request.urlopen(f"{self.url}/_synths3/stats", timeout=30) as answer:
+            found: dict[str, int] = json.load(answer)
+        return found
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def start_synth(
+    keys: int,
+    *,
+    seed: int = 1,
+    bucket: str = "synth",
+    list_delay: float = 0.0,
+    request_delay: float = 0.0,
+    rootdirectory: str = "",
+    timeout: float = 120,
+) -> SynthServer:
+    """tests/synths3.py serving a generated registry bucket of about *keys*
+    keys on a free loopback port; returns once it serves."""
+    port = free_port()
+    log_path = Path(tempfile.mkstemp(prefix="synths3-", suffix=".log")[1])
+    command = [sys.executable, "-m", "tests.synths3", "--keys", str(keys), "--seed", str(seed)]
+    command += ["--port", str(port), "--bucket", bucket, "--rootdirectory", rootdirectory]
+    command += ["--list-delay", str(list_delay), "--request-delay", str(request_delay)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    try:
+        wait_for_port(port, process, timeout)
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(r"listening on \S+ keys=(\d+)", log_path.read_text(errors="replace"))):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"synths3 did not start:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+    except Exception:
+        stop_process(process)
+        raise
+    return SynthServer(port, process, bucket, int(found.group(1)), log_path)
 
 
 def s3regfs_command(*args: str) -> list[str]:
