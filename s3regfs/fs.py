@@ -346,7 +346,15 @@ class Operations(pyfuse3.Operations):
             self.namespace.forget(inode, count)
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._attrs(self._node(inode))
+        node = self._node(inode)
+        await self._prepare_view_file(node)
+        return self._attrs(node)
+
+    async def _prepare_view_file(self, node: Node) -> None:
+        """A view file built on demand (index.json) gets its content and size."""
+        if not node.is_dir and self.images.owns(node):
+            with errors_to_errno(f"building {VIEW_NAME} file {_quote(node.name)}"):
+                await self.images.prepare(node)
 
     async def setattr(
         self,
@@ -507,6 +515,7 @@ class Operations(pyfuse3.Operations):
             if self._immutable(node):
                 raise pyfuse3.FUSEError(errno.EROFS)
         control = self._control.owns(node) and not node.is_dir
+        await self._prepare_view_file(node)
         content = self._control.content(node, self.stats) if control else self.images.content(node)
         if content is not None:
             fh = self.files.add(FileHandle(node, None, None, content))

@@ -15,12 +15,20 @@ the same read path; their ``view_names`` count the extra names), so du, tar
 and rsync -H count each blob once.  Everything else is a virtual node owned
 here: directories, and small files whose bytes are built in memory.
 
-Cost: a repository's model comes from the namespace's listings (its subtree
-is listed flat: about one request per 1,000 keys), one GET per tag's manifest
-blob (cached by ETag), one more for the ``current/link`` of a tag that has
-pointed to several manifests, and the blobs' sizes from listings of
-``blobs/``, never a HEAD per blob.  A model is rebuilt once it is
-older than ``metadata_ttl``.
+Cost: a repository's model (its tags and the digests linked into it) comes
+from one listing of its subtree (flat: about one request per 1,000 keys) and
+one GET of ``current/link`` for a tag that has pointed to several manifests
+only; so listing ``_images`` down to the repositories' own entries costs
+about one request per repository.  What needs more is paid when it is asked
+for: blob sizes from listings of the ``blobs/`` fan-out directories the
+repository uses (never a HEAD per blob) when ``blobs/``, ``_tags/<tag>`` or
+the repository's size is read, and one GET per manifest (cached by ETag)
+when ``index.json``'s content or size, or a tag's directory, is read.  A model
+is rebuilt once it is older than ``metadata_ttl``.
+
+Memory: at most MODEL_ENTRIES_KEPT tags and digests of models and
+MANIFEST_BYTES_KEPT bytes of manifests are kept (least recently used go
+first); the view's own nodes are dropped once the kernel forgets them.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import trio
@@ -48,6 +57,15 @@ LAYOUT_NAMES = ("blobs", "index.json", "oci-layout", "_tags")
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
+#: Tags and digests of repository models kept at most (a model is listed
+#: again when it was dropped).
+MODEL_ENTRIES_KEPT = 200_000
+#: Bytes of manifests (and multi-entry tags' links) kept at most.
+MANIFEST_BYTES_KEPT = 16 * 1024 * 1024
+#: View nodes remembered before the ones the kernel forgot are swept.
+VIEW_NODES_SWEEP = 4096
+
+
 @dataclass
 class Tag:
     digest: str
@@ -58,16 +76,19 @@ class Tag:
 
 @dataclass
 class Repository:
-    """What the view shows of one repository, built from the raw layout."""
+    """What the view shows of one repository, built from its raw layout:
+    names and digests only (blob nodes and manifests are looked up when used)."""
 
     name: str
-    tags: dict[str, Tag] = field(default_factory=dict)
-    blobs: dict[str, Node] = field(default_factory=dict)
+    #: Tag -> the digest of the manifest it points to.
+    tags: dict[str, str] = field(default_factory=dict)
+    #: Every digest linked into the repository (manifest revisions, layers), sorted.
+    digests: list[str] = field(default_factory=list)
     built_at: float = 0.0
 
     @property
-    def size(self) -> int:
-        return sum(node.size for node in self.blobs.values())
+    def entries(self) -> int:
+        return len(self.tags) + len(self.digests)
 
 
 @dataclass(frozen=True)
@@ -91,34 +112,64 @@ class ImagesView:
         self._nodes: dict[str, Node] = {}
         self._kinds: dict[int, _Kind] = {}
         self._content: dict[int, bytes] = {}
-        self._repos: dict[str, Repository] = {}
-        self._small_cache: dict[tuple[str, str], bytes] = {}
+        self._repos: OrderedDict[str, Repository] = OrderedDict()
+        self._model_entries = 0
+        self._small_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._small_bytes = 0
         self._locks: dict[str, trio.Lock] = {}
         self.root = self._virtual("", VIEW_NAME, namespace.root, _Kind("dir"))
+        self.root.doomed = False  # always reachable by name: kept
 
     # -- nodes ------------------------------------------------------------------------
 
     def _virtual(
         self, view_path: str, name: str, parent: Node, kind: _Kind, content: bytes | None = None
     ) -> Node:
+        """The view node of *view_path*, made when missing (or dropped since
+        the kernel forgot it); files have *kind* "file" or "index"."""
         node = self._nodes.get(view_path)
-        if node is None:
-            node = self._namespace.new_virtual(name, parent, is_dir=content is None)
+        if node is None or not self._namespace.knows(node):
+            if len(self._nodes) >= VIEW_NODES_SWEEP:
+                self._sweep()
+            is_dir = kind.what not in ("file", "index")
+            node = self._namespace.new_virtual(name, parent, is_dir=is_dir)
+            node.doomed = True  # dropped when the kernel forgets it, made again when asked for
             self._nodes[view_path] = node
             self._kinds[node.ino] = dataclasses.replace(kind, path=view_path)
         if content is not None:
-            self._content[node.ino] = content
-            node.size = len(content)
-            node.mtime_ns = time.time_ns() if node.mtime_ns == 0 else node.mtime_ns
+            self._set_content(node, content)
         return node
+
+    def _set_content(self, node: Node, content: bytes) -> None:
+        if self._content.get(node.ino) != content:
+            node.mtime_ns = time.time_ns()
+        self._content[node.ino] = content
+        node.size = len(content)
+
+    def _sweep(self) -> None:
+        """Forget the view nodes the namespace dropped (the kernel forgot them)."""
+        gone = [path for path, node in self._nodes.items() if not self._namespace.knows(node)]
+        for path in gone:
+            node = self._nodes.pop(path)
+            self._kinds.pop(node.ino, None)
+            self._content.pop(node.ino, None)
 
     def owns(self, node: Node) -> bool:
         """Whether *node* is one of the view's own (virtual) nodes."""
         return node.ino in self._kinds
 
     def content(self, node: Node) -> bytes | None:
-        """The bytes of a virtual file (None for anything else)."""
+        """The bytes of a virtual file as last prepared (None for anything else)."""
         return self._content.get(node.ino)
+
+    async def prepare(self, node: Node) -> None:
+        """Make a view file's content and size current (index.json is built
+        when first read or stat'ed: it costs a GET per manifest)."""
+        kind = self._kinds.get(node.ino)
+        if kind is None or kind.what != "index":
+            return
+        repo = await self.repository(kind.repo)
+        self._set_content(node, await self._index_json(repo))
 
     # -- listing ----------------------------------------------------------------------
 
@@ -132,7 +183,7 @@ class ImagesView:
             if raw is not None:
                 assert raw.children is not None
                 is_repository = "_manifests" in raw.children or "_layers" in raw.children
-                for name, child in raw.children.items():
+                for name, child in list(raw.children.items()):
                     if is_repository and name in LAYOUT_NAMES:
                         continue  # the layout wins over a sub-repository of that name
                     if child.is_dir and not name.startswith("_"):
@@ -144,36 +195,38 @@ class ImagesView:
                     entries |= self._layout_entries(node, view_path, repo)
         elif kind.what == "blobs":
             repo = await self.repository(kind.repo)
-            for algorithm in sorted({d.split(":", 1)[0] for d in repo.blobs}):
+            for algorithm in sorted({d.split(":", 1)[0] for d in repo.digests}):
                 entries[algorithm] = self._virtual(
                     f"{view_path}/{algorithm}", algorithm, node, _Kind("alg", kind.repo, algorithm)
                 )
         elif kind.what == "alg":
             repo = await self.repository(kind.repo)
-            for digest, blob in repo.blobs.items():
+            for digest, blob in (await self._blobs(repo.digests)).items():
                 algorithm, _, hexdigest = digest.partition(":")
                 if algorithm == kind.extra:
                     entries[hexdigest] = self._share(blob, f"{view_path}/{hexdigest}")
         elif kind.what == "tags":
             repo = await self.repository(kind.repo)
-            for tag_name in repo.tags:
+            for tag_name in await self._tags_with_blobs(repo):
                 entries[tag_name] = self._virtual(
                     f"{view_path}/{tag_name}", tag_name, node, _Kind("tag", kind.repo, tag_name)
                 )
         elif kind.what == "tag":
             repo = await self.repository(kind.repo)
-            tag = repo.tags.get(kind.extra)
+            target = repo.tags.get(kind.extra)
+            tag = await self._tag(repo, kind.extra, target) if target is not None else None
             if tag is not None:
-                manifest = repo.blobs.get(tag.digest) or await self._blob(tag.digest)
+                manifest = await self._blob(tag.digest)
                 if manifest is not None:
                     entries["manifest.json"] = self._share(manifest, f"{view_path}/manifest.json")
                 entries["version"] = self._virtual(
                     f"{view_path}/version", "version", node, _Kind("file"), DIR_VERSION
                 )
-                for name, digest in await self._referenced(tag):
-                    found = repo.blobs.get(digest) or await self._blob(digest)
-                    if found is not None:
-                        entries[name] = self._share(found, f"{view_path}/{name}")
+                referenced = await self._referenced(tag)
+                found = await self._blobs([digest for _, digest in referenced])
+                for name, digest in referenced:
+                    if digest in found:
+                        entries[name] = self._share(found[digest], f"{view_path}/{name}")
         return sorted(entries.items())
 
     async def lookup(self, node: Node, name: str) -> Node:
@@ -183,32 +236,32 @@ class ImagesView:
         raise NotFound(f"{VIEW_NAME}: no {name!r} here")
 
     def _layout_entries(self, node: Node, view_path: str, repo: Repository) -> dict[str, Node]:
-        index = {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": tag.media_type,
-                    "digest": tag.digest,
-                    "size": tag.size,
-                    "annotations": {REF_NAME: name},
-                }
-                for name, tag in sorted(repo.tags.items())
-            ],
-        }
         return {
             "oci-layout": self._virtual(
                 _join(view_path, "oci-layout"), "oci-layout", node, _Kind("file"), OCI_LAYOUT
             ),
             "index.json": self._virtual(
-                _join(view_path, "index.json"),
-                "index.json",
-                node,
-                _Kind("file"),
-                json.dumps(index, indent=2).encode(),
+                _join(view_path, "index.json"), "index.json", node, _Kind("index", repo.name)
             ),
             "blobs": self._virtual(_join(view_path, "blobs"), "blobs", node, _Kind("blobs", repo.name)),
             "_tags": self._virtual(_join(view_path, "_tags"), "_tags", node, _Kind("tags", repo.name)),
         }
+
+    async def _index_json(self, repo: Repository) -> bytes:
+        await self._list_fanouts(set(repo.tags.values()))
+        manifests = []
+        for name, target in sorted(repo.tags.items()):
+            tag = await self._tag(repo, name, target)
+            if tag is not None:
+                manifests.append(
+                    {
+                        "mediaType": tag.media_type,
+                        "digest": tag.digest,
+                        "size": tag.size,
+                        "annotations": {REF_NAME: name},
+                    }
+                )
+        return json.dumps({"schemaVersion": 2, "manifests": manifests}, indent=2).encode()
 
     def _share(self, blob: Node, view_path: str) -> Node:
         if blob.view_names is None:
@@ -237,17 +290,43 @@ class ImagesView:
 
     async def repository(self, name: str) -> Repository:
         """The model of repository *name* (rebuilt when older than metadata_ttl)."""
-        cached = self._repos.get(name)
-        if cached is not None and time.monotonic() - cached.built_at < self._ttl:
+        cached = self._fresh_model(name)
+        if cached is not None:
             return cached
         lock = self._locks.setdefault(name, trio.Lock())
-        async with lock:  # one build at a time per repository
-            cached = self._repos.get(name)
-            if cached is not None and time.monotonic() - cached.built_at < self._ttl:
-                return cached
-            return await self._build(name)
+        try:
+            async with lock:  # one build at a time per repository
+                cached = self._fresh_model(name)
+                if cached is not None:
+                    return cached
+                repo = await self._build(name)
+        finally:
+            if not lock.statistics().tasks_waiting:
+                self._locks.pop(name, None)
+        self._keep_model(repo)
+        return repo
+
+    def _fresh_model(self, name: str) -> Repository | None:
+        cached = self._repos.get(name)
+        if cached is None or time.monotonic() - cached.built_at >= self._ttl:
+            return None
+        self._repos.move_to_end(name)
+        return cached
+
+    def _keep_model(self, repo: Repository) -> None:
+        old = self._repos.pop(repo.name, None)
+        if old is not None:
+            self._model_entries -= old.entries
+        self._repos[repo.name] = repo
+        self._model_entries += repo.entries
+        while self._model_entries > MODEL_ENTRIES_KEPT and len(self._repos) > 1:
+            _, dropped = self._repos.popitem(last=False)
+            self._model_entries -= dropped.entries
 
     async def _build(self, name: str) -> Repository:
+        """The repository's names and digests, from the listing of its subtree
+        (the first _raw_dir or _list lists it flat; the rest are answered from
+        the cache), plus a GET of current/link for tags moved before."""
         repo = Repository(name, built_at=time.monotonic())
         base = _join(REPOSITORIES, name)
         digests: set[str] = set()
@@ -256,35 +335,50 @@ class ImagesView:
                 for entry in await self._list(f"{base}/{kind}/{algorithm.name}"):
                     if entry.is_dir and entry.children and "link" in entry.children:
                         digests.add(f"{algorithm.name}:{entry.name}")
-        await self._list_fanouts(digests)
-        for digest in sorted(digests):
-            blob = await self._blob(digest)
-            if blob is not None:
-                repo.blobs[digest] = blob
+        repo.digests = sorted(digests)
         for tag_dir in await self._list(f"{base}/_manifests/tags"):
             try:
                 target = await self._tag_target(f"{base}/_manifests/tags/{tag_dir.name}")
-                if layout.blob_data_path(target) is None:  # an empty or garbled link
-                    log.warning(
-                        "%s:%s left out of the view: its link holds no digest (%r)",
-                        name,
-                        tag_dir.name,
-                        target[:100],
-                    )
-                    continue
-                blob = repo.blobs.get(target) or await self._blob(target)
-                if blob is None:
-                    log.warning("%s:%s points to %s, which is not in the bucket", name, tag_dir.name, target)
-                    continue
-                manifest = await self._small(blob) if blob.size <= layout.MANIFEST_MAX else b""
             except StorageError as exc:
                 # One tag that changed or vanished meanwhile must not hide the others.
                 log.warning("%s:%s left out of the view: %s", name, tag_dir.name, exc)
                 continue
-            media_type = layout.manifest_media_type(manifest) or "application/octet-stream"
-            repo.tags[tag_dir.name] = Tag(target, media_type, blob.size, manifest)
-        self._repos[name] = repo
+            if layout.blob_data_path(target) is None:  # an empty or garbled link
+                log.warning(
+                    "%s:%s left out of the view: its link holds no digest (%r)",
+                    name,
+                    tag_dir.name,
+                    target[:100],
+                )
+                continue
+            repo.tags[tag_dir.name] = target
         return repo
+
+    async def _tags_with_blobs(self, repo: Repository) -> list[str]:
+        """The tags whose manifest blob is in the bucket (the others are logged)."""
+        found = await self._blobs(sorted(set(repo.tags.values())))
+        tags = []
+        for name, target in repo.tags.items():
+            if target in found:
+                tags.append(name)
+            else:
+                log.warning("%s:%s points to %s, which is not in the bucket", repo.name, name, target)
+        return tags
+
+    async def _tag(self, repo: Repository, name: str, target: str) -> Tag | None:
+        """What tag *name* points to: its manifest blob's size, media type and
+        bytes (None, logged, when the blob is missing or unreadable)."""
+        try:
+            blob = await self._blob(target)
+            if blob is None:
+                log.warning("%s:%s points to %s, which is not in the bucket", repo.name, name, target)
+                return None
+            manifest = await self._small(blob) if blob.size <= layout.MANIFEST_MAX else b""
+        except StorageError as exc:
+            log.warning("%s:%s left out of the view: %s", repo.name, name, exc)
+            return None
+        media_type = layout.manifest_media_type(manifest) or "application/octet-stream"
+        return Tag(target, media_type, blob.size, manifest)
 
     async def _tag_target(self, tag_path: str) -> str:
         """The digest a tag points to.  A tag that only ever pointed to one
@@ -313,6 +407,16 @@ class ImagesView:
             if node.is_dir:
                 await self._namespace.ensure_listed(node)
 
+    async def _blobs(self, digests: list[str]) -> dict[str, Node]:
+        """The data nodes of the *digests* that are in the bucket."""
+        await self._list_fanouts(set(digests))
+        found: dict[str, Node] = {}
+        for digest in digests:
+            blob = await self._blob(digest)
+            if blob is not None:
+                found[digest] = blob
+        return found
+
     async def _blob(self, digest: str) -> Node | None:
         path = layout.blob_data_path(digest)
         if path is None:
@@ -326,10 +430,16 @@ class ImagesView:
     async def _small(self, node: Node) -> bytes:
         key = self._namespace.key(node)
         cached = self._small_cache.get((key, node.etag))
-        if cached is None:
-            cached = await self._store.get_range(key, 0, node.size, node.etag or None)
-            self._small_cache[(key, node.etag)] = cached
-        return cached
+        if cached is not None:
+            self._small_cache.move_to_end((key, node.etag))
+            return cached
+        data = await self._store.get_range(key, 0, node.size, node.etag or None)
+        self._small_cache[(key, node.etag)] = data
+        self._small_bytes += len(data)
+        while self._small_bytes > MANIFEST_BYTES_KEPT and len(self._small_cache) > 1:
+            _, dropped = self._small_cache.popitem(last=False)
+            self._small_bytes -= len(dropped)
+        return data
 
     async def _referenced(self, tag: Tag) -> list[tuple[str, str]]:
         """The files a tag's ``dir:`` copy needs, as (name, digest): config and
@@ -375,9 +485,10 @@ class ImagesView:
         if raw is None or not raw.children or not ("_manifests" in raw.children or "_layers" in raw.children):
             return {}
         repo = await self.repository(kind.repo)
+        size = sum(blob.size for blob in (await self._blobs(repo.digests)).values())
         return {
-            b"user.registry.tags": "\n".join(sorted(repo.tags)).encode(),
-            b"user.registry.size": str(repo.size).encode(),
+            b"user.registry.tags": "\n".join(sorted(await self._tags_with_blobs(repo))).encode(),
+            b"user.registry.size": str(size).encode(),
         }
 
 

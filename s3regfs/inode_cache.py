@@ -258,6 +258,10 @@ class Namespace:
             return
         if not node.attached:
             del self._inodes[ino]
+        elif node.doomed and ino in self._virtual:
+            # A view's node: the view makes it again when asked for.
+            del self._inodes[ino]
+            self._virtual.discard(ino)
         elif node.doomed and self._droppable(node):
             parent = node.parent
             assert parent is not None and parent.children is not None
@@ -276,6 +280,10 @@ class Namespace:
 
     def __len__(self) -> int:
         return len(self._inodes)
+
+    def knows(self, node: Node) -> bool:
+        """Whether *node* is still in the inode table (not dropped)."""
+        return self._inodes.get(node.ino) is node
 
     # -- freshness ------------------------------------------------------------
 
@@ -793,7 +801,6 @@ class Namespace:
             or node.held
             or node.local
             or node.writing
-            or node.view_names
             or node.mode is not None
             or node.uid is not None
             or node.gid is not None

@@ -108,9 +108,24 @@ def _escape(text: str) -> str:
     return text
 
 
+_DAYS: dict[int, str] = {}
+#: Characters urllib.parse.quote leaves as they are (with "/" safe).
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 def _iso8601(epoch: int) -> str:
     """S3's LastModified format: ``2026-11-01T12:00:00.000Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(epoch))
+    day, second = divmod(epoch, 86_400)
+    date = _DAYS.get(day)
+    if date is None:
+        date = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+    hour, second = divmod(second, 3600)
+    return f"{date}{hour:02d}:{second // 60:02d}:{second % 60:02d}.000Z"
+
+
+def _url_encoded(text: str) -> str:
+    """*text* URL-encoded as moto does (urllib's quote, "/" kept)."""
+    return text if _UNQUOTED.fullmatch(text) else urllib.parse.quote(text)
 
 
 def _successor(prefix: str) -> str | None:
@@ -643,21 +658,18 @@ class SynthLayout:
             return g, pos
         return None
 
-    def etag(self, key: str) -> str:
-        """The ETag of *key* (32 hex digits, no quotes)."""
-        return hashlib.blake2b(key.encode(), digest_size=16, key=self._etag_key).hexdigest()
-
-    def last_modified(self, key: str) -> int:
-        """LastModified of *key*, seconds since the epoch."""
-        stamp = hashlib.blake2b(key.encode(), digest_size=8, key=self._data_key).digest()
-        return BASE_TIME + int.from_bytes(stamp, "big") % TIME_SPAN
+    def stamp(self, key: str) -> tuple[str, int]:
+        """The ETag of *key* (32 hex digits, no quotes) and its LastModified
+        (seconds since the epoch), both drawn from one hash of the key."""
+        digest = hashlib.blake2b(key.encode(), digest_size=16, key=self._etag_key).digest()
+        return digest.hex(), BASE_TIME + int.from_bytes(digest[:8], "big") % TIME_SPAN
 
     def head(self, key: str) -> ObjectMeta | None:
         """HeadObject of *key*; None when there is no such key."""
         place = self._find(key)
         if place is None:
             return None
-        return ObjectMeta(key, self._size_at(*place), self.etag(key), self.last_modified(key))
+        return ObjectMeta(key, self._size_at(*place), *self.stamp(key))
 
     def get(self, key: str) -> bytes | None:
         """The bytes of *key*; None when there is no such key."""
@@ -880,7 +892,7 @@ class _Handler(BaseHTTPRequestHandler):
         page = synth.layout.list_objects(prefix, delimiter, after, max_keys)
 
         def show(text: str) -> str:
-            return _escape(urllib.parse.quote(text) if encoding else text)
+            return _escape(_url_encoded(text) if encoding else text)
 
         layout = synth.layout
         parts = [_XML_HEAD, f'<ListBucketResult xmlns="{_NS}"><Name>{_escape(synth.bucket)}</Name>']
@@ -901,10 +913,10 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(f"<EncodingType>{encoding}</EncodingType>")
         fetch_owner = param("fetch-owner") == "true"
         for key, size in page.contents:
+            etag, modified = layout.stamp(key)
             parts.append(
-                f"<Contents><Key>{show(key)}</Key>"
-                f"<LastModified>{_iso8601(layout.last_modified(key))}</LastModified>"
-                f"<ETag>&quot;{layout.etag(key)}&quot;</ETag><Size>{size}</Size>"
+                f"<Contents><Key>{show(key)}</Key><LastModified>{_iso8601(modified)}</LastModified>"
+                f"<ETag>&quot;{etag}&quot;</ETag><Size>{size}</Size>"
             )
             if fetch_owner:
                 parts.append("<Owner><ID>synths3</ID><DisplayName>synths3</DisplayName></Owner>")
