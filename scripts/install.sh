@@ -10,7 +10,7 @@ repo=$(pwd)
 python=${PYTHON:-python3}
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci findutils util-linux ca-certificates python3-minimal passwd)
+packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci findutils rsync util-linux ca-certificates python3-minimal passwd)
 if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
     packages+=(python3-venv python3-dev)
 fi

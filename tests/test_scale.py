@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: MIT
+"""Big registries through the real mount, on the synthetic endpoint
+(tests/synths3.py): whole-tree walks in bounded memory, names found again
+after the cache dropped them, open files and kernel-held inodes kept, and the
+``_images`` view costing listings, not a request per tag."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.synths3 import SynthLayout
+from tests.util import SynthServer, fuse_test_marker, mounted, start_synth
+
+pytestmark = fuse_test_marker()
+
+#: Keys of the walked bucket: about 55,000 names and directories, some 40 MB
+#: of daemon memory without a bound (measured), so a bound of 2 MiB shows.
+WALK_KEYS = 30_000
+ROOT = "docker/registry/v2"
+
+
+@pytest.fixture(scope="module")
+def synth() -> Iterator[SynthServer]:
+    server = start_synth(WALK_KEYS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def layout() -> SynthLayout:
+    return SynthLayout(WALK_KEYS)
+
+
+def _options(server: SynthServer, *extra: str) -> list[str]:
+    return ["-o", ",".join([f"regionendpoint={server.url}", "region=us-east-1", *extra]), server.bucket]
+
+
+def _status(pid: int, field: str) -> int:
+    """A /proc/PID/status figure in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _files(mount: Path) -> list[str]:
+    found = subprocess.run(
+        ["find", str(mount), "-type", "f", "-printf", "%P %s\n"], capture_output=True, text=True, check=False
+    )
+    assert found.returncode == 0 and not found.stderr, found.stderr[:2000]
+    return found.stdout.splitlines()
+
+
+def test_a_walk_stays_within_the_metadata_cache_and_finds_everything(
+    synth: SynthServer, layout: SynthLayout, tmp_path: Path
+) -> None:
+    keys = list(layout.iter_keys())
+    expected = sorted(f"{key} {layout.head(key).size}" for key in keys)  # type: ignore[union-attr]
+    first_link = next(key for key in keys if key.endswith("/link"))
+    first_blob = next(key for key in keys if key.endswith("/data"))
+    with mounted(tmp_path / "m", _options(synth, "metadata_cache=2M")) as mount:
+        pid = mount.process.pid
+        at_start = _status(pid, "VmRSS")
+        # Held open across the walk: its node must survive every trim.
+        held = open(mount.path / first_link, "rb")
+        try:
+            held_ino = os.fstat(held.fileno()).st_ino
+            assert sorted(_files(mount.path)) == expected
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            # 2 MiB / 1 KiB a node; a trim leaves three quarters, one flat listing may add 16,000.
+            assert stats["max_nodes"] == 2048 and stats["trims"] >= 5 and stats["evicted"] > 40_000
+            assert stats["nodes"] <= 2048 + 16_000
+            grown_mib = (_status(pid, "VmHWM") - at_start) / 1024
+            # Without the bound this walk grows the daemon by about 40 MiB.
+            assert grown_mib < 24, grown_mib
+            # The open file: same inode, same bytes.
+            assert held.read() == layout.get(first_link)
+            assert os.stat(mount.path / first_link).st_ino == held_ino
+        finally:
+            held.close()
+        # A name the bound dropped long ago is found again, with its attributes.
+        assert os.stat(mount.path / first_blob).st_size == layout.head(first_blob).size  # type: ignore[union-attr]
+        assert (mount.path / first_link).read_bytes() == layout.get(first_link)
+        # A second walk (the kernel forgot, the daemon listed again): the same tree.
+        assert sorted(_files(mount.path)) == expected
+    requests = mount.request_counts()
+    assert requests.get("head_object", 0) == 0 and requests.get("get_object", 0) <= 2
+    # Listing everything twice, in pages: keys / 1,000 and some per walk, never a request per name.
+    assert requests["list_objects_v2"] <= 2 * (WALK_KEYS // 1000 + 40), requests
+
+
+def test_images_walk_costs_a_listing_per_repository(
+    synth: SynthServer, layout: SynthLayout, tmp_path: Path
+) -> None:
+    counts = layout.counts()
+    before = synth.stats()
+    with mounted(tmp_path / "m", _options(synth, "metadata_ttl=5")) as mount:
+        found = subprocess.run(
+            ["find", str(mount.path / "_images"), "-maxdepth", "3"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert found.returncode == 0 and not found.stderr, found.stderr[:2000]
+        entries = [line[len(str(mount.path)) + 1 :] for line in found.stdout.splitlines()]
+        names = layout.repository_names()
+        assert {e for e in entries if e.count("/") == 2} == {f"_images/{name}" for name in names}
+        assert sorted(e for e in entries if e.endswith("/index.json")) == sorted(
+            f"_images/{name}/index.json" for name in names
+        )
+        walked = synth.stats()
+        # index.json of one repository, read: one descriptor per tag.
+        name = names[3]
+        tags_prefix = f"{ROOT}/repositories/{name}/_manifests/tags/"
+        tags = set()
+        for key in layout.iter_keys(tags_prefix):
+            if not key.startswith(tags_prefix):
+                break
+            tags.add(key[len(tags_prefix) :].split("/")[0])
+        index = json.loads((mount.path / "_images" / name / "index.json").read_bytes())
+        assert sorted(
+            m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]
+        ) == sorted(tags)
+    lists = walked["list_requests"] - before["list_requests"]
+    gets = walked["get_requests"] - before["get_requests"]
+    heads = walked["head_requests"] - before["head_requests"]
+    # The walk: a listing per repository and namespace, a GET only for the
+    # current/link of a tag that was moved, never a request per tag or per blob.
+    assert lists <= counts["repositories"] + counts["namespaces"] + 10, lists
+    assert heads == 0
+    assert gets < counts["tags"] // 10, (gets, counts["tags"])
