@@ -52,7 +52,7 @@ from s3regfs.errors import (
 )
 from s3regfs.facts import RegistryFacts
 from s3regfs.images import VIEW_NAME, ImagesView
-from s3regfs.inode_cache import Namespace, Node
+from s3regfs.inode_cache import ChildStream, Namespace, Node
 from s3regfs.open_files import FileHandle, OpenFiles
 from s3regfs.storage.base import KEY_MAX, ObjectStore
 from s3regfs.writer import FileWriter
@@ -148,10 +148,17 @@ def errors_to_errno(what: str) -> Iterator[None]:
 
 @dataclass
 class DirHandle:
-    """An open directory: the listing snapshot readdir walks with stable offsets."""
+    """An open directory: the listing snapshot readdir walks with stable
+    offsets; for a wide directory (see inode_cache), a stream of it instead,
+    of which only the page being read is held (*entries* is that page, the
+    first at offset *base*)."""
 
     node: Node
     entries: list[tuple[str, Node]]
+    stream: ChildStream | None = None
+    base: int = 0
+    #: The namespace keeps the snapshot's children while it is open.
+    holds: bool = False
 
 
 class Operations(pyfuse3.Operations):
@@ -437,22 +444,32 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle: DirHandle
         with errors_to_errno(f"listing {_quote(node.path or '/')}"):
             if node is self._control.directory:
-                entries = sorted(self._control.files().items())
+                handle = DirHandle(node, sorted(self._control.files().items()))
             elif self.images.owns(node):
-                entries = await self.images.children(node)
+                handle = DirHandle(node, await self.images.children(node))
             else:
-                entries = [(child.name, child) for child in await self.namespace.list_children(node)]
-                if node is self.namespace.root and self._options.images:
-                    entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
+                await self.namespace.ensure_listed(node)
+                if node.wide and not self.namespace.is_fresh(node) and node is not self.namespace.root:
+                    handle = DirHandle(node, [], self.namespace.stream(node))
+                else:
+                    entries = [(child.name, child) for child in await self.namespace.list_children(node)]
+                    if node is self.namespace.root and self._options.images:
+                        entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
+                    handle = DirHandle(node, entries, holds=True)
+                    self.namespace.hold(node)  # the snapshot's children stay in the inode table
         fh = self._new_dir_fh()
-        self._dir_handles[fh] = DirHandle(node, entries)
-        self.namespace.hold(node)  # the snapshot's children stay in the inode table
+        self._dir_handles[fh] = handle
         return pyfuse3.FileHandleT(fh)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dir_handles[fh]
+        if handle.stream is not None:
+            with errors_to_errno(f"listing {_quote(handle.node.path)}"):
+                await self._readdir_stream(handle, start_id, token)
+            return
         for index in range(start_id, len(handle.entries)):
             name, node = handle.entries[index]
             if not pyfuse3.readdir_reply(
@@ -462,9 +479,33 @@ class Operations(pyfuse3.Operations):
             # readdirplus: the kernel now holds a lookup of this inode.
             self.namespace.remember(node)
 
+    async def _readdir_stream(self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Offsets count entries from the start of the stream; going back
+        (rewinddir, seekdir) starts the stream again."""
+        if start_id < handle.base:
+            handle.stream = self.namespace.stream(handle.node)
+            handle.entries = []
+            handle.base = 0
+        assert handle.stream is not None
+        offset = start_id
+        while True:
+            for name, node in handle.entries[max(0, offset - handle.base) :]:
+                node = self.namespace.revive(node)
+                if not pyfuse3.readdir_reply(
+                    token, pyfuse3.FileNameT(name.encode("utf-8")), self._attrs(node), offset + 1
+                ):
+                    return
+                self.namespace.remember(node)
+                offset += 1
+            page = await handle.stream.next_page()
+            if page is None:
+                return
+            handle.base += len(handle.entries)
+            handle.entries = [(child.name, child) for child in page]
+
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self._dir_handles.pop(fh, None)
-        if handle is not None:
+        if handle is not None and handle.holds:
             self.namespace.release(handle.node)
 
     async def mkdir(

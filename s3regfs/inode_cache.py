@@ -17,6 +17,13 @@ Listing directory D (see :func:`s3regfs.layout.flat_listing_pages`):
 So a registry subtree of deep, narrow digest directories costs about one
 request per 1,000 keys, instead of one per directory.
 
+A directory whose own children take more than WIDE_PAGES delimited pages
+(an ``_uploads`` of a busy registry, a flat bucket) is *wide*: it is never
+held whole for lookups.  Its listing stops there, a lookup in it checks the
+one name (cached names whose attributes are fresh cost nothing), and readdir
+streams it (:class:`ChildStream`: a page at a time, the first names shown
+after the first page); only :meth:`Namespace.list_children` lists it whole.
+
 Bookkeeping (pyfuse3's rules): every inode handed to the kernel by lookup,
 readdirplus or create counts one lookup; :meth:`Namespace.forget` gives them
 back.  A node that disappears from a listing is detached from the tree at
@@ -69,6 +76,10 @@ NEGATIVE_TTL = 1.0
 #: Misses remembered at most (the oldest are dropped first).
 MISSES_KEPT = 4096
 
+#: Delimited pages (1,000 names each) past which a directory is wide (see
+#: the module docstring).
+WIDE_PAGES = 8
+
 #: What one cached name costs the daemon's memory, with its share of the
 #: tables that find it (measured as RSS growth per node over a registry walk:
 #: benchmarks/README.md); metadata_cache / NODE_BYTES nodes are kept.
@@ -113,6 +124,7 @@ class Node:
         "used",
         "held",
         "doomed",
+        "wide",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -160,6 +172,8 @@ class Node:
         self.held = 0
         #: Trimmed while the kernel held it: dropped once the kernel forgets it.
         self.doomed = False
+        #: Directories: too many children to list whole (see WIDE_PAGES).
+        self.wide = False
 
     @property
     def is_dir(self) -> bool:
@@ -315,6 +329,10 @@ class Namespace:
         if not parent.attached:
             raise NotFound(f"{layout.join(parent.path, name)}: the directory was removed")
         self._touch(parent)
+        if parent.wide and not self.is_fresh(parent):
+            checked = await self._check_child(parent, name)
+            self._maybe_trim()
+            return checked
         if (
             parent.fresh_at is not None
             and parent.list_cost > 1
@@ -403,8 +421,9 @@ class Namespace:
         raise NotFound(f"{path}: no such file or directory")
 
     async def list_children(self, directory: Node) -> list[Node]:
-        """The children of *directory*, sorted by name."""
-        await self.ensure_listed(directory)
+        """All the children of *directory*, sorted by name (a wide directory
+        too: this lists it whole)."""
+        await self.ensure_listed(directory, whole=True)
         assert directory.children is not None
         return [directory.children[name] for name in sorted(directory.children)]
 
@@ -521,11 +540,15 @@ class Namespace:
 
     # -- listing ------------------------------------------------------------------
 
-    async def ensure_listed(self, directory: Node) -> None:
-        """Make *directory*'s children known and fresh (lists at most once at a time)."""
+    async def ensure_listed(self, directory: Node, *, whole: bool = False) -> None:
+        """Make *directory*'s children known and fresh (lists at most once at a
+        time).  A wide directory stays as it is (not fresh, partly known)
+        unless *whole*; one found wide by this listing is left so too."""
         self._touch(directory)
         if self.is_fresh(directory):
             self.cache_hits += 1
+            return
+        if directory.wide and not whole:
             return
         self.cache_misses += 1
         if directory.lock is None:
@@ -533,10 +556,28 @@ class Namespace:
         async with directory.lock:
             if self.is_fresh(directory) or not directory.attached:
                 return
-            await self._list(directory)
+            await self._list(directory, whole=whole)
         self._maybe_trim()
 
-    async def _list(self, directory: Node) -> None:
+    def stream(self, directory: Node) -> ChildStream:
+        """The children of *directory* a page at a time (see ChildStream)."""
+        return ChildStream(self, directory)
+
+    def revive(self, node: Node) -> Node:
+        """*node*, handed out by a stream, back in the tree if a trim dropped
+        it meanwhile; or the node that took its name since."""
+        if self.knows(node):
+            return node
+        parent = node.parent
+        assert parent is not None and parent.children is not None
+        current = parent.children.get(node.name)
+        if current is not None:
+            return current
+        parent.children[node.name] = node
+        self._inodes[node.ino] = node
+        return node
+
+    async def _list(self, directory: Node, *, whole: bool = True) -> None:
         path = directory.path
         prefix = layout.dir_prefix(self.key_prefix, path)
         gen = next(self._gens)
@@ -566,9 +607,11 @@ class Namespace:
                     self._mark_fresh(node, gen, started)
         # The rest of D's own children, one level only.
         token = None
+        pages = 0
         while True:
             page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
             cost += 1
+            pages += 1
             for info in page.objects:
                 self._ingest(directory, prefix, info, gen, touched)
             for child_prefix in page.prefixes:
@@ -576,6 +619,12 @@ class Namespace:
             token = page.next_token
             if token is None:
                 break
+            if pages >= WIDE_PAGES and not whole:
+                directory.wide = True
+                directory.list_cost = cost
+                log.debug("%r is wide: more than %d pages of its own children", path, pages)
+                return
+        directory.wide = pages > WIDE_PAGES
         self._mark_fresh(directory, gen, started)
         directory.list_cost = cost
 
@@ -753,6 +802,9 @@ class Namespace:
                 continue
             if child.used > cutoff:
                 asked += self._trim_cold(child, cutoff)
+                if child.wide and self._trim_wide(child) and self._kernel is not None:
+                    self._kernel.forget_entry_soon(directory, name)
+                    asked += 1
                 continue
             if child.lock is not None and child.lock.locked():
                 continue
@@ -765,6 +817,27 @@ class Namespace:
                 self._kernel.forget_entry_soon(directory, name)
                 asked += 1
         return asked
+
+    def _trim_wide(self, directory: Node) -> bool:
+        """Drop the files of a wide directory in use (a stream reads it) that
+        nothing holds; whether some remain that the kernel holds."""
+        assert directory.children is not None
+        held = False
+        dropped = False
+        for name, child in list(directory.children.items()):
+            if child.children is not None:
+                continue
+            if not self._droppable(child):
+                child.doomed = True
+                held = held or bool(child.nlookup)
+                continue
+            del directory.children[name]
+            self._inodes.pop(child.ino, None)
+            self.evicted += 1
+            dropped = True
+        if dropped:
+            directory.fresh_at = None
+        return held
 
     def _trim_below(self, directory: Node) -> bool:
         """Drop what can go below *directory*; whether all of it went."""
@@ -813,6 +886,66 @@ class Namespace:
             each.attached = False
             if each.nlookup == 0:
                 self._inodes.pop(each.ino, None)
+
+
+class ChildStream:
+    """A directory's children as one delimited listing returns them, a page at
+    a time in key order, ingested into the namespace as they come (so lookups
+    find them); the names made here and not yet in S3 come last.  It never
+    marks the directory fresh: its listing is never held whole.  Not for
+    concurrent use."""
+
+    def __init__(self, namespace: Namespace, directory: Node) -> None:
+        self._namespace = namespace
+        self._directory = directory
+        self._prefix = layout.dir_prefix(namespace.key_prefix, directory.path)
+        self._gen = next(namespace._gens)
+        self._token: str | None = None
+        self._state = "s3"  # then "local", then "done"
+        #: The names of the last page, for the one duplicate S3 order can give.
+        self._last_names: list[str] = []
+
+    async def next_page(self) -> list[Node] | None:
+        """The next page of children; None once all were given."""
+        namespace = self._namespace
+        directory = self._directory
+        assert directory.children is not None
+        if self._state == "local":
+            self._state = "done"
+            return [child for child in directory.children.values() if child.local]
+        if self._state == "done":
+            return None
+        page = await namespace._store.list_page(self._prefix, delimiter="/", token=self._token)
+        self._token = page.next_token
+        if self._token is None:
+            self._state = "local"
+        namespace._touch(directory)
+        items: list[tuple[str, str, ObjectInfo | None]] = [
+            (info.key, info.key[len(self._prefix) :], info) for info in page.objects
+        ]
+        items += [(prefix, prefix[len(self._prefix) :].rstrip("/"), None) for prefix in page.prefixes]
+        items.sort()
+        nodes: list[Node] = []
+        touched: dict[int, Node] = {}
+        given = set(self._last_names)
+        # Directories first: an object "a" beside "a/b" is hidden by the
+        # directory (as listings do), whichever comes first in the page.
+        for key, name, info in items:
+            if info is None:
+                namespace._ingest_prefix(directory, self._prefix, key, self._gen)
+        for key, name, info in items:
+            if info is not None:
+                if not name or "/" in name:
+                    continue  # the directory's own marker object
+                namespace._ingest(directory, self._prefix, info, self._gen, touched)
+            child = directory.children.get(name)
+            # One name given once (the object and the directory "a" above),
+            # also across a page boundary between them.
+            if child is not None and not child.local and name not in given:
+                given.add(name)
+                nodes.append(child)
+        self._last_names = [node.name for node in nodes]
+        return nodes
 
 
 def _pinned(node: Node) -> bool:

@@ -35,13 +35,23 @@ are an affine permutation of the ranks, and a repository's keys are drawn on
 demand from ``random.Random(seed * 1_000_003 + repository)``.  A listing seeks
 its start key by bisection (over the repositories' name prefixes, then within
 a repository or over the blob ranks) and skips a rolled-up common prefix with
-one more seek, so any page costs O(page + log keys).
+one more seek (after trying the next key), so a page costs O(page + log keys),
+O(page * log keys) at worst when every item is a common prefix.
 
 :class:`SynthLayout` is the pure generator (listing, HEAD, GET, every key and
 its bytes); :class:`SynthS3` serves it over HTTP/1.1 with path-style
 addressing: ListObjectsV2, HeadBucket, HeadObject, GetObject (ranges,
 If-Match, If-None-Match) and an empty ListMultipartUploads; anything else
 answers 501 NotImplemented.  Credentials are not checked.
+
+Known differences from S3: ETags are not MD5s of the bytes; MaxKeys above
+1000 is answered as 1000; a start key inside a rolled-up common prefix leaves
+that prefix out of the page, as moto does (S3 may list it); ranges follow
+moto's rules (``bytes=-0`` and a start past the end are 416, an unparsable
+range is the whole object); no virtual-hosted addressing, ListObjects v1,
+versions, checksums or owners (FetchOwner gives a fixed one).  Unlike moto,
+and as S3 documents, StartAfter and Delimiter are URL-encoded in the answer
+with encoding-type=url.
 
 Run as a process: ``python -m tests.synths3 --keys 1000000 --seed 1 --port P
 --bucket B [--rootdirectory R] [--list-delay S] [--request-delay S]``; it
@@ -198,10 +208,9 @@ class SynthLayout:
 
     Deterministic: the same arguments give the same keys, sizes, bytes,
     ETags and times in any process.  Thread-safe.  Listing follows moto's
-    semantics (which are S3's for every case known to us): the keys under the
-    prefix, those holding the delimiter after the prefix rolled up into one
-    common prefix each, in UTF-8 byte order, the items (keys and prefixes)
-    greater than the start key kept.
+    semantics: the keys under the prefix, those holding the delimiter after
+    the prefix rolled up into one common prefix each, in UTF-8 byte order, the
+    items (keys and prefixes) greater than the start key kept.
     """
 
     def __init__(self, keys: int, *, seed: int = 1, rootdirectory: str = "", cache_size: int = 256) -> None:
@@ -248,13 +257,13 @@ class SynthLayout:
             return round(mean * (0.5 + _mix(self._salt_counts + 8 * r + what) / 2**64))
 
         for r in range(repos):
-            tags = max(1, spread(r, 0, budget * 0.32))
+            tags = max(1, spread(r, 0, budget * 0.325))
             manifests = max(1, spread(r, 1, budget * 0.08))
             extra = 0 if manifests < 2 else min(spread(r, 2, tags * 0.05), tags * (manifests - 1))
             self._n_tags.append(tags)
             self._n_manifests.append(manifests)
             self._n_extra.append(extra)
-            self._n_layers.append(max(MAX_LAYERS_PER_MANIFEST + 1, spread(r, 3, budget * 0.25)))
+            self._n_layers.append(max(MAX_LAYERS_PER_MANIFEST + 1, spread(r, 3, budget * 0.255)))
             self._n_uploads.append(1 + _mix(self._salt_counts + 8 * r + 4) % 2 if r % 50 == uploads_at else 0)
         self._manifest_start = array("Q", [0])
         for count in self._n_manifests:

@@ -210,3 +210,41 @@ async def test_trim_leaves_a_directory_being_read_and_local_changes(
     assert a.children == {"new": made} and a.fresh_at is None
     assert len(await namespace.list_children(a)) == 301
     assert (await namespace.resolve("b/f007")).size == 1
+
+
+async def test_a_wide_directory_is_never_listed_whole_for_lookups(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import s3regfs.inode_cache as inode_cache
+    import s3regfs.layout as layout
+
+    # Scaled down: one flat page, then wide past one page of its own children.
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)
+    monkeypatch.setattr(inode_cache, "WIDE_PAGES", 1)
+    keys = [f"flat/f{i:04d}" for i in range(2500)] + ["flat/sub/x", "flat/zz"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"w"), keys))
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60)
+    flat = await namespace.lookup(namespace.root, "flat")
+    await namespace.ensure_listed(flat)
+    assert flat.wide and not namespace.is_fresh(flat)
+    lists = store.request_counts["list_objects_v2"]
+    # Names past the pages read are checked one by one, never by listing the whole.
+    assert (await namespace.lookup(flat, "zz")).size == 1
+    assert (await namespace.lookup(flat, "sub")).is_dir
+    with pytest.raises(NotFound):
+        await namespace.lookup(flat, "nothing")
+    assert store.request_counts["list_objects_v2"] - lists == 3
+    # A stream gives every name once, a page at a time, in key order.
+    stream = namespace.stream(flat)
+    names: list[str] = []
+    pages = 0
+    while (page := await stream.next_page()) is not None:
+        names += [node.name for node in page]
+        pages += 1
+    assert names == sorted({key.split("/")[1] for key in keys}) and pages >= 3
+    # list_children still lists it whole (the images view needs every tag).
+    assert len(await namespace.list_children(flat)) == 2502 and namespace.is_fresh(flat)

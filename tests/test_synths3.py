@@ -130,7 +130,10 @@ def reference(
     return ordered[:max_keys], len(ordered) > max_keys
 
 
-def listing_cases(pair: Pair) -> list[dict[str, Any]]:
+def listing_cases(pair: Pair, *, starts: bool = True) -> list[dict[str, Any]]:
+    """Prefixes at every level, with and without delimiter, in pages of
+    several sizes; with *starts*, start keys of every kind too; and a few
+    listings with EncodingType=url."""
     layout, keys = pair.layout, pair.keys
     names = layout.repository_names()
     repo = layout.repository_prefix + names[min(1, len(names) - 1)] + "/"
@@ -173,7 +176,7 @@ def listing_cases(pair: Pair) -> list[dict[str, Any]]:
                 cases.append(case)
     middle = keys[len(keys) // 2]
     blob = keys[len(keys) // 8]
-    starts = [
+    start_keys = [
         middle,
         middle + "0",
         keys[-1],
@@ -184,7 +187,7 @@ def listing_cases(pair: Pair) -> list[dict[str, Any]]:
         "a",
         "~",
     ]
-    for start in starts:
+    for start in start_keys if starts else []:
         for delimiter in ("", "/"):
             for prefix in ("", layout.repository_prefix, layout.blob_prefix):
                 max_keys = min(page_sizes(prefix, delimiter, start)[1], 50) if prefix else 1000
@@ -208,7 +211,8 @@ def listing_cases(pair: Pair) -> list[dict[str, Any]]:
 def test_listings_match_moto(which: str, request: pytest.FixtureRequest) -> None:
     pair: Pair = request.getfixturevalue(which)
     checked = 0
-    for case in listing_cases(pair):
+    # The odd root is there for URL encoding and XML escaping: its prefixes suffice.
+    for case in listing_cases(pair, starts=which == "plain"):
         ours = pages(pair.synth, "synth", **case)
         theirs = pages(pair.moto, pair.moto_bucket, **case)
         assert ours == theirs, case
@@ -491,12 +495,13 @@ print(json.dumps({
 """
 
 
-def raw_list(connection: http.client.HTTPConnection, **params: str) -> ET.Element:
+def raw_list(connection: http.client.HTTPConnection, **params: str) -> bytes:
+    """The XML of one ListObjectsV2 through a kept-alive connection."""
     connection.request("GET", "/synth?" + urllib.parse.urlencode(dict(params, **{"list-type": "2"})))
     answer = connection.getresponse()
     body = answer.read()
     assert answer.status == 200, body
-    return ET.fromstring(body)
+    return body
 
 
 def test_a_million_keys() -> None:
@@ -520,21 +525,26 @@ def test_a_million_keys() -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         started = time.perf_counter()
-        root = raw_list(connection, **{"start-after": deep, "encoding-type": "url"})
+        body = raw_list(connection, **{"start-after": deep, "encoding-type": "url"})
         seek_time = time.perf_counter() - started
         namespace = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-        found = [element.text for element in root.iter(f"{namespace}Key")]
+        found = [element.text for element in ET.fromstring(body).iter(f"{namespace}Key")]
         assert len(found) == 1000 and found[0] is not None and found[0] > deep
 
+        # 50 pages (50,000 keys) through continuation tokens: the server's pace.
         started = time.perf_counter()
-        token = None
+        token, listed = "", 0
         for _ in range(50):
             params = {"encoding-type": "url"}
             if token:
                 params["continuation-token"] = token
-            root = raw_list(connection, **params)
-            token = root.findtext(f"{namespace}NextContinuationToken")
+            body = raw_list(connection, **params)
+            listed += body.count(b"<Key>")
+            found_token = re.search(rb"<NextContinuationToken>([^<]+)<", body)
+            assert found_token is not None
+            token = found_token.group(1).decode()
         http_time = time.perf_counter() - started
+        assert listed == 50_000
         assert server.list_requests == 51
     finally:
         connection.close()
@@ -546,7 +556,7 @@ def test_a_million_keys() -> None:
         f"listing all ({figures['list_growth'] / keys:.1f} B/key, peak +{figures['peak_growth']} B); "
         f"{figures['pages']} pages in {figures['list_time']:.2f} s in-process "
         f"({figures['pages'] / figures['list_time']:.0f} pages/s); over HTTP: the page at 90% in "
-        f"{seek_time * 1000:.1f} ms, {50 / http_time:.0f} pages/s (XML parsed by the client)"
+        f"{seek_time * 1000:.1f} ms, {50 / http_time:.0f} pages/s"
     )
     assert figures["start_time"] < 5
     assert figures["start_growth"] / keys < 10
