@@ -497,6 +497,10 @@ class Operations(pyfuse3.Operations):
                     return
                 self.namespace.remember(node)
                 offset += 1
+            if offset > start_id:
+                # What one page gave, at once (the kernel asks for up to 1 MiB
+                # of entries: five pages' worth): `ls -f` starts after a page.
+                return
             page = await handle.stream.next_page()
             if page is None:
                 return

@@ -49,7 +49,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import trio
@@ -198,6 +198,9 @@ class EntryForgetter(Protocol):
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         """Ask the kernel, in the background, to drop *parent*'s entry *name*
         (and everything it cached below it); never blocks the caller."""
+
+    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
+        """The same for each of *names* in *parent*."""
 
 
 class Namespace:
@@ -802,9 +805,13 @@ class Namespace:
                 continue
             if child.used > cutoff:
                 asked += self._trim_cold(child, cutoff)
-                if child.wide and self._trim_wide(child) and self._kernel is not None:
-                    self._kernel.forget_entry_soon(directory, name)
-                    asked += 1
+                if child.wide:
+                    held = self._trim_wide(child)
+                    if held and self._kernel is not None:
+                        # One by one: the directory's own entry may be gone
+                        # from the kernel's cache already (a stream keeps it open).
+                        self._kernel.forget_entries_soon(child, held)
+                        asked += 1
                 continue
             if child.lock is not None and child.lock.locked():
                 continue
@@ -818,18 +825,20 @@ class Namespace:
                 asked += 1
         return asked
 
-    def _trim_wide(self, directory: Node) -> bool:
-        """Drop the files of a wide directory in use (a stream reads it) that
-        nothing holds; whether some remain that the kernel holds."""
+    def _trim_wide(self, directory: Node) -> list[str]:
+        """Drop the children of a wide directory in use (a stream reads it)
+        that nothing holds (files, directories with nothing listed below);
+        the names of those the kernel holds (doomed: dropped when it forgets)."""
         assert directory.children is not None
-        held = False
+        held: list[str] = []
         dropped = False
         for name, child in list(directory.children.items()):
-            if child.children is not None:
-                continue
+            if child.children:
+                continue  # what is listed below it goes with the cold subtrees
             if not self._droppable(child):
+                if child.nlookup and not child.doomed:
+                    held.append(name)
                 child.doomed = True
-                held = held or bool(child.nlookup)
                 continue
             del directory.children[name]
             self._inodes.pop(child.ino, None)
@@ -874,6 +883,7 @@ class Namespace:
             or node.held
             or node.local
             or node.writing
+            or node.wide
             or node.mode is not None
             or node.uid is not None
             or node.gid is not None
@@ -930,10 +940,10 @@ class ChildStream:
         given = set(self._last_names)
         # Directories first: an object "a" beside "a/b" is hidden by the
         # directory (as listings do), whichever comes first in the page.
-        for key, name, info in items:
+        for key, _name, info in items:
             if info is None:
                 namespace._ingest_prefix(directory, self._prefix, key, self._gen)
-        for key, name, info in items:
+        for _key, name, info in items:
             if info is not None:
                 if not name or "/" in name:
                     continue  # the directory's own marker object
@@ -945,6 +955,7 @@ class ChildStream:
                 given.add(name)
                 nodes.append(child)
         self._last_names = [node.name for node in nodes]
+        namespace._maybe_trim()
         return nodes
 
 

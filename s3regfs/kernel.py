@@ -7,6 +7,7 @@ Besides fs.py, the only module that talks to the kernel: it implements
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import suppress
 
 import pyfuse3
@@ -27,6 +28,18 @@ class KernelNotifier:
 
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         self._nursery.start_soon(self.forget_entry, parent, name)
+
+    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
+        self._nursery.start_soon(self._forget_entries, parent.ino, [name.encode("utf-8") for name in names])
+
+    @staticmethod
+    async def _forget_entries(parent_ino: int, names: list[bytes]) -> None:
+        def forget_all() -> None:
+            for name in names:
+                with suppress(OSError):  # the kernel did not know it
+                    pyfuse3.invalidate_entry(parent_ino, name)
+
+        await trio.to_thread.run_sync(forget_all)  # one thread hop for the lot
 
     async def forget_entry(self, parent: Node, name: str) -> None:
         # Not with deleted=: that takes the file's own inode lock, which a

@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,6 +58,10 @@ class KernelCache(Protocol):
 
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         """The kernel forgets *name* in *parent* soon (never awaited)."""
+        ...
+
+    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
+        """The kernel forgets each of *names* in *parent* soon (never awaited)."""
         ...
 
     async def forget_attributes(self, node: Node) -> None:

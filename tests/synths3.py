@@ -213,7 +213,15 @@ class SynthLayout:
     items (keys and prefixes) greater than the start key kept.
     """
 
-    def __init__(self, keys: int, *, seed: int = 1, rootdirectory: str = "", cache_size: int = 256) -> None:
+    def __init__(
+        self,
+        keys: int,
+        *,
+        seed: int = 1,
+        rootdirectory: str = "",
+        cache_size: int = 256,
+        wide_uploads: int = 0,
+    ) -> None:
         if keys < MIN_KEYS:
             raise ValueError(f"a layout needs {MIN_KEYS} keys at least, not {keys}")
         self.seed = seed
@@ -265,6 +273,9 @@ class SynthLayout:
             self._n_extra.append(extra)
             self._n_layers.append(max(MAX_LAYERS_PER_MANIFEST + 1, spread(r, 3, budget * 0.255)))
             self._n_uploads.append(1 + _mix(self._salt_counts + 8 * r + 4) % 2 if r % 50 == uploads_at else 0)
+        if wide_uploads:
+            # A wide directory: the first repository's _uploads holds this many uploads.
+            self._n_uploads[0] = wide_uploads
         self._manifest_start = array("Q", [0])
         for count in self._n_manifests:
             self._manifest_start.append(self._manifest_start[-1] + count)
@@ -1087,8 +1098,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rootdirectory", default="")
     parser.add_argument("--list-delay", type=float, default=0.0, help="seconds before each LIST answer")
     parser.add_argument("--request-delay", type=float, default=0.0, help="seconds before each request")
+    parser.add_argument(
+        "--wide-uploads",
+        type=int,
+        default=0,
+        help="uploads in the first repository's _uploads (a wide directory)",
+    )
     args = parser.parse_args(argv)
-    layout = SynthLayout(args.keys, seed=args.seed, rootdirectory=args.rootdirectory)
+    layout = SynthLayout(
+        args.keys, seed=args.seed, rootdirectory=args.rootdirectory, wide_uploads=args.wide_uploads
+    )
     server = SynthS3(
         layout,
         args.bucket,

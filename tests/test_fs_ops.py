@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ class RecordingKernel:
 
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         self.entries.append((parent.ino, name))
+
+    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
+        self.entries += [(parent.ino, name) for name in names]
 
     async def forget_attributes(self, node: Node) -> None:
         self.attributes.append(node.ino)

@@ -135,3 +135,45 @@ def test_images_walk_costs_a_listing_per_repository(
     assert lists <= counts["repositories"] + counts["namespaces"] + 10, lists
     assert heads == 0
     assert gets < counts["tags"] // 10, (gets, counts["tags"])
+
+
+def test_a_wide_directory_streams_in_bounded_memory(tmp_path: Path) -> None:
+    uploads = 15_000  # _uploads of the first repository: 15 pages of its own children
+    layout = SynthLayout(2_000, wide_uploads=uploads)
+    repository = layout.repository_names()[0]
+    prefix = f"{ROOT}/repositories/{repository}/_uploads/"
+    expected = sorted(
+        {key[len(prefix) :].split("/")[0] for key in layout.iter_keys(prefix) if key.startswith(prefix)}
+    )
+    assert len(expected) == uploads
+    server = start_synth(2_000, wide_uploads=uploads)
+    try:
+        with mounted(tmp_path / "m", _options(server, "metadata_cache=2M")) as mount:
+            wide = mount.path / ROOT / "repositories" / repository / "_uploads"
+            # The first time: found wide after 16 pages, then streamed.
+            with os.scandir(wide) as entries:
+                names = [entry.name for entry in entries]
+            assert sorted(names) == expected and len(names) == len(set(names))
+            # Known wide now: streamed from the first page, every name once.
+            fd = os.open(wide, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                lists = server.stats()["list_requests"]
+                with os.scandir(fd) as entries:
+                    first = next(entries).name
+                    assert server.stats()["list_requests"] - lists == 1  # shown after one page
+                    names = [first, *(entry.name for entry in entries)]
+            finally:
+                os.close(fd)
+            assert sorted(names) == expected and len(names) == len(set(names))
+            assert server.stats()["list_requests"] - lists <= uploads // 1000 + 2
+            # A name in it: one small listing, with its attributes.
+            one = expected[uploads // 2]
+            assert (wide / one / "data").stat().st_size == layout.head(prefix + one + "/data").size  # type: ignore[union-attr]
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            assert stats["trims"] >= 1 and stats["evicted"] > uploads
+            # readdirplus hands every name to the kernel, which holds it until
+            # it forgets it: the daemon keeps those nodes (and no more than the
+            # bound besides), never the listing itself.
+            assert stats["nodes"] <= uploads + stats["max_nodes"], stats
+    finally:
+        server.stop()

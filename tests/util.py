@@ -178,6 +178,7 @@ def start_synth(
     list_delay: float = 0.0,
     request_delay: float = 0.0,
     rootdirectory: str = "",
+    wide_uploads: int = 0,
     timeout: float = 120,
 ) -> SynthServer:
     """tests/synths3.py serving a generated registry bucket of about *keys*
@@ -187,6 +188,7 @@ def start_synth(
     command = [sys.executable, "-m", "tests.synths3", "--keys", str(keys), "--seed", str(seed)]
     command += ["--port", str(port), "--bucket", bucket, "--rootdirectory", rootdirectory]
     command += ["--list-delay", str(list_delay), "--request-delay", str(request_delay)]
+    command += ["--wide-uploads", str(wide_uploads)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
