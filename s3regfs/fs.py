@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 #: st_blksize: a large value makes cp and friends read and write in big requests.
 BLOCK_SIZE = 1024 * 1024
+#: st_blksize of directories: glibc sizes its readdir buffer by it (up to
+#: 1 MiB), the kernel asks for that much per READDIR and pyfuse3 zero-fills a
+#: buffer of that size for every one, most of which a registry directory (one
+#: entry) never uses: 32 KiB (glibc's least) made a warm `du` 1.6x faster.
+DIR_BLOCK_SIZE = 32 * 1024
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
@@ -229,7 +234,7 @@ class Operations(pyfuse3.Operations):
             attrs.st_nlink = 1 + len(node.view_names or ())
             attrs.st_size = node.size
         attrs.st_blocks = (attrs.st_size + 511) // 512
-        attrs.st_blksize = BLOCK_SIZE
+        attrs.st_blksize = DIR_BLOCK_SIZE if node.is_dir else BLOCK_SIZE
         attrs.st_uid = self._options.uid if node.uid is None else node.uid
         attrs.st_gid = self._options.gid if node.gid is None else node.gid
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = node.mtime_ns
