@@ -195,6 +195,8 @@ class Operations(pyfuse3.Operations):
         self._next_dir_fh = 1
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
         self.scanned_usage: tuple[int, int] | None = None
+        #: The largest (bytes, objects) the cache has held.
+        self._usage_seen = (0, 0)
         #: (inode, ETag) of blobs that -o verify found not to match their digest.
         self._corrupt: set[tuple[int, str]] = set()
         self._dir_mode = 0o777 & ~options.umask
@@ -425,9 +427,11 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # S3 has no capacity; report a large, constant free space so tools
         # that check for room before copying (cp, rsync, skopeo) go ahead.
-        # Used: what listings have seen so far, or what the last background
-        # scan counted (-o statfs=scan): honest, never a guess.
-        used_bytes, used_files = self.namespace.usage()
+        # Used: the most the cache has held at once (it forgets cold names),
+        # or what the last background scan counted (-o statfs=scan): honest,
+        # never a guess.
+        self._usage_seen = max(self._usage_seen, self.namespace.usage())
+        used_bytes, used_files = self._usage_seen
         if self.scanned_usage is not None:
             used_bytes, used_files = max(self.scanned_usage, (used_bytes, used_files))
         data = pyfuse3.StatvfsData()
@@ -503,8 +507,8 @@ class Operations(pyfuse3.Operations):
                 self.namespace.remember(node)
                 offset += 1
             if offset > start_id:
-                # What one page gave, at once (the kernel asks for up to 1 MiB
-                # of entries: five pages' worth): `ls -f` starts after a page.
+                # What one page gave, at once, even if the reader's buffer
+                # (up to 1 MiB) has room for more: `ls -f` starts after a page.
                 return
             page = await handle.stream.next_page()
             if page is None:
@@ -546,7 +550,7 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             if not node.local:
                 await self.namespace.ensure_listed(node)
-            if node.children:
+            if await self.namespace.has_children(node):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             if not node.local:
                 # Only a "dir/" marker (written by some other tool) can remain.
@@ -569,8 +573,9 @@ class Operations(pyfuse3.Operations):
         content = self._control.content(node, self.stats) if control else self.images.content(node)
         if content is not None:
             fh = self.files.add(FileHandle(node, None, None, content))
-            # direct_io: the stats change between getattr and read.
-            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=control)
+            # direct_io: the stats (and index.json) may change between getattr and read.
+            direct = control or self.images.built_on_demand(node)
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=direct)
         with errors_to_errno(f"open {_quote(node.path)}"):
             if not node.local and not node.writing:
                 await self.namespace.refresh_file(node)
@@ -753,7 +758,7 @@ class Operations(pyfuse3.Operations):
                 if target.is_dir:
                     if not target.local:
                         await self.namespace.ensure_listed(target)
-                    if target.children:
+                    if await self.namespace.has_children(target):
                         raise pyfuse3.FUSEError(errno.ENOTEMPTY)
             ancestor: Node | None = new_parent
             while ancestor is not None:

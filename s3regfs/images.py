@@ -38,6 +38,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -117,6 +118,9 @@ class ImagesView:
         self._small_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._small_bytes = 0
         self._locks: dict[str, trio.Lock] = {}
+        self._sweep_at = VIEW_NODES_SWEEP
+        #: (repository, tag, target) of dangling tags already logged.
+        self._warned: set[tuple[str, str, str]] = set()
         self.root = self._virtual("", VIEW_NAME, namespace.root, _Kind("dir"))
         self.root.doomed = False  # always reachable by name: kept
 
@@ -129,7 +133,7 @@ class ImagesView:
         the kernel forgot it); files have *kind* "file" or "index"."""
         node = self._nodes.get(view_path)
         if node is None or not self._namespace.knows(node):
-            if len(self._nodes) >= VIEW_NODES_SWEEP:
+            if len(self._nodes) >= self._sweep_at:
                 self._sweep()
             is_dir = kind.what not in ("file", "index")
             node = self._namespace.new_virtual(name, parent, is_dir=is_dir)
@@ -153,6 +157,9 @@ class ImagesView:
             node = self._nodes.pop(path)
             self._kinds.pop(node.ino, None)
             self._content.pop(node.ino, None)
+            self._namespace.discard_virtual(node)
+        # Amortized: the next sweep when the nodes have doubled.
+        self._sweep_at = max(VIEW_NODES_SWEEP, 2 * len(self._nodes))
 
     def owns(self, node: Node) -> bool:
         """Whether *node* is one of the view's own (virtual) nodes."""
@@ -161,6 +168,12 @@ class ImagesView:
     def content(self, node: Node) -> bytes | None:
         """The bytes of a virtual file as last prepared (None for anything else)."""
         return self._content.get(node.ino)
+
+    def built_on_demand(self, node: Node) -> bool:
+        """Whether *node*'s content is built when read (it can change between
+        a stat and a read: no page cache for it)."""
+        kind = self._kinds.get(node.ino)
+        return kind is not None and kind.what == "index"
 
     async def prepare(self, node: Node) -> None:
         """Make a view file's content and size current (index.json is built
@@ -173,8 +186,13 @@ class ImagesView:
 
     # -- listing ----------------------------------------------------------------------
 
-    async def children(self, node: Node) -> list[tuple[str, Node]]:
-        """The entries of a view directory, sorted by name."""
+    async def children(self, node: Node, only: str | None = None) -> list[tuple[str, Node]]:
+        """The entries of a view directory, sorted by name; with *only*, just
+        that one (if it is there): the view makes nodes for what it hands out."""
+
+        def wanted(name: str) -> bool:
+            return only is None or name == only
+
         kind = self._kinds[node.ino]
         view_path = kind.path
         entries: dict[str, Node] = {}
@@ -186,43 +204,48 @@ class ImagesView:
                 for name, child in list(raw.children.items()):
                     if is_repository and name in LAYOUT_NAMES:
                         continue  # the layout wins over a sub-repository of that name
-                    if child.is_dir and not name.startswith("_"):
+                    if child.is_dir and not name.startswith("_") and wanted(name):
                         entries[name] = self._virtual(
                             _join(view_path, name), name, node, _Kind("dir", _join(kind.repo, name))
                         )
-                if is_repository:
+                if is_repository and (only is None or only in LAYOUT_NAMES):
                     repo = await self.repository(kind.repo)
-                    entries |= self._layout_entries(node, view_path, repo)
+                    entries |= self._layout_entries(node, view_path, repo, wanted)
         elif kind.what == "blobs":
             repo = await self.repository(kind.repo)
             for algorithm in sorted({d.split(":", 1)[0] for d in repo.digests}):
-                entries[algorithm] = self._virtual(
-                    f"{view_path}/{algorithm}", algorithm, node, _Kind("alg", kind.repo, algorithm)
-                )
+                if wanted(algorithm):
+                    entries[algorithm] = self._virtual(
+                        f"{view_path}/{algorithm}", algorithm, node, _Kind("alg", kind.repo, algorithm)
+                    )
         elif kind.what == "alg":
             repo = await self.repository(kind.repo)
-            for digest, blob in (await self._blobs(repo.digests)).items():
-                algorithm, _, hexdigest = digest.partition(":")
-                if algorithm == kind.extra:
-                    entries[hexdigest] = self._share(blob, f"{view_path}/{hexdigest}")
+            digests = [
+                d for d in repo.digests if d.startswith(kind.extra + ":") and wanted(d.partition(":")[2])
+            ]
+            for digest, blob in (await self._blobs(digests)).items():
+                hexdigest = digest.partition(":")[2]
+                entries[hexdigest] = self._share(blob, f"{view_path}/{hexdigest}")
         elif kind.what == "tags":
             repo = await self.repository(kind.repo)
             for tag_name in await self._tags_with_blobs(repo):
-                entries[tag_name] = self._virtual(
-                    f"{view_path}/{tag_name}", tag_name, node, _Kind("tag", kind.repo, tag_name)
-                )
+                if wanted(tag_name):
+                    entries[tag_name] = self._virtual(
+                        f"{view_path}/{tag_name}", tag_name, node, _Kind("tag", kind.repo, tag_name)
+                    )
         elif kind.what == "tag":
             repo = await self.repository(kind.repo)
             target = repo.tags.get(kind.extra)
             tag = await self._tag(repo, kind.extra, target) if target is not None else None
             if tag is not None:
                 manifest = await self._blob(tag.digest)
-                if manifest is not None:
+                if manifest is not None and wanted("manifest.json"):
                     entries["manifest.json"] = self._share(manifest, f"{view_path}/manifest.json")
-                entries["version"] = self._virtual(
-                    f"{view_path}/version", "version", node, _Kind("file"), DIR_VERSION
-                )
-                referenced = await self._referenced(tag)
+                if wanted("version"):
+                    entries["version"] = self._virtual(
+                        f"{view_path}/version", "version", node, _Kind("file"), DIR_VERSION
+                    )
+                referenced = [(name, digest) for name, digest in await self._referenced(tag) if wanted(name)]
                 found = await self._blobs([digest for _, digest in referenced])
                 for name, digest in referenced:
                     if digest in found:
@@ -230,22 +253,29 @@ class ImagesView:
         return sorted(entries.items())
 
     async def lookup(self, node: Node, name: str) -> Node:
-        for child_name, child in await self.children(node):
+        for child_name, child in await self.children(node, only=name):
             if child_name == name:
                 return child
         raise NotFound(f"{VIEW_NAME}: no {name!r} here")
 
-    def _layout_entries(self, node: Node, view_path: str, repo: Repository) -> dict[str, Node]:
-        return {
-            "oci-layout": self._virtual(
+    def _layout_entries(
+        self, node: Node, view_path: str, repo: Repository, wanted: Callable[[str], bool]
+    ) -> dict[str, Node]:
+        made: dict[str, Callable[[], Node]] = {
+            "oci-layout": lambda: self._virtual(
                 _join(view_path, "oci-layout"), "oci-layout", node, _Kind("file"), OCI_LAYOUT
             ),
-            "index.json": self._virtual(
+            "index.json": lambda: self._virtual(
                 _join(view_path, "index.json"), "index.json", node, _Kind("index", repo.name)
             ),
-            "blobs": self._virtual(_join(view_path, "blobs"), "blobs", node, _Kind("blobs", repo.name)),
-            "_tags": self._virtual(_join(view_path, "_tags"), "_tags", node, _Kind("tags", repo.name)),
+            "blobs": lambda: self._virtual(
+                _join(view_path, "blobs"), "blobs", node, _Kind("blobs", repo.name)
+            ),
+            "_tags": lambda: self._virtual(
+                _join(view_path, "_tags"), "_tags", node, _Kind("tags", repo.name)
+            ),
         }
+        return {name: make() for name, make in made.items() if wanted(name)}
 
     async def _index_json(self, repo: Repository) -> bytes:
         await self._list_fanouts(set(repo.tags.values()))
@@ -278,7 +308,7 @@ class ImagesView:
             return None
         if not node.is_dir:
             return None
-        await self._namespace.ensure_listed(node)
+        await self._namespace.ensure_listed(node, whole=True)
         return node
 
     async def _list(self, path: str) -> list[Node]:
@@ -301,7 +331,8 @@ class ImagesView:
                     return cached
                 repo = await self._build(name)
         finally:
-            if not lock.statistics().tasks_waiting:
+            # Released to a waiter, the lock is that waiter's now: kept.
+            if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._locks.pop(name, None)
         self._keep_model(repo)
         return repo
@@ -362,8 +393,15 @@ class ImagesView:
             if target in found:
                 tags.append(name)
             else:
-                log.warning("%s:%s points to %s, which is not in the bucket", repo.name, name, target)
+                self._warn_dangling(repo.name, name, target)
         return tags
+
+    def _warn_dangling(self, repository: str, tag: str, target: str) -> None:
+        if (repository, tag, target) not in self._warned:
+            if len(self._warned) >= MODEL_ENTRIES_KEPT:
+                self._warned.clear()
+            self._warned.add((repository, tag, target))
+            log.warning("%s:%s points to %s, which is not in the bucket", repository, tag, target)
 
     async def _tag(self, repo: Repository, name: str, target: str) -> Tag | None:
         """What tag *name* points to: its manifest blob's size, media type and
@@ -371,7 +409,7 @@ class ImagesView:
         try:
             blob = await self._blob(target)
             if blob is None:
-                log.warning("%s:%s points to %s, which is not in the bucket", repo.name, name, target)
+                self._warn_dangling(repo.name, name, target)
                 return None
             manifest = await self._small(blob) if blob.size <= layout.MANIFEST_MAX else b""
         except StorageError as exc:
@@ -405,7 +443,7 @@ class ImagesView:
             except NotFound:
                 continue
             if node.is_dir:
-                await self._namespace.ensure_listed(node)
+                await self._namespace.ensure_listed(node, whole=True)
 
     async def _blobs(self, digests: list[str]) -> dict[str, Node]:
         """The data nodes of the *digests* that are in the bucket."""

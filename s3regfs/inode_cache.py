@@ -32,12 +32,16 @@ once but stays in the inode table until its lookup count reaches zero.
 Memory: the cache holds at most ``metadata_cache`` bytes' worth of nodes
 (:data:`NODE_BYTES` each), plus what the kernel still holds.  Past that bound
 the coldest directories (least recently listed or looked into) are trimmed:
-every node below them that the kernel does not hold (nor a handle, a writer,
-a listing in progress) is dropped and the directory is marked unlisted, so a
-later visit lists it again in pages; the kernel is asked to forget the rest
-(an entry invalidation of the directory), and each node it forgets is dropped
-as its FORGET arrives.  A node the kernel holds keeps its inode: a new listing
-of its directory finds it again by name.
+every node below them that the kernel does not hold (nor a writer, nor a
+snapshot handle reading its directory, nor a listing in progress) is dropped
+and the directory is marked unlisted, so a later visit lists it again in
+pages; the kernel is asked to forget the rest (an entry invalidation of each
+cold subtree's root, except on the way to a process's working directory), and
+each node it forgets is dropped as its FORGET arrives.  A node the kernel
+holds keeps its inode: a new listing of its directory finds it again by name,
+and one handed out after a trim dropped it goes back to its name.  A wide
+directory being streamed loses the names it handed out already.  Trims run
+before a lookup or listing does its work, never between a listing and its use.
 
 Concurrency: a listing holds its directory's lock across its requests; the
 ingestion of a page has no ``await`` in it, so readers never see half a page.
@@ -49,7 +53,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import trio
@@ -195,12 +199,9 @@ class Node:
 class EntryForgetter(Protocol):
     """How a trim asks the kernel to forget the entries below a directory."""
 
-    def forget_entry_soon(self, parent: Node, name: str) -> None:
-        """Ask the kernel, in the background, to drop *parent*'s entry *name*
-        (and everything it cached below it); never blocks the caller."""
-
-    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
-        """The same for each of *names* in *parent*."""
+    def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
+        """Ask the kernel, in the background, to drop each (parent, name) entry
+        of *entries* (and everything it cached below it); never blocks."""
 
 
 class Namespace:
@@ -208,7 +209,8 @@ class Namespace:
 
     *max_nodes* bounds the nodes kept (0: no bound); *kernel* is asked to
     forget trimmed entries (None: nodes the kernel holds stay until it forgets
-    them on its own).
+    them on its own); *busy* tells the paths (relative to the root) that are
+    processes' working directories now, which the kernel must keep.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class Namespace:
         *,
         max_nodes: int = 0,
         kernel: EntryForgetter | None = None,
+        busy: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self._store = store
         self.key_prefix = key_prefix
@@ -242,6 +245,7 @@ class Namespace:
         self.cache_misses = 0
         self.max_nodes = max_nodes
         self._kernel = kernel
+        self._busy = busy
         #: The clock of Node.used: one tick per directory use.
         self._tick = 0
         self._created = 0
@@ -262,9 +266,22 @@ class Namespace:
     def remember(self, node: Node) -> None:
         """Count one kernel lookup of *node* (which keeps it in the inode table)."""
         node.nlookup += 1
-        # A node detached between listing and reply (readdir snapshot) still
-        # reaches the kernel: keep it until the kernel forgets it.
-        self._inodes.setdefault(node.ino, node)
+        if self._inodes.get(node.ino) is node:
+            return
+        # Handed out after it left the table (a readdir snapshot, a result
+        # held across an await): the kernel has its inode now.  A node removed
+        # from S3 stays detached until the kernel forgets it; one a trim
+        # dropped goes back to its name, or, if a new node took the name,
+        # stays detached too (dropped when the kernel forgets it).
+        self._inodes[node.ino] = node
+        parent = node.parent
+        if (
+            node.attached
+            and parent is not None
+            and parent.children is not None
+            and (not self.knows(parent) or parent.children.setdefault(node.name, node) is not node)
+        ):
+            node.attached = False
 
     def forget(self, ino: int, count: int) -> None:
         node = self._inodes.get(ino)
@@ -276,9 +293,9 @@ class Namespace:
         if not node.attached:
             del self._inodes[ino]
         elif node.doomed and ino in self._virtual:
-            # A view's node: the view makes it again when asked for.
+            # A view's node: the view makes it again when asked for (it
+            # stays a view node, should the view hand it out again).
             del self._inodes[ino]
-            self._virtual.discard(ino)
         elif node.doomed and self._droppable(node):
             parent = node.parent
             assert parent is not None and parent.children is not None
@@ -297,6 +314,11 @@ class Namespace:
 
     def __len__(self) -> int:
         return len(self._inodes)
+
+    def discard_virtual(self, node: Node) -> None:
+        """The view let go of *node* for good (after the kernel forgot it)."""
+        if not self.knows(node):
+            self._virtual.discard(node.ino)
 
     def knows(self, node: Node) -> bool:
         """Whether *node* is still in the inode table (not dropped)."""
@@ -331,22 +353,23 @@ class Namespace:
         """
         if not parent.attached:
             raise NotFound(f"{layout.join(parent.path, name)}: the directory was removed")
+        # Trims come before the work, never between a listing and its use.
+        self._maybe_trim()
         self._touch(parent)
         if parent.wide and not self.is_fresh(parent):
-            checked = await self._check_child(parent, name)
-            self._maybe_trim()
-            return checked
+            return self._used(await self._check_child(parent, name))
         if (
             parent.fresh_at is not None
             and parent.list_cost > 1
             and not self.is_fresh(parent)
             and self._stale_checks.get(parent.ino, 0) < parent.list_cost
         ):
-            checked = await self._check_child(parent, name)
-            self._maybe_trim()
-            return checked
+            return self._used(await self._check_child(parent, name))
         listed_before = self.is_fresh(parent)
-        await self.ensure_listed(parent)
+        await self.ensure_listed(parent, trim=False)
+        if parent.wide and not self.is_fresh(parent):
+            # Found wide just now: the name may be past the pages read.
+            return self._used(await self._check_child(parent, name))
         assert parent.children is not None
         child = parent.children.get(name)
         if child is None:
@@ -356,12 +379,32 @@ class Namespace:
                 self._remember_miss(parent, name)
             elif not parent.made_here and not self._missed_lately(parent, name):
                 try:
-                    return await self._check_child(parent, name)
+                    return self._used(await self._check_child(parent, name))
                 except NotFound:
                     self._remember_miss(parent, name)
                     raise
             raise NotFound(f"{layout.join(parent.path, name)}: no such file or directory")
-        return child
+        return self._used(child)
+
+    async def has_children(self, directory: Node) -> bool:
+        """Whether *directory* holds anything (rmdir, rename over it): from
+        the cache when it is listed whole, else one small listing."""
+        assert directory.children is not None
+        if (
+            directory.local
+            or self.is_fresh(directory)
+            or any(child.local for child in directory.children.values())
+        ):
+            return bool(directory.children)
+        prefix = layout.dir_prefix(self.key_prefix, directory.path)
+        page = await self._store.list_page(prefix, delimiter="/", max_keys=2)
+        # The directory's own "dir/" marker is not content.
+        return bool(page.prefixes) or any(info.key != prefix for info in page.objects)
+
+    def _used(self, node: Node) -> Node:
+        """*node* is being handed out: as warm as its directory."""
+        node.used = self._tick
+        return node
 
     def _missed_lately(self, directory: Node, name: str) -> bool:
         when = self._misses.get((directory.ino, name))
@@ -543,10 +586,14 @@ class Namespace:
 
     # -- listing ------------------------------------------------------------------
 
-    async def ensure_listed(self, directory: Node, *, whole: bool = False) -> None:
+    async def ensure_listed(self, directory: Node, *, whole: bool = False, trim: bool = True) -> None:
         """Make *directory*'s children known and fresh (lists at most once at a
         time).  A wide directory stays as it is (not fresh, partly known)
-        unless *whole*; one found wide by this listing is left so too."""
+        unless *whole*; one found wide by this listing is left so too.  A trim
+        that falls due runs first (unless not *trim*), never between the
+        listing and its use."""
+        if trim:
+            self._maybe_trim()
         self._touch(directory)
         if self.is_fresh(directory):
             self.cache_hits += 1
@@ -560,7 +607,6 @@ class Namespace:
             if self.is_fresh(directory) or not directory.attached:
                 return
             await self._list(directory, whole=whole)
-        self._maybe_trim()
 
     def stream(self, directory: Node) -> ChildStream:
         """The children of *directory* a page at a time (see ChildStream)."""
@@ -569,8 +615,8 @@ class Namespace:
     def revive(self, node: Node) -> Node:
         """*node*, handed out by a stream, back in the tree if a trim dropped
         it meanwhile; or the node that took its name since."""
-        if self.knows(node):
-            return node
+        if self.knows(node) or not node.attached:
+            return node  # a node removed from S3 is handed out as it is
         parent = node.parent
         assert parent is not None and parent.children is not None
         current = parent.children.get(node.name)
@@ -601,6 +647,7 @@ class Namespace:
                 for node in itertools.chain(touched.values(), (directory,)):
                     self._mark_fresh(node, gen, started)
                 directory.list_cost = cost
+                directory.wide = False
                 log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
                 return
         if cursor is not None:
@@ -651,6 +698,7 @@ class Namespace:
             parent.children[name] = child
         child.seen_gen = max(child.seen_gen, gen)
         child.doomed = False
+        child.used = self._tick
         return child
 
     def _ingest(
@@ -692,6 +740,7 @@ class Namespace:
         self._set_file(leaf, info)
         leaf.seen_gen = max(leaf.seen_gen, gen)
         leaf.doomed = False
+        leaf.used = self._tick
 
     def _ingest_prefix(self, directory: Node, prefix: str, child_prefix: str, gen: int) -> None:
         name = child_prefix[len(prefix) :].rstrip("/")
@@ -757,18 +806,28 @@ class Namespace:
     def trim(self) -> None:
         """Bring the cache down to about TRIM_TO of its bound, coldest
         subtrees first (see the module docstring).  Synchronous: no listing's
-        page is half ingested while it runs."""
+        page is half ingested while it runs.  The kernel is asked to forget
+        the entries it holds there, in one batch, except on the way to a
+        process's working directory (forgetting would unhash it: getcwd
+        fails there)."""
         self._created_at_trim = self._created
         self.trims += 1
         before = len(self._inodes)
         cutoff = self._cold_cutoff(before - int(self.max_nodes * TRIM_TO))
-        forgotten = self._trim_cold(self.root, cutoff)
+        busy: set[str] = set()
+        for path in self._busy() if self._busy is not None else ():
+            parts = path.split("/")
+            busy.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        forget: list[tuple[Node, str]] = []
+        self._trim_cold(self.root, cutoff, forget, busy)
+        if forget and self._kernel is not None:
+            self._kernel.forget_entries_soon(forget)
         log.debug(
-            "trimmed the cache from %d to %d nodes (bound %d); asked the kernel to forget %d directories",
+            "trimmed the cache from %d to %d nodes (bound %d); asked the kernel to forget %d entries",
             before,
             len(self._inodes),
             self.max_nodes,
-            forgotten,
+            len(forget),
         )
 
     def _cold_cutoff(self, excess: int) -> int:
@@ -793,37 +852,33 @@ class Namespace:
             cutoff = directory.used
         return cutoff
 
-    def _trim_cold(self, directory: Node, cutoff: int) -> int:
+    def _trim_cold(
+        self, directory: Node, cutoff: int, forget: list[tuple[Node, str]], busy: set[str]
+    ) -> None:
         """Trim every maximal cold subtree below *directory* (whose used tick
-        is <= *cutoff*); how many directories the kernel was asked to forget."""
+        is <= *cutoff*); what the kernel should forget goes to *forget*."""
         assert directory.children is not None
-        asked = 0
         if directory.lock is not None and directory.lock.locked():
-            return 0  # a listing is filling this subtree
+            return  # a listing is filling this subtree
         for name, child in list(directory.children.items()):
             if not child.children or child.ino in self._virtual:
                 continue
             if child.used > cutoff:
-                asked += self._trim_cold(child, cutoff)
-                if child.wide:
-                    held = self._trim_wide(child)
-                    if held and self._kernel is not None:
-                        # One by one: the directory's own entry may be gone
-                        # from the kernel's cache already (a stream keeps it open).
-                        self._kernel.forget_entries_soon(child, held)
-                        asked += 1
+                self._trim_cold(child, cutoff, forget, busy)
+                if child.wide and not child.held:
+                    forget += [(child, held) for held in self._trim_wide(child)]
                 continue
             if child.lock is not None and child.lock.locked():
                 continue
-            if self._trim_below(child) and self._droppable(child):
+            if self._trim_below(child) and self._droppable(child) and not directory.held:
                 del directory.children[name]
                 self._inodes.pop(child.ino, None)
                 self.evicted += 1
                 directory.fresh_at = None
-            elif self._kernel is not None:
-                self._kernel.forget_entry_soon(directory, name)
-                asked += 1
-        return asked
+            elif child.path not in busy:
+                # Something below is held (by the kernel, unless a writer).
+                child.doomed = True  # dropped once forgotten (and emptied)
+                forget.append((directory, name))
 
     def _trim_wide(self, directory: Node) -> list[str]:
         """Drop the children of a wide directory in use (a stream reads it)
@@ -833,8 +888,8 @@ class Namespace:
         held: list[str] = []
         dropped = False
         for name, child in list(directory.children.items()):
-            if child.children:
-                continue  # what is listed below it goes with the cold subtrees
+            if child.children or child.used >= self._tick:
+                continue  # below it: with the cold subtrees; or just handed out
             if not self._droppable(child):
                 if child.nlookup and not child.doomed:
                     held.append(name)
@@ -925,6 +980,7 @@ class ChildStream:
             return [child for child in directory.children.values() if child.local]
         if self._state == "done":
             return None
+        namespace._maybe_trim()  # before this page: what was handed out is the kernel's
         page = await namespace._store.list_page(self._prefix, delimiter="/", token=self._token)
         self._token = page.next_token
         if self._token is None:
@@ -955,7 +1011,6 @@ class ChildStream:
                 given.add(name)
                 nodes.append(child)
         self._last_names = [node.name for node in nodes]
-        namespace._maybe_trim()
         return nodes
 
 

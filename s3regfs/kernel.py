@@ -7,6 +7,7 @@ Besides fs.py, the only module that talks to the kernel: it implements
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from contextlib import suppress
 
@@ -14,6 +15,27 @@ import pyfuse3
 import trio
 
 from s3regfs.inode_cache import Node
+
+
+def working_directories(mountpoint: str) -> list[str]:
+    """The working directories of this machine's processes that lie below
+    *mountpoint*, relative to it ("" for the mount point itself); those we
+    cannot see (other users' without root, other mount namespaces) are not
+    among them."""
+    found: list[str] = []
+    prefix = mountpoint.rstrip("/") + "/"
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:
+            continue  # gone, or not ours to see
+        if cwd == mountpoint:
+            found.append("")
+        elif cwd.startswith(prefix):
+            found.append(cwd[len(prefix) :])
+    return found
 
 
 class KernelNotifier:
@@ -29,17 +51,18 @@ class KernelNotifier:
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         self._nursery.start_soon(self.forget_entry, parent, name)
 
-    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
-        self._nursery.start_soon(self._forget_entries, parent.ino, [name.encode("utf-8") for name in names])
+    def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
+        pairs = [(parent.ino, name.encode("utf-8")) for parent, name in entries]
+        self._nursery.start_soon(self._forget_entries, pairs)
 
     @staticmethod
-    async def _forget_entries(parent_ino: int, names: list[bytes]) -> None:
+    async def _forget_entries(pairs: list[tuple[int, bytes]]) -> None:
         def forget_all() -> None:
-            for name in names:
+            for parent_ino, name in pairs:
                 with suppress(OSError):  # the kernel did not know it
                     pyfuse3.invalidate_entry(parent_ino, name)
 
-        await trio.to_thread.run_sync(forget_all)  # one thread hop for the lot
+        await trio.to_thread.run_sync(forget_all)  # one thread for the lot
 
     async def forget_entry(self, parent: Node, name: str) -> None:
         # Not with deleted=: that takes the file's own inode lock, which a

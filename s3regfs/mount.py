@@ -40,7 +40,7 @@ from s3regfs.facts import RegistryFacts
 from s3regfs.fs import Operations
 from s3regfs.images import ImagesView
 from s3regfs.inode_cache import NODE_BYTES, Namespace, Node
-from s3regfs.kernel import KernelNotifier
+from s3regfs.kernel import KernelNotifier, working_directories
 from s3regfs.metrics import serve as serve_metrics
 from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
@@ -297,7 +297,14 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
             # The group's one error as itself: a MountpointError stays a user error.
             with collapse_exception_groups():
                 async with trio.open_nursery() as nursery:
-                    operations = build_operations(config, store, nursery, readahead, write_memory)
+                    operations = build_operations(
+                        config,
+                        store,
+                        nursery,
+                        readahead,
+                        write_memory,
+                        mountpoint=os.path.abspath(mountpoint),
+                    )
                     if options.metrics is not None:
                         host, port = options.metrics
                         try:
@@ -341,6 +348,7 @@ def build_operations(
     readahead: ReadaheadBudget,
     write_memory: WriteMemory,
     kernel: KernelCache | None = None,
+    mountpoint: str = "",
 ) -> Operations:
     """Every collaborator of the handlers, built here and handed in.  *kernel*:
     how to make the kernel forget what it cached (FUSE notifications unless
@@ -354,6 +362,7 @@ def build_operations(
         options.metadata_ttl,
         max_nodes=options.metadata_cache // NODE_BYTES,
         kernel=kernel,
+        busy=(lambda: working_directories(mountpoint)) if mountpoint else None,
     )
     files = OpenFiles(
         store,

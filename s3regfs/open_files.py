@@ -60,8 +60,8 @@ class KernelCache(Protocol):
         """The kernel forgets *name* in *parent* soon (never awaited)."""
         ...
 
-    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
-        """The kernel forgets each of *names* in *parent* soon (never awaited)."""
+    def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
+        """The kernel forgets each (parent, name) of *entries* soon (never awaited)."""
         ...
 
     async def forget_attributes(self, node: Node) -> None:

@@ -48,8 +48,8 @@ class RecordingKernel:
     def forget_entry_soon(self, parent: Node, name: str) -> None:
         self.entries.append((parent.ino, name))
 
-    def forget_entries_soon(self, parent: Node, names: Sequence[str]) -> None:
-        self.entries += [(parent.ino, name) for name in names]
+    def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
+        self.entries += [(parent.ino, name) for parent, name in entries]
 
     async def forget_attributes(self, node: Node) -> None:
         self.attributes.append(node.ino)

@@ -127,11 +127,8 @@ class _RecordingKernel:
     def __init__(self) -> None:
         self.asked: list[tuple[int, str]] = []
 
-    def forget_entry_soon(self, parent: Any, name: str) -> None:
-        self.asked.append((parent.ino, name))
-
-    def forget_entries_soon(self, parent: Any, names: Sequence[str]) -> None:
-        self.asked += [(parent.ino, name) for name in names]
+    def forget_entries_soon(self, entries: Sequence[tuple[Any, str]]) -> None:
+        self.asked += [(parent.ino, name) for parent, name in entries]
 
 
 async def test_trim_keeps_the_cache_bounded_and_what_the_kernel_holds(
@@ -231,10 +228,18 @@ async def test_a_wide_directory_is_never_listed_whole_for_lookups(
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"w"), keys))
     store = make_store(moto.url, bucket)
+    # The first lookup in it, of a name past the pages a bounded listing reads.
+    fresh = Namespace(store, "", metadata_ttl=60)
+    assert (await fresh.resolve("flat/zz")).size == 1
+    assert (await fresh.resolve("flat")).wide
     namespace = Namespace(store, "", metadata_ttl=60)
     flat = await namespace.lookup(namespace.root, "flat")
     await namespace.ensure_listed(flat)
     assert flat.wide and not namespace.is_fresh(flat)
+    # Not empty, whatever the cache holds of it (rmdir, rename over it).
+    assert flat.children is not None
+    flat.children.clear()
+    assert await namespace.has_children(flat)
     lists = store.request_counts["list_objects_v2"]
     # Names past the pages read are checked one by one, never by listing the whole.
     assert (await namespace.lookup(flat, "zz")).size == 1
@@ -252,3 +257,21 @@ async def test_a_wide_directory_is_never_listed_whole_for_lookups(
     assert names == sorted({key.split("/")[1] for key in keys}) and pages >= 3
     # list_children still lists it whole (the images view needs every tag).
     assert len(await namespace.list_children(flat)) == 2502 and namespace.is_fresh(flat)
+
+
+async def test_trim_keeps_the_way_to_working_directories(moto: MotoServer, s3: Any, bucket: str) -> None:
+    for i in range(4):
+        for j in range(10):
+            s3.put_object(Bucket=bucket, Key=f"a{i}/sub/f{j}", Body=b"1")
+    store = make_store(moto.url, bucket)
+    kernel = _RecordingKernel()
+    # A shell sits in a0/sub: forgetting a0 would unhash its working directory.
+    namespace = Namespace(store, "", metadata_ttl=60, max_nodes=20, kernel=kernel, busy=lambda: ["a0/sub"])
+    for i in range(4):
+        held = await namespace.resolve(f"a{i}/sub/f0")
+        if i < 2:
+            namespace.remember(held)
+        await namespace.list_children(await namespace.resolve(f"a{i}/sub"))
+    namespace.trim()
+    asked = {name for ino, name in kernel.asked if ino == namespace.root.ino}
+    assert "a1" in asked and "a0" not in asked
