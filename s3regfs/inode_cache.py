@@ -235,6 +235,8 @@ class Namespace:
         #: (directory inode, name) -> when S3 last confirmed the name missing.
         self._misses: dict[tuple[int, str], float] = {}
         self.negative_ttl = min(NEGATIVE_TTL, metadata_ttl)
+        #: Directory inode -> the last key its cut flat listing read.
+        self._flat_cursors: dict[int, str] = {}
         #: Directory inode -> requests spent checking names one by one since
         #: its listing went stale (see lookup).
         self._stale_checks: dict[int, int] = {}
@@ -627,6 +629,13 @@ class Namespace:
         return node
 
     async def _list(self, directory: Node, *, whole: bool = True) -> None:
+        parent = directory.parent
+        if (
+            parent is not None
+            and parent.ino in self._flat_cursors
+            and await self._continue_flat(parent, directory)
+        ):
+            return
         path = directory.path
         prefix = layout.dir_prefix(self.key_prefix, path)
         gen = next(self._gens)
@@ -648,6 +657,7 @@ class Namespace:
                     self._mark_fresh(node, gen, started)
                 directory.list_cost = cost
                 directory.wide = False
+                self._flat_cursors.pop(directory.ino, None)
                 log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
                 return
         if cursor is not None:
@@ -655,6 +665,11 @@ class Namespace:
                 node_prefix = layout.dir_prefix(self.key_prefix, node.path)
                 if cursor > node_prefix and not cursor.startswith(node_prefix):
                     self._mark_fresh(node, gen, started)
+            # Its children past the cut are listed in flat pages from there
+            # when visited (see _continue_flat), not one by one.
+            if len(self._flat_cursors) >= MISSES_KEPT:
+                self._flat_cursors.clear()
+            self._flat_cursors[directory.ino] = cursor
         # The rest of D's own children, one level only.
         token = None
         pages = 0
@@ -677,6 +692,45 @@ class Namespace:
         directory.wide = pages > WIDE_PAGES
         self._mark_fresh(directory, gen, started)
         directory.list_cost = cost
+
+    async def _continue_flat(self, parent: Node, directory: Node) -> bool:
+        """List *directory* as part of its parent's flat listing, which was cut
+        before it: up to FLAT_LISTING_PAGES pages of the parent's subtree from
+        *directory* on, filling its following siblings too (a walk visits
+        them next), so a namespace of thousands of repositories costs about a
+        page per 1,000 keys, not a listing per repository.  Whether
+        *directory* is now listed whole."""
+        cursor = self._flat_cursors.get(parent.ino)
+        parent_prefix = layout.dir_prefix(self.key_prefix, parent.path)
+        start = layout.dir_prefix(self.key_prefix, directory.path)
+        if cursor is None or start <= cursor:
+            return False  # it straddles the cut: listed on its own
+        gen = next(self._gens)
+        started = self._now()
+        touched: dict[int, Node] = {}
+        token: str | None = None
+        last = start
+        for _ in range(layout.FLAT_LISTING_PAGES):
+            # Keys after "<dir>" (no slash): the directory's own keys first.
+            page = await self._store.list_page(parent_prefix, start_after=start[:-1], token=token)
+            for info in page.objects:
+                self._ingest(parent, parent_prefix, info, gen, touched)
+            if page.objects:
+                last = page.objects[-1].key
+            token = page.next_token
+            if token is None:
+                break
+        for node in touched.values():
+            node_prefix = layout.dir_prefix(self.key_prefix, node.path)
+            if node_prefix >= start and (
+                token is None or (last > node_prefix and not last.startswith(node_prefix))
+            ):
+                self._mark_fresh(node, gen, started)
+        if token is None:
+            self._flat_cursors.pop(parent.ino, None)
+        else:
+            self._flat_cursors[parent.ino] = max(cursor, last)
+        return self.is_fresh(directory)
 
     def _warn_once(
         self, key: str, problem: str, message: str = "skipping key %r: %s cannot be a file name"

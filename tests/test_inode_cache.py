@@ -275,3 +275,32 @@ async def test_trim_keeps_the_way_to_working_directories(moto: MotoServer, s3: A
     namespace.trim()
     asked = {name for ino, name in kernel.asked if ino == namespace.root.ino}
     assert "a1" in asked and "a0" not in asked
+
+
+async def test_a_walk_past_a_cut_flat_listing_goes_on_in_flat_pages(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)  # scaled down: 1,000 keys a flat listing
+    # A namespace of 40 repositories, 60 links each: 2,400 keys.
+    keys = [
+        f"ns/r{r:02d}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
+        for r in range(40)
+        for i in range(60)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"l"), keys))
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60)
+    found = 0
+    for r in range(40):
+        sha = await namespace.resolve(f"ns/r{r:02d}/_layers/sha256")
+        children = await namespace.list_children(sha)
+        found += sum(1 for child in children if child.children and "link" in child.children)
+    assert found == 2400
+    # root, ns (one flat page, one delimited), then about a page per 1,000
+    # keys from there (and the repository the cut fell in): not one per repository.
+    assert store.request_counts["list_objects_v2"] <= 8, store.request_counts
