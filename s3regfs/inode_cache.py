@@ -641,25 +641,17 @@ class Namespace:
         gen = next(self._gens)
         started = self._now()
         touched: dict[int, Node] = {}
-        cursor: str | None = None
-        token: str | None = None
-        cost = 0
-        for _ in range(layout.flat_listing_pages(path)):
-            page = await self._store.list_page(prefix, token=token)
-            cost += 1
-            for info in page.objects:
-                self._ingest(directory, prefix, info, gen, touched)
-            if page.objects:
-                cursor = page.objects[-1].key
-            token = page.next_token
-            if token is None:
-                for node in itertools.chain(touched.values(), (directory,)):
-                    self._mark_fresh(node, gen, started)
-                directory.list_cost = cost
-                directory.wide = False
-                self._flat_cursors.pop(directory.ino, None)
-                log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
-                return
+        cursor, ended, cost = await self._flat_pages(
+            directory, prefix, layout.flat_listing_pages(path), gen, touched
+        )
+        if ended:
+            for node in itertools.chain(touched.values(), (directory,)):
+                self._mark_fresh(node, gen, started)
+            directory.list_cost = cost
+            directory.wide = False
+            self._flat_cursors.pop(directory.ino, None)
+            log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
+            return
         if cursor is not None:
             for node in touched.values():
                 node_prefix = layout.dir_prefix(self.key_prefix, node.path)
@@ -708,29 +700,45 @@ class Namespace:
         gen = next(self._gens)
         started = self._now()
         touched: dict[int, Node] = {}
-        token: str | None = None
-        last = start
-        for _ in range(layout.FLAT_LISTING_PAGES):
-            # Keys after "<dir>" (no slash): the directory's own keys first.
-            page = await self._store.list_page(parent_prefix, start_after=start[:-1], token=token)
-            for info in page.objects:
-                self._ingest(parent, parent_prefix, info, gen, touched)
-            if page.objects:
-                last = page.objects[-1].key
-            token = page.next_token
-            if token is None:
-                break
+        # Keys after "<dir>" (no slash): the directory's own keys first.
+        read, ended, _ = await self._flat_pages(
+            parent, parent_prefix, layout.FLAT_LISTING_PAGES, gen, touched, start_after=start[:-1]
+        )
+        last = read or start
         for node in touched.values():
             node_prefix = layout.dir_prefix(self.key_prefix, node.path)
-            if node_prefix >= start and (
-                token is None or (last > node_prefix and not last.startswith(node_prefix))
-            ):
+            if node_prefix >= start and (ended or (last > node_prefix and not last.startswith(node_prefix))):
                 self._mark_fresh(node, gen, started)
-        if token is None:
+        if ended:
             self._flat_cursors.pop(parent.ino, None)
         else:
             self._flat_cursors[parent.ino] = max(cursor, last)
         return self.is_fresh(directory)
+
+    async def _flat_pages(
+        self,
+        directory: Node,
+        prefix: str,
+        pages: int,
+        gen: int,
+        touched: dict[int, Node],
+        start_after: str | None = None,
+    ) -> tuple[str | None, bool, int]:
+        """Up to *pages* delimiter-less pages of *prefix* (after
+        *start_after*) ingested below *directory*: the last key read, whether
+        the subtree ended, and the requests made."""
+        cursor: str | None = None
+        token: str | None = None
+        for cost in range(1, pages + 1):
+            page = await self._store.list_page(prefix, start_after=start_after, token=token)
+            for info in page.objects:
+                self._ingest(directory, prefix, info, gen, touched)
+            if page.objects:
+                cursor = page.objects[-1].key
+            token = page.next_token
+            if token is None:
+                return cursor, True, cost
+        return cursor, False, pages
 
     def _warn_once(
         self, key: str, problem: str, message: str = "skipping key %r: %s cannot be a file name"
