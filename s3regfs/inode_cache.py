@@ -932,15 +932,12 @@ class Namespace:
                 continue
             if child.lock is not None and child.lock.locked():
                 continue
-            if self._trim_below(child) and self._droppable(child) and not directory.held:
-                del directory.children[name]
-                self._inodes.pop(child.ino, None)
-                self.evicted += 1
-                directory.fresh_at = None
-            elif child.path not in busy:
-                # Something below is held (by the kernel, unless a writer).
-                child.doomed = True  # dropped once forgotten (and emptied)
-                forget.append((directory, name))
+            # The subtree's root stays, unlisted: its directory's listing stays
+            # whole (a walk of the siblings lists nothing again) and the
+            # root is listed again when visited.  Dropped with its parent's
+            # subtree, when that turns cold.
+            if not self._trim_below(child) and child.path not in busy:
+                forget.append((directory, name))  # something below is held
 
     def _trim_wide(self, directory: Node) -> list[str]:
         """Drop the children of a wide directory in use (a stream reads it)
