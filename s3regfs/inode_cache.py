@@ -34,8 +34,8 @@ Memory: the cache holds at most ``metadata_cache`` bytes' worth of nodes
 the coldest directories (least recently listed or looked into) are trimmed:
 every node below them that the kernel does not hold (nor a writer, nor a
 snapshot handle reading its directory, nor a listing in progress) is dropped
-and the directory is marked unlisted, so a later visit lists it again in
-pages; the kernel is asked to forget the rest (an entry invalidation of each
+and the cold subtree's root is kept, empty and unlisted (so its parent's
+listing stays whole), and a later visit lists it again in pages; the kernel is asked to forget the rest (an entry invalidation of each
 cold subtree's root, except on the way to a process's working directory), and
 each node it forgets is dropped as its FORGET arrives.  A node the kernel
 holds keeps its inode: a new listing of its directory finds it again by name,
