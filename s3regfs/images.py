@@ -16,10 +16,10 @@ and rsync -H count each blob once.  Everything else is a virtual node owned
 here: directories, and small files whose bytes are built in memory.
 
 Cost: a repository's model (its tags and the digests linked into it) comes
-from one listing of its subtree (flat: about one request per 1,000 keys) and
-one GET of ``current/link`` for a tag that has pointed to several manifests
-only; so listing ``_images`` down to the repositories' own entries costs
-about one request per repository.  What needs more is paid when it is asked
+from one listing of its subtree (flat: about one request per 1,000 keys), so
+listing ``_images`` down to the repositories' own entries costs about one
+request per repository; the ``current/link`` of a tag that has pointed to
+several manifests is read (one GET) only when its target is needed.  What needs more is paid when it is asked
 for: blob sizes from listings of the ``blobs/`` fan-out directories the
 repository uses (never a HEAD per blob) when ``blobs/``, ``_tags/<tag>`` or
 the repository's size is read, and one GET per manifest (cached by ETag)
@@ -63,6 +63,9 @@ REF_NAME = "org.opencontainers.image.ref.name"
 MODEL_ENTRIES_KEPT = 200_000
 #: Bytes of manifests (and multi-entry tags' links) kept at most.
 MANIFEST_BYTES_KEPT = 16 * 1024 * 1024
+#: The target of a tag that pointed to several manifests, until its
+#: current/link is read.
+MOVED = ""
 #: View nodes remembered before the ones the kernel forgot are swept.
 VIEW_NODES_SWEEP = 4096
 
@@ -81,7 +84,7 @@ class Repository:
     names and digests only (blob nodes and manifests are looked up when used)."""
 
     name: str
-    #: Tag -> the digest of the manifest it points to.
+    #: Tag -> the digest of the manifest it points to (MOVED: not read yet).
     tags: dict[str, str] = field(default_factory=dict)
     #: Every digest linked into the repository (manifest revisions, layers), sorted.
     digests: list[str] = field(default_factory=list)
@@ -235,7 +238,7 @@ class ImagesView:
                     )
         elif kind.what == "tag":
             repo = await self.repository(kind.repo)
-            target = repo.tags.get(kind.extra)
+            target = (await self._targets(repo, kind.extra)).get(kind.extra)
             tag = await self._tag(repo, kind.extra, target) if target is not None else None
             if tag is not None:
                 manifest = await self._blob(tag.digest)
@@ -278,9 +281,10 @@ class ImagesView:
         return {name: make() for name, make in made.items() if wanted(name)}
 
     async def _index_json(self, repo: Repository) -> bytes:
-        await self._list_fanouts(set(repo.tags.values()))
+        targets = await self._targets(repo)
+        await self._list_fanouts(set(targets.values()))
         manifests = []
-        for name, target in sorted(repo.tags.items()):
+        for name, target in sorted(targets.items()):
             tag = await self._tag(repo, name, target)
             if tag is not None:
                 manifests.append(
@@ -357,7 +361,7 @@ class ImagesView:
     async def _build(self, name: str) -> Repository:
         """The repository's names and digests, from the listing of its subtree
         (the first _raw_dir or _list lists it flat; the rest are answered from
-        the cache), plus a GET of current/link for tags moved before."""
+        the cache); moved tags' targets are read later (see _targets)."""
         repo = Repository(name, built_at=time.monotonic())
         base = _join(REPOSITORIES, name)
         digests: set[str] = set()
@@ -368,28 +372,42 @@ class ImagesView:
                         digests.add(f"{algorithm.name}:{entry.name}")
         repo.digests = sorted(digests)
         for tag_dir in await self._list(f"{base}/_manifests/tags"):
+            repo.tags[tag_dir.name] = await self._tag_target(f"{base}/_manifests/tags/{tag_dir.name}")
+        return repo
+
+    async def _targets(self, repo: Repository, only: str | None = None) -> dict[str, str]:
+        """Tag -> digest for every tag of *repo* (or just *only*), reading the
+        current/link of moved tags not read yet; tags whose link holds no
+        digest, or that vanished meanwhile, are logged and left out."""
+        base = _join(REPOSITORIES, repo.name)
+        for name in [only] if only is not None else list(repo.tags):
+            if repo.tags.get(name) != MOVED:
+                continue
             try:
-                target = await self._tag_target(f"{base}/_manifests/tags/{tag_dir.name}")
-            except StorageError as exc:
+                link = await self._namespace.resolve(f"{base}/_manifests/tags/{name}/current/link")
+                target = (await self._small(link)).decode("utf-8", "replace").strip()
+            except (StorageError, NotFound) as exc:
                 # One tag that changed or vanished meanwhile must not hide the others.
-                log.warning("%s:%s left out of the view: %s", name, tag_dir.name, exc)
+                log.warning("%s:%s left out of the view: %s", repo.name, name, exc)
+                repo.tags.pop(name, None)
                 continue
             if layout.blob_data_path(target) is None:  # an empty or garbled link
                 log.warning(
-                    "%s:%s left out of the view: its link holds no digest (%r)",
-                    name,
-                    tag_dir.name,
-                    target[:100],
+                    "%s:%s left out of the view: its link holds no digest (%r)", repo.name, name, target[:100]
                 )
+                repo.tags.pop(name, None)
                 continue
-            repo.tags[tag_dir.name] = target
-        return repo
+            repo.tags[name] = target
+        if only is not None:
+            return {only: repo.tags[only]} if only in repo.tags else {}
+        return dict(repo.tags)
 
     async def _tags_with_blobs(self, repo: Repository) -> list[str]:
         """The tags whose manifest blob is in the bucket (the others are logged)."""
-        found = await self._blobs(sorted(set(repo.tags.values())))
+        targets = await self._targets(repo)
+        found = await self._blobs(sorted(set(targets.values())))
         tags = []
-        for name, target in repo.tags.items():
+        for name, target in targets.items():
             if target in found:
                 tags.append(name)
             else:
@@ -419,9 +437,10 @@ class ImagesView:
         return Tag(target, media_type, blob.size, manifest)
 
     async def _tag_target(self, tag_path: str) -> str:
-        """The digest a tag points to.  A tag that only ever pointed to one
-        manifest has one entry in its ``index/``, which the listing already
-        shows: no GET.  Otherwise its ``current/link`` is read."""
+        """The digest a tag points to, from the listing: a tag that only ever
+        pointed to one manifest has one entry in its ``index/``.  MOVED for
+        one that pointed to several: its ``current/link`` is read when the
+        target is needed (see _targets), not to list the repository."""
         history = [
             (algorithm.name, entry.name)
             for algorithm in await self._list(f"{tag_path}/index")
@@ -429,8 +448,7 @@ class ImagesView:
         ]
         if len(history) == 1:
             return f"{history[0][0]}:{history[0][1]}"
-        link = await self._namespace.resolve(f"{tag_path}/current/link")
-        return (await self._small(link)).decode("utf-8", "replace").strip()
+        return MOVED
 
     async def _list_fanouts(self, digests: set[str]) -> None:
         """List each blob fan-out directory the digests need once, so their
