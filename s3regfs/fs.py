@@ -481,12 +481,18 @@ class Operations(pyfuse3.Operations):
             return
         for index in range(start_id, len(handle.entries)):
             name, node = handle.entries[index]
-            if not pyfuse3.readdir_reply(
-                token, pyfuse3.FileNameT(name.encode("utf-8")), self._attrs(node), index + 1
-            ):
+            if not self._reply_entry(token, name, node, index + 1):
                 return
-            # readdirplus: the kernel now holds a lookup of this inode.
-            self.namespace.remember(node)
+
+    def _reply_entry(self, token: pyfuse3.ReaddirToken, name: str, node: Node, next_id: int) -> bool:
+        """Add one entry to a readdir reply; False when the reply is full."""
+        if not pyfuse3.readdir_reply(
+            token, pyfuse3.FileNameT(name.encode("utf-8")), self._attrs(node), next_id
+        ):
+            return False
+        # readdirplus: the kernel now holds a lookup of this inode.
+        self.namespace.remember(node)
+        return True
 
     async def _readdir_stream(self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Offsets count entries from the start of the stream; going back
@@ -499,12 +505,8 @@ class Operations(pyfuse3.Operations):
         offset = start_id
         while True:
             for name, node in handle.entries[max(0, offset - handle.base) :]:
-                node = self.namespace.revive(node)
-                if not pyfuse3.readdir_reply(
-                    token, pyfuse3.FileNameT(name.encode("utf-8")), self._attrs(node), offset + 1
-                ):
+                if not self._reply_entry(token, name, self.namespace.revive(node), offset + 1):
                     return
-                self.namespace.remember(node)
                 offset += 1
             if offset > start_id:
                 # What one page gave, at once, even if the reader's buffer

@@ -920,7 +920,7 @@ class Namespace:
         """Trim every maximal cold subtree below *directory* (whose used tick
         is <= *cutoff*); what the kernel should forget goes to *forget*."""
         assert directory.children is not None
-        if directory.lock is not None and directory.lock.locked():
+        if _being_listed(directory):
             return  # a listing is filling this subtree
         for name, child in list(directory.children.items()):
             if not child.children or child.ino in self._virtual:
@@ -930,7 +930,7 @@ class Namespace:
                 if child.wide and not child.held:
                     forget += [(child, held) for held in self._trim_wide(child)]
                 continue
-            if child.lock is not None and child.lock.locked():
+            if _being_listed(child):
                 continue
             # The subtree's root stays, unlisted: its directory's listing stays
             # whole (a walk of the siblings lists nothing again) and the
@@ -945,7 +945,6 @@ class Namespace:
         the names of those the kernel holds (doomed: dropped when it forgets)."""
         assert directory.children is not None
         held: list[str] = []
-        dropped = False
         for name, child in list(directory.children.items()):
             if child.children or child.used >= self._tick:
                 continue  # below it: with the cold subtrees; or just handed out
@@ -954,12 +953,7 @@ class Namespace:
                     held.append(name)
                 child.doomed = True
                 continue
-            del directory.children[name]
-            self._inodes.pop(child.ino, None)
-            self.evicted += 1
-            dropped = True
-        if dropped:
-            directory.fresh_at = None
+            self._drop(directory, name, child)
         return held
 
     def _trim_below(self, directory: Node) -> bool:
@@ -968,10 +962,9 @@ class Namespace:
         if directory.held or directory.made_here or directory.local:
             return False
         whole = True
-        dropped = False
         for name, child in list(directory.children.items()):
             if child.children:
-                if child.lock is not None and child.lock.locked():
+                if _being_listed(child):
                     whole = False
                     continue
                 if not self._trim_below(child):
@@ -980,13 +973,18 @@ class Namespace:
                 child.doomed = True
                 whole = False
                 continue
-            del directory.children[name]
-            self._inodes.pop(child.ino, None)
-            self.evicted += 1
-            dropped = True
-        if dropped:
-            directory.fresh_at = None  # listed again when visited
+            self._drop(directory, name, child)
         return whole
+
+    def _drop(self, directory: Node, name: str, child: Node) -> None:
+        """Drop *child*, *directory*'s entry *name*, from the tree and the
+        inode table: *directory* is no longer listed whole (listed again when
+        visited)."""
+        assert directory.children is not None
+        del directory.children[name]
+        self._inodes.pop(child.ino, None)
+        self.evicted += 1
+        directory.fresh_at = None
 
     def _droppable(self, node: Node) -> bool:
         """Whether nothing but the cache knows *node*: it can go, and come
@@ -1071,6 +1069,11 @@ class ChildStream:
                 nodes.append(child)
         self._last_names = [node.name for node in nodes]
         return nodes
+
+
+def _being_listed(node: Node) -> bool:
+    """Whether a listing is filling *node*'s subtree now (it holds the lock)."""
+    return node.lock is not None and node.lock.locked()
 
 
 def _pinned(node: Node) -> bool:

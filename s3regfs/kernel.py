@@ -49,7 +49,7 @@ class KernelNotifier:
         self._nursery = nursery
 
     def forget_entry_soon(self, parent: Node, name: str) -> None:
-        self._nursery.start_soon(self.forget_entry, parent, name)
+        self.forget_entries_soon([(parent, name)])
 
     def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
         pairs = [(parent.ino, name.encode("utf-8")) for parent, name in entries]

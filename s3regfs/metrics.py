@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 #: What the handlers' stats() returns (see fs.Operations.stats).
 Stats = Callable[[], Mapping[str, object]]
 
+#: Counters of the stats' "cache" figures: metric name (without _total), key, help.
+_CACHE_COUNTERS = (
+    ("s3regfs_metadata_cache_hits", "hits", "lookups and listings answered from the cache"),
+    ("s3regfs_metadata_cache_misses", "misses", "lookups and listings that asked S3"),
+    (
+        "s3regfs_metadata_cache_evicted",
+        "evicted",
+        "cached names dropped to keep the cache within metadata_cache",
+    ),
+)
 #: Counters: metric name (without _total), key in the stats, help.
 _COUNTERS = (
     ("s3regfs_retries", "retries", "S3 request attempts retried"),
@@ -70,21 +80,8 @@ class StatsCollector(Collector):
             yield CounterMetricFamily(name, text, value=_number(figures.get(key)))
         cache = figures.get("cache")
         cache = cache if isinstance(cache, dict) else {}
-        yield CounterMetricFamily(
-            "s3regfs_metadata_cache_hits",
-            "lookups and listings answered from the cache",
-            value=_number(cache.get("hits")),
-        )
-        yield CounterMetricFamily(
-            "s3regfs_metadata_cache_misses",
-            "lookups and listings that asked S3",
-            value=_number(cache.get("misses")),
-        )
-        yield CounterMetricFamily(
-            "s3regfs_metadata_cache_evicted",
-            "cached names dropped to keep the cache within metadata_cache",
-            value=_number(cache.get("evicted")),
-        )
+        for name, key, text in _CACHE_COUNTERS:
+            yield CounterMetricFamily(name, text, value=_number(cache.get(key)))
         yield GaugeMetricFamily(
             "s3regfs_metadata_cache_nodes",
             "names and directories cached now",
