@@ -683,7 +683,7 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             host, colon, port = text.rpartition(":")
             if not colon:
                 host, port = "", text
-            if not port.isdigit() or not 0 < int(port) < 65536:
+            if not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
                 raise ConfigError(f"the metrics option takes HOST:PORT or PORT, {text!r} invalid")
             values[name] = (host.strip("[]") or "127.0.0.1", int(port))
         elif name == "statedir":

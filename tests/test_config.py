@@ -542,6 +542,7 @@ def test_any_driver_parameters_parse_or_are_refused_in_one_line(raw: dict[str, o
 )
 @example({"uid": "1" * 5000})
 @example({"readahead": "1" * 5000})
+@example({"metrics": "1" * 5000})
 @example({"metadata_ttl": "1e999"})
 @example({"connect_timeout": "inf"})
 @example({"umask": "022\n"})
