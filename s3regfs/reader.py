@@ -31,9 +31,10 @@ shared by all readers (the ``readahead_total`` option).  A producer that
 finds the budget spent waits, unless its reader is blocked on the very next
 chunk; then it takes that chunk (or range) anyway, so a reader always
 progresses.  A blocked read further ahead is told the read-ahead is stalled
-and fetches its own range.  So the budget is overshot by at most one range
-and one chunk per reader that is actually waiting, however many files are
-open.
+and fetches its own range.  So the budget is overshot only by what reads
+that are actually waiting need and nothing has fetched yet, rounded out to
+whole chunks or ranges (a read that straddles a boundary: two), however many
+files are open.
 
 Errors: a stream or range that breaks is resumed where it broke, with
 If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
@@ -194,6 +195,7 @@ class ObjectReader:
         self._last_end = -1
         self._waiting = False
         self._wait_offset = 0
+        self._wait_end = 0
         self._stalled = False
         self._error: StorageError | None = None
         self._data_arrived = trio.Event()
@@ -248,7 +250,7 @@ class ObjectReader:
                     self._streaming and self._buf_start <= offset <= self._stream_pos + self._max_window
                 )
                 if in_stream and (offset < self._stream_pos + CHUNK or not self._stalled):
-                    await self._wait_for_data(offset)
+                    await self._wait_for_data(offset, end)
                     continue
                 if offset == 0 or offset == self._last_end:
                     await self._start_stream(offset)
@@ -323,11 +325,12 @@ class ObjectReader:
         self._scheduler_wake.set()
         self._scheduler_wake = trio.Event()
 
-    async def _wait_for_data(self, offset: int) -> None:
+    async def _wait_for_data(self, offset: int, end: int) -> None:
         # Having to wait means the window is too small for this reader.
         self._window = min(self._window * 2, self._max_window)
         self._waiting = True
         self._wait_offset = offset
+        self._wait_end = end
         self._wake_producer()
         began = trio.current_time()
         counted = self._first_data_at is not None
@@ -508,7 +511,7 @@ class ObjectReader:
                 and active < self._max_ranges
                 and (
                     self._next_fetch - self._furthest < self._window
-                    or (self._waiting and self._wait_offset >= self._next_fetch)
+                    or (self._waiting and self._wait_end > self._next_fetch)
                 )
             ):
                 started = await self._start_range(fetches, idle_after)
@@ -537,7 +540,7 @@ class ObjectReader:
             # blocked on goes anyway (not every range after them).
             # -o verify: never a stall (a read served by its own GET would
             # skip the hash), so any range the reader waits on or beyond.
-            if self._waiting and start <= self._wait_offset and (self._wait_offset < end or self._verifying):
+            if self._waiting and self._wait_end > start and (self._wait_offset < end or self._verifying):
                 self._budget.try_take(end - start, force=True)
             else:
                 self._stall()
@@ -598,10 +601,15 @@ class ObjectReader:
                     continue
                 want = min(CHUNK, fetch.limit - fetch.position)
                 if not self._budget.try_take(want):
-                    # Over budget, only a read that waits for the very next
-                    # chunk gets it; one further ahead is told to fetch its
-                    # own range instead of waiting.
-                    if self._waiting and (self._wait_offset < fetch.position + CHUNK or self._verifying):
+                    # Over budget, only a read that waits for bytes of the
+                    # very next chunk gets it (not one whose bytes are all
+                    # fetched and on their way to it); one further ahead is
+                    # told to fetch its own range instead of waiting.
+                    if (
+                        self._waiting
+                        and self._wait_end > fetch.position
+                        and (self._wait_offset < fetch.position + CHUNK or self._verifying)
+                    ):
                         self._budget.try_take(want, force=True)
                     else:
                         self._stall()

@@ -476,7 +476,8 @@ def test_parallel_readers_share_one_readahead_budget(
         with ThreadPoolExecutor(len(bodies)) as pool:
             digests = dict(zip(bodies, pool.map(digest, bodies), strict=True))
         assert digests == {name: hashlib.sha256(body).hexdigest() for name, body in bodies.items()}
-    # Over budget by at most two 1 MiB chunks per reader that was waiting for data.
+    # Over budget by at most two 1 MiB chunks per reader that was waiting for
+    # data (a read that straddles a chunk boundary needs both).
     assert 0 < mount.readahead_peak() <= budget + 2 * len(bodies) * 1024 * 1024
 
 
