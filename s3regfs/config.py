@@ -81,6 +81,9 @@ LOGLEVEL_FLAGS = {
     "debugwitheventstreambody": "eventstreambody",
 }
 
+#: The registry's upload-purging age when config.yml sets none (168h).
+UPLOAD_PURGE_AGE = 168 * 3600.0
+
 #: Storage driver names whose parameters s3regfs takes (config.yml keys).
 S3_DRIVER_NAMES = ("s3", "s3aws", "s3_v2")
 #: Keys beside the driver in ``storage:`` that the registry defines.
@@ -341,6 +344,9 @@ class MountOptions:
     commit_timeout: float = float_default("commit_timeout")
     verify: bool = bool_default("verify")
     images: bool = bool_default("images")
+    views: bool = bool_default("views")
+    #: The manifest cache's directory ("" for memory only).
+    cachedir: str = str_default("cachedir")
     statfs: str = str_default("statfs")
     statedir: str = str_default("statedir")
     abort_stale_uploads: bool = bool_default("abort_stale_uploads")
@@ -360,6 +366,9 @@ class Config:
     config_file: str = ""
     #: GitLab's metadata database is enabled in the registry's config.yml.
     database_enabled: bool = False
+    #: Seconds after which the registry purges an upload
+    #: (storage.maintenance.uploadpurging.age; the registry's default 168h).
+    upload_purge_age: float = UPLOAD_PURGE_AGE
     #: systemd's $NOTIFY_SOCKET (Type=notify), "" outside systemd.
     notify_socket: str = ""
     #: Started by systemd (stderr goes to the journal).
@@ -434,6 +443,7 @@ class FileSettings:
     params: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     database_enabled: bool = False
+    upload_purge_age: float = UPLOAD_PURGE_AGE
 
 
 def read_config_file(path: str) -> FileSettings:
@@ -468,6 +478,13 @@ def read_config_file(path: str) -> FileSettings:
             "prefer",
         )
     storage = document.get("storage")
+    maintenance = storage.get("maintenance") if isinstance(storage, dict) else None
+    purging = maintenance.get("uploadpurging") if isinstance(maintenance, dict) else None
+    if isinstance(purging, dict) and purging.get("age") is not None:
+        try:
+            settings.upload_purge_age = parse_go_duration(parse_str(purging["age"]))
+        except ValueError as exc:
+            raise ConfigError(f"config file {path}: storage.maintenance.uploadpurging.age: {exc}") from None
     if storage is None:
         if "bucket" in document or "regionendpoint" in document or "region" in document:
             # A file of bare S3 parameters (the systemd unit's /etc/s3regfs/NAME.yml).
@@ -496,6 +513,41 @@ def read_config_file(path: str) -> FileSettings:
     settings.driver_name = name
     settings.params = {str(k): v for k, v in params.items()}
     return settings
+
+
+_GO_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go duration string ("168h", "1h30m", "90s"), as Go's
+    time.ParseDuration reads it (a sign, then number-unit pairs; "0" alone)."""
+    body = text.strip()
+    sign = -1.0 if body.startswith("-") else 1.0
+    body = body.lstrip("+-")
+    if body == "0":
+        return 0.0
+    if not body:
+        raise ValueError(f"invalid duration {text!r}")
+    seconds = 0.0
+    position = 0
+    for match in _GO_DURATION_PART.finditer(body):
+        if match.start() != position:
+            break
+        seconds += float(match.group(1)) * _GO_DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if position != len(body):
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * seconds
 
 
 def _holds_secret(document: Any) -> bool:
@@ -686,6 +738,11 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             if not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
                 raise ConfigError(f"the metrics option takes HOST:PORT or PORT, {text!r} invalid")
             values[name] = (host.strip("[]") or "127.0.0.1", int(port))
+        elif name == "cachedir":
+            text = parse_str(value)
+            if not text:
+                raise ConfigError("the cachedir option needs a directory, or none")
+            values[name] = "" if text == "none" else os.path.abspath(text)
         elif name == "statedir":
             text = parse_str(value)
             if not text:
@@ -703,6 +760,9 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
     if values.get("metadata_cache", MiB) < MiB:
         raise ConfigError("the metadata_cache option must be at least 1M")
     values.setdefault("statedir", default_statedir(os.environ))
+    values.setdefault("cachedir", default_cachedir(os.environ))
+    if values.pop("images", False):
+        values["views"] = True  # the older name
     return MountOptions(**values)
 
 
@@ -715,6 +775,17 @@ def default_statedir(environ: Mapping[str, str]) -> str:
         return "/var/lib/s3regfs"
     state_home = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(state_home, "s3regfs")
+
+
+def default_cachedir(environ: Mapping[str, str]) -> str:
+    """Where s3regfs keeps its caches unless ``-o cachedir`` says: systemd's
+    ``$CACHE_DIRECTORY``, /var/cache/s3regfs for root, else the XDG cache home."""
+    if environ.get("CACHE_DIRECTORY"):
+        return environ["CACHE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/cache/s3regfs"
+    cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache_home, "s3regfs")
 
 
 def build(
@@ -784,6 +855,7 @@ def build(
         debug=debug,
         config_file=config_file or "",
         database_enabled=settings.database_enabled,
+        upload_purge_age=settings.upload_purge_age,
         notify_socket=environ.get("NOTIFY_SOCKET", ""),
         under_systemd=bool(environ.get("JOURNAL_STREAM") or environ.get("INVOCATION_ID")),
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import stat
 import time
@@ -54,6 +55,8 @@ from s3regfs.facts import RegistryFacts
 from s3regfs.images import VIEW_NAME, ImagesView
 from s3regfs.inode_cache import ChildStream, Namespace, Node
 from s3regfs.open_files import FileHandle, OpenFiles
+from s3regfs.registry_view import VIEW_NAME as REGISTRY_VIEW_NAME
+from s3regfs.registry_view import RegistryView
 from s3regfs.storage.base import KEY_MAX, ObjectStore
 from s3regfs.writer import FileWriter
 
@@ -68,6 +71,18 @@ BLOCK_SIZE = 1024 * 1024
 DIR_BLOCK_SIZE = 32 * 1024
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+#: Names at the root that are the mount's own, whatever S3 holds.
+_RESERVED_NAMES = frozenset(name.encode() for name in (VIEW_NAME, REGISTRY_VIEW_NAME, CONTROL_NAME))
+
+
+def _map(path: str) -> bytes | mmap.mmap:
+    """A rendered report's bytes, mapped (not read into memory)."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 def _quote(name: str | bytes) -> str:
@@ -182,6 +197,7 @@ class Operations(pyfuse3.Operations):
         images: ImagesView,
         facts: RegistryFacts,
         control: ControlFiles,
+        registry: RegistryView,
     ) -> None:
         super().__init__()
         self._options = options
@@ -191,6 +207,7 @@ class Operations(pyfuse3.Operations):
         self.images = images
         self.facts = facts
         self._control = control
+        self.registry = registry
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_dir_fh = 1
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
@@ -217,6 +234,8 @@ class Operations(pyfuse3.Operations):
         view = self._virtual(node)
         if self._control.owns(node) and not node.is_dir:
             node.size = len(self._control.content(node, self.stats))
+        elif view and not node.is_dir:
+            self.registry.refresh_size(node)
         attrs.entry_timeout = self._options.metadata_ttl
         # A view file's size changes with its content (index.json): never cached.
         attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
@@ -261,7 +280,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _virtual(self, node: Node) -> bool:
-        return self.images.owns(node) or self._control.owns(node)
+        return self.images.owns(node) or self._control.owns(node) or self.registry.owns(node)
 
     def stats(self) -> dict[str, object]:
         """What the stats file shows (and SIGUSR1 logs)."""
@@ -276,6 +295,7 @@ class Operations(pyfuse3.Operations):
             "trims": namespace.trims,
         }
         figures.update(self.files.stats())
+        figures["reports"] = self.registry.reports.stats()
         return figures
 
     @staticmethod
@@ -286,8 +306,8 @@ class Operations(pyfuse3.Operations):
         return not node.is_dir and not node.local and layout.blob_digest(node.path) is not None
 
     def _check_not_view_name(self, parent: Node, name: bytes) -> None:
-        """``_images`` and ``.s3regfs`` at the root are ours, whatever S3 holds."""
-        if parent is self.namespace.root and name in (VIEW_NAME.encode(), CONTROL_NAME.encode()):
+        """``_images``, ``_registry`` and ``.s3regfs`` at the root are ours, whatever S3 holds."""
+        if parent is self.namespace.root and name in _RESERVED_NAMES:
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _check_length(self, parent: Node, name: bytes, *, is_dir: bool = False) -> None:
@@ -339,6 +359,13 @@ class Operations(pyfuse3.Operations):
                 node = self.images.root  # always reachable by name
             elif parent is self.namespace.root and name == CONTROL_NAME.encode():
                 node = self._control.directory
+            elif parent is self.namespace.root and name == REGISTRY_VIEW_NAME.encode():
+                node = self.registry.root
+            elif self.registry.owns(parent):
+                found = self.registry.lookup(parent, name.decode("utf-8", "replace"))
+                if found is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                node = found
             elif parent is self._control.directory:
                 found = self._control.files().get(name.decode("utf-8", "replace"))
                 if found is None:
@@ -459,14 +486,17 @@ class Operations(pyfuse3.Operations):
                 handle = DirHandle(node, sorted(self._control.files().items()))
             elif self.images.owns(node):
                 handle = DirHandle(node, await self.images.children(node))
+            elif self.registry.owns(node):
+                handle = DirHandle(node, self.registry.children(node))
             else:
                 await self.namespace.ensure_listed(node)
                 if node.wide and not self.namespace.is_fresh(node) and node is not self.namespace.root:
                     handle = DirHandle(node, [], self.namespace.stream(node))
                 else:
                     entries = [(child.name, child) for child in await self.namespace.list_children(node)]
-                    if node is self.namespace.root and self._options.images:
-                        entries = sorted([*entries, (VIEW_NAME, self.images.root)], key=lambda e: e[0])
+                    if node is self.namespace.root and self._options.views:
+                        views = [(VIEW_NAME, self.images.root), (REGISTRY_VIEW_NAME, self.registry.root)]
+                        entries = sorted([*entries, *views], key=lambda e: e[0])
                     handle = DirHandle(node, entries, holds=True)
                     self.namespace.hold(node)  # the snapshot's children stay in the inode table
         fh = self._new_dir_fh()
@@ -572,6 +602,13 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EROFS)
         control = self._control.owns(node) and not node.is_dir
         await self._prepare_view_file(node)
+        content: bytes | mmap.mmap | None
+        if self.registry.report_name(node) is not None:
+            with errors_to_errno(f"computing {REGISTRY_VIEW_NAME} report {_quote(node.name)}"):
+                content = _map(await self.registry.render(node))
+            fh = self.files.add(FileHandle(node, None, None, content))
+            # Computed when opened: its size may have changed since the lookup.
+            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False, direct_io=True)
         content = self._control.content(node, self.stats) if control else self.images.content(node)
         if content is not None:
             fh = self.files.add(FileHandle(node, None, None, content))

@@ -41,11 +41,20 @@ from s3regfs.fs import Operations
 from s3regfs.images import ImagesView
 from s3regfs.inode_cache import NODE_BYTES, Namespace, Node
 from s3regfs.kernel import KernelNotifier, working_directories
+from s3regfs.manifest_cache import ManifestCache
 from s3regfs.metrics import serve as serve_metrics
 from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
+from s3regfs.registry_view import RegistryView
+from s3regfs.reports import Context, Reports
 from s3regfs.storage.base import ObjectStore
-from s3regfs.storage.journal import OpenUpload, UploadJournal, recover, target_name
+from s3regfs.storage.journal import (
+    OpenUpload,
+    UploadJournal,
+    journalled_upload_ids,
+    recover,
+    target_name,
+)
 from s3regfs.storage.s3 import S3Store
 from s3regfs.writer import SpoolSpace, WriteMemory
 
@@ -290,6 +299,7 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
     readahead = ReadaheadBudget(options.readahead_total)
     write_memory = WriteMemory(options.write_memory)
     mounted = False
+    operations: Operations | None = None
     # Signals are caught from before the mount exists: a SIGTERM at any moment
     # ends in a clean unmount, never in a stale mount.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
@@ -329,6 +339,8 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
                     await operations.close_all()
                     nursery.cancel_scope.cancel()
         finally:
+            if operations is not None:
+                operations.registry.reports.close()
             if mounted:
                 pyfuse3.close(unmount=True)
     log.info(
@@ -339,6 +351,10 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
         ", ".join(f"{k}={v}" for k, v in sorted(store.request_counts.items())) or "none",
     )
     return 0
+
+
+#: Manifest bodies the reports keep in memory (the rest are on disk).
+MANIFEST_MEMORY = 16 * 1024 * 1024
 
 
 def build_operations(
@@ -380,12 +396,32 @@ def build_operations(
     )
     images = ImagesView(namespace, store, options.metadata_ttl)
     control = ControlFiles.create(namespace)
+    registry = RegistryView(namespace, build_reports(config, store, mountpoint))
 
     def synthetic(node: Node) -> bool:
-        return images.owns(node) or control.owns(node)
+        return images.owns(node) or control.owns(node) or registry.owns(node)
 
     facts = RegistryFacts(namespace, store, images, read_small=files.pending_bytes, synthetic=synthetic)
-    return Operations(options, store, namespace, files, images, facts, control)
+    return Operations(options, store, namespace, files, images, facts, control, registry)
+
+
+def build_reports(config: Config, store: ObjectStore, mountpoint: str) -> Reports:
+    """The _registry view's reports: manifests cached in -o cachedir, the
+    scratch database and rendered texts in the spool directory."""
+    options = config.options
+    driver = config.driver
+    journals = journal_directory(config)
+    target = journal_target(config)
+    context = Context(
+        source=f"s3://{driver.bucket}/{driver.key_prefix}",
+        bucket=driver.bucket,
+        mountpoint=mountpoint,
+        purge_age=config.upload_purge_age,
+        own_uploads=lambda: journalled_upload_ids(journals, target),
+    )
+    manifests = ManifestCache(store, options.cachedir or None, MANIFEST_MEMORY)
+    workdir = options.spooldir or default_spooldir()
+    return Reports(store, driver.key_prefix, manifests, options.metadata_ttl, workdir, context)
 
 
 #: The kernel's read-ahead for the mount, in KiB.  Its default (128) makes

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import mmap
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -82,7 +83,7 @@ class FileHandle:
     reader: ObjectReader | None
     writer: FileWriter | None
     #: A file made up in memory (the images view's, the stats file).
-    data: bytes | None = None
+    data: bytes | mmap.mmap | None = None
     #: A read of this handle returned bytes of the object: from now on it is
     #: pinned to that version (a changed object is ESTALE, not a switch).
     served: bool = False

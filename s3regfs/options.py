@@ -340,7 +340,19 @@ FS_OPTIONS: tuple[Option, ...] = (
         "verify", "flag", False, "off", "hash blob data files read from start to end; a mismatch answers EIO"
     ),
     Option(
-        "images", "flag", False, "off", "show _images in the root's listing (it is always reachable by name)"
+        "views",
+        "flag",
+        False,
+        "off",
+        "show the views _images and _registry in the root's listing (they are always reachable by name)",
+    ),
+    Option("images", "flag", False, "off", "the older name of -o views"),
+    Option(
+        "cachedir",
+        "special",
+        "",
+        "$CACHE_DIRECTORY, /var/cache/s3regfs (root) or ~/.cache/s3regfs; 'none': memory only",
+        "where manifests read for the _registry reports are kept across mounts (by digest, checked on load)",
     ),
     Option(
         "statfs",

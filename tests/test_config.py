@@ -29,6 +29,7 @@ from s3regfs.config import (
     build_options,
     normalize_root,
     parse_bool,
+    parse_go_duration,
     parse_int,
     parse_loglevel,
     split_mount_options,
@@ -690,3 +691,42 @@ def test_secret_value_spans_follow_the_option_parser() -> None:
     assert secret_value_spans([b"python", b"-osecretkey=s", b"bucket-secretkey=x", b"/mnt"], names) == [
         (1, 12, 13)
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("168h", 604800.0), ("1h30m", 5400.0), ("90s", 90.0), ("1.5h", 5400.0), ("0", 0.0), ("500ms", 0.5)],
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_go_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "10", "1x", "1h 30m", "one hour"])
+def test_go_durations_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_go_duration(text)
+
+
+def test_upload_purging_age_from_the_registry_config(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    storage = "storage:\n  s3:\n    bucket: b\n    region: us-east-1\n"
+    path.write_text(storage)
+    assert (
+        build(source=None, mountpoint="/mnt", config_file=str(path), environ={}).upload_purge_age
+        == 168 * 3600
+    )
+    path.write_text(storage + "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 72h30m\n")
+    assert (
+        build(source=None, mountpoint="/mnt", config_file=str(path), environ={}).upload_purge_age
+        == 72.5 * 3600
+    )
+    path.write_text(storage + "  maintenance:\n    uploadpurging:\n      age: soon\n")
+    with pytest.raises(ConfigError, match="uploadpurging.age"):
+        build(source=None, mountpoint="/mnt", config_file=str(path), environ={})
+
+
+def test_views_and_cachedir_options(tmp_path: Path) -> None:
+    options = build_options({"images": None, "cachedir": str(tmp_path)}, source="b")
+    assert options.views and options.cachedir == str(tmp_path)
+    assert build_options({"cachedir": "none"}, source="b").cachedir == ""
+    assert not build_options({}, source="b").views

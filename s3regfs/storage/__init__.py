@@ -6,12 +6,21 @@ imports boto3; built by ``mount.py`` alone) and the upload journal
 
 from __future__ import annotations
 
-from s3regfs.storage.base import KEY_MAX, BucketProbe, ListPage, ObjectInfo, ObjectStore, ObjectStream
+from s3regfs.storage.base import (
+    KEY_MAX,
+    BucketProbe,
+    ListPage,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStream,
+)
 
 __all__ = [
     "KEY_MAX",
     "BucketProbe",
     "ListPage",
+    "MultipartUpload",
     "ObjectInfo",
     "ObjectStore",
     "ObjectStream",

@@ -41,6 +41,17 @@ class ListPage:
 
 
 @dataclass(frozen=True, slots=True)
+class MultipartUpload:
+    """A multipart upload in progress, as ListMultipartUploads and ListParts tell."""
+
+    key: str
+    upload_id: str
+    initiated_ns: int
+    parts: int = 0
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BucketProbe:
     """What the mount-time check learned."""
 
@@ -93,6 +104,12 @@ class ObjectStore(Protocol):
 
     async def head(self, key: str) -> ObjectInfo:
         """HeadObject; NotFound if there is no such key."""
+        ...
+
+    async def multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        """Every multipart upload in progress under *prefix* (ListMultipartUploads,
+        all pages), each with its parts counted and summed (one ListParts each;
+        an upload that ended meanwhile is left out)."""
         ...
 
     async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:

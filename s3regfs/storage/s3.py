@@ -64,7 +64,7 @@ from s3regfs.errors import (
     TLSError,
     collapse_exception_groups,
 )
-from s3regfs.storage.base import KEY_MAX, BucketProbe, ListPage, ObjectInfo
+from s3regfs.storage.base import KEY_MAX, BucketProbe, ListPage, MultipartUpload, ObjectInfo
 from s3regfs.storage.journal import UploadJournal
 
 log = logging.getLogger(__name__)
@@ -672,6 +672,54 @@ class S3Store:
         if response.get("IsTruncated") and not next_token:
             raise TemporaryFailure(f"listing s3://{self.bucket}/{prefix}: truncated page without a token")
         return ListPage(objects=objects, prefixes=prefixes, next_token=next_token)
+
+    async def multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
+        found: list[tuple[str, str, int]] = []
+        markers: dict[str, Any] = {}
+        while True:
+            response = await self._call(
+                "list_multipart_uploads",
+                f"listing the multipart uploads of s3://{self.bucket}/{prefix}",
+                Bucket=self.bucket,
+                Prefix=prefix,
+                **markers,
+            )
+            for item in response.get("Uploads", []):
+                initiated = item.get("Initiated")
+                initiated_ns = int(initiated.timestamp() * 1e9) if initiated is not None else 0
+                found.append((item["Key"], item["UploadId"], initiated_ns))
+            if not response.get("IsTruncated"):
+                break
+            markers = {
+                "KeyMarker": response.get("NextKeyMarker", ""),
+                "UploadIdMarker": response.get("NextUploadIdMarker", ""),
+            }
+            if not markers["KeyMarker"]:
+                raise TemporaryFailure(f"listing multipart uploads of s3://{self.bucket}/{prefix}: no marker")
+        uploads = []
+        for key, upload_id, initiated_ns in found:
+            parts = size = 0
+            marker: dict[str, Any] = {}
+            try:
+                while True:
+                    response = await self._call(
+                        "list_parts",
+                        f"ListParts s3://{self.bucket}/{key}",
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        **marker,
+                    )
+                    for part in response.get("Parts", []):
+                        parts += 1
+                        size += int(part.get("Size", 0))
+                    if not response.get("IsTruncated"):
+                        break
+                    marker = {"PartNumberMarker": int(response.get("NextPartNumberMarker", 0))}
+            except NotFound:
+                continue  # completed or aborted since it was listed
+            uploads.append(MultipartUpload(key, upload_id, initiated_ns, parts, size))
+        return uploads
 
     async def head(self, key: str) -> ObjectInfo:
         response = await self._call(

@@ -1,0 +1,339 @@
+# SPDX-License-Identifier: MIT
+"""The _registry reports against a real registry's state: the garbage
+collector's own dry run decides what gc/eligible.tsv must say."""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.regkit import Registry, go_env, push_image, registry_available, skopeo, start_registry
+from tests.util import MotoServer, fuse_test_marker, mounted
+
+pytestmark = [
+    fuse_test_marker(),
+    pytest.mark.registry,
+    pytest.mark.skipif(not registry_available(), reason="docker-registry or skopeo is not installed"),
+]
+
+ROOT = "reg"
+V2 = f"{ROOT}/docker/registry/v2"
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def _dry_run(registry: Registry, *flags: str) -> set[str]:
+    result = subprocess.run(
+        ["docker-registry", "garbage-collect", "--dry-run", *flags, str(registry.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=go_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefix = "blob eligible for deletion: "
+    return {line[len(prefix) :].strip() for line in result.stdout.splitlines() if line.startswith(prefix)}
+
+
+def _put(s3: Any, bucket: str, key: str, body: bytes) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def _bucket(s3: Any, bucket: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=V2 + "/"):
+        for item in page.get("Contents", []):
+            found[item["Key"][len(V2) + 1 :]] = item["Size"]
+    return found
+
+
+def _expected_usage(keys: dict[str, int]) -> dict[str, tuple[int, int, int, int, int, int]]:
+    """(tags, manifests, layers, unique, shared, total) per repository, from key names alone."""
+    sizes = {}
+    for key, size in keys.items():
+        parts = key.split("/")
+        if parts[0] == "blobs" and len(parts) == 5 and parts[4] == "data":
+            sizes[f"{parts[1]}:{parts[3]}"] = size
+    linked: dict[str, set[str]] = {}
+    counts: dict[str, list[int]] = {}
+    for key in keys:
+        parts = key.split("/")
+        if parts[0] != "repositories":
+            continue
+        cut = next(i for i, part in enumerate(parts) if part.startswith("_"))
+        repo, rest = "/".join(parts[1:cut]), parts[cut:]
+        row = counts.setdefault(repo, [0, 0, 0])
+        linked.setdefault(repo, set())
+        if rest[:2] == ["_manifests", "tags"] and rest[3:] == ["current", "link"]:
+            row[0] += 1
+        elif rest[:2] == ["_manifests", "revisions"] and len(rest) == 5 and rest[4] == "link":
+            row[1] += 1
+            linked[repo].add(f"{rest[2]}:{rest[3]}")
+        elif rest[0] == "_layers" and len(rest) == 4 and rest[3] == "link":
+            row[2] += 1
+            linked[repo].add(f"{rest[1]}:{rest[2]}")
+    users: dict[str, int] = {}
+    for digests in linked.values():
+        for digest in digests:
+            users[digest] = users.get(digest, 0) + 1
+    result = {}
+    for repo, digests in linked.items():
+        unique = sum(sizes.get(d, 0) for d in digests if users[d] == 1)
+        shared = sum(sizes.get(d, 0) for d in digests if users[d] > 1)
+        tags, manifests, layers = counts[repo]
+        result[repo] = (tags, manifests, layers, unique, shared, unique + shared)
+    return result
+
+
+def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_path: Path) -> None:
+    registry = start_registry(moto.url, bucket, "/" + ROOT, tmp_path / "registry")
+    work = tmp_path / "images"
+    work.mkdir()
+    try:
+        # 10 repositories; one image in 5 of them (its layers shared by 5).
+        repositories = [f"team{i % 3}/app{i}" for i in range(10)]
+        for index, repository in enumerate(repositories):
+            push_image(registry, work, repository, "latest", seed=100 + index, layer_sizes=(3000, 5000))
+            push_image(registry, work, repository, "stable", seed=200 + index, layer_sizes=(4000,))
+            if index < 5:
+                push_image(registry, work, repository, "shared", seed=7, layer_sizes=(6000,))
+        # A multi-platform index.
+        push_image(registry, work, repositories[0], "multi", seed=9, platforms=("amd64", "arm64"))
+        # A tag moved: its first manifest is left untagged.
+        push_image(registry, work, repositories[1], "latest", seed=301, layer_sizes=(3500,))
+        # A manifest deleted through the registry's API (its repository keeps other tags).
+        doomed = push_image(registry, work, repositories[2], "old", seed=302, layer_sizes=(2500,))
+        request = urllib.request.Request(
+            f"http://{registry.address}/v2/{repositories[2]}/manifests/{doomed}", method="DELETE"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 202
+    finally:
+        registry.stop()
+    # Straight into the bucket: a tag removed (its manifest left untagged), an
+    # orphan blob, a dangling layer link, an empty and a garbage layer link
+    # (the registry's GC reads neither), a stale upload, an abandoned multipart upload.
+    tags_prefix = f"{V2}/repositories/{repositories[3]}/_manifests/tags/stable/"
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=tags_prefix)["Contents"]:
+        s3.delete_object(Bucket=bucket, Key=item["Key"])
+    orphan = b"nobody links me" * 100
+    orphan_digest = "sha256:" + hashlib.sha256(orphan).hexdigest()
+    _put(s3, bucket, f"{V2}/blobs/sha256/{orphan_digest[7:9]}/{orphan_digest[7:]}/data", orphan)
+    missing = "sha256:" + hashlib.sha256(b"gone").hexdigest()
+    layers = f"{V2}/repositories/{repositories[4]}/_layers/sha256"
+    _put(s3, bucket, f"{layers}/{missing[7:]}/link", missing.encode())
+    empty_name, garbage_name = hashlib.sha256(b"e").hexdigest(), hashlib.sha256(b"g").hexdigest()
+    _put(s3, bucket, f"{layers}/{empty_name}/link", b"")
+    _put(s3, bucket, f"{layers}/{garbage_name}/link", b"this is not a digest at all")
+    stale_uuid, abandoned_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+    uploads = f"{V2}/repositories/{repositories[5]}/_uploads"
+    ten_days_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    _put(
+        s3, bucket, f"{uploads}/{stale_uuid}/startedat", ten_days_ago.strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+    )
+    _put(s3, bucket, f"{uploads}/{stale_uuid}/data", b"x" * 1234)
+    abandoned = s3.create_multipart_upload(Bucket=bucket, Key=f"{uploads}/{abandoned_uuid}/data")
+    s3.upload_part(
+        Bucket=bucket,
+        Key=f"{uploads}/{abandoned_uuid}/data",
+        UploadId=abandoned["UploadId"],
+        PartNumber=1,
+        Body=b"y" * 5000,
+    )
+
+    keys = _bucket(s3, bucket)
+    expected_all = _dry_run(registry)
+    expected_untagged = _dry_run(registry, "--delete-untagged")
+    assert orphan_digest in expected_all and expected_all < expected_untagged
+    cache = tmp_path / "cache"
+    options = ["--config", str(registry.config_path), "-o", f"cachedir={cache}"]
+
+    # usage.tsv alone: listings only.
+    with mounted(tmp_path / "m1", options) as mount:
+        view = mount.path / "_registry"
+        usage = {row[0]: tuple(int(x) for x in row[1:]) for row in _rows(view / "usage.tsv")}
+    counts = mount.request_counts()
+    assert counts.get("get_object", 0) == 0 and counts.get("head_object", 0) == 0, counts
+    assert counts["list_objects_v2"] <= len(keys) // 1000 + 5, counts
+    expected_usage = _expected_usage(keys)
+    assert {repo: usage[repo] for repo in expected_usage} == expected_usage
+    blob_bytes = sum(size for key, size in keys.items() if key.startswith("blobs/") and key.endswith("/data"))
+    assert usage["(total)"][5] == blob_bytes
+    assert usage["(unreferenced)"][5] >= len(orphan)
+
+    with mounted(tmp_path / "m2", options) as mount:
+        view = mount.path / "_registry"
+        assert sorted(os.listdir(view)) == ["gc", "summary.json", "uploads.tsv", "usage.tsv"]
+        eligible = _rows(view / "gc/eligible.tsv")
+        assert {row[0] for row in eligible} == expected_all
+        for digest, size, _modified, path in eligible:
+            assert Path(path).stat().st_size == int(size)
+            assert path.endswith(f"/{digest[7:]}/data")
+        assert {row[0] for row in _rows(view / "gc/eligible-untagged.tsv")} == expected_untagged
+        dangling = _rows(view / "gc/dangling-links.tsv")
+        assert [row[3] for row in dangling if row[1] == "layer"] == [missing]
+        bad = {row[0].rsplit("/", 2)[1]: row[1] for row in _rows(view / "gc/bad-links.tsv")}
+        assert bad == {empty_name: "empty", garbage_name: "not a digest"}
+        upload_rows = _rows(view / "uploads.tsv")
+        stale = [row for row in upload_rows if row[0] == "upload" and row[2] == stale_uuid]
+        assert len(stale) == 1 and stale[0][7] == "stale" and stale[0][5] == "1234"
+        multipart = [row for row in upload_rows if row[0] == "multipart"]
+        assert [(row[1], row[2], row[5], row[6], row[8]) for row in multipart] == [
+            (repositories[5], abandoned["UploadId"], "5000", "1", "registry")
+        ]
+        summary = json.loads((view / "summary.json").read_text())
+        assert summary["gc_eligible_blobs"] == len(expected_all)
+        assert summary["gc_untagged_eligible_blobs"] == len(expected_untagged)
+        assert summary["bad_links"] == 2 and summary["registry_gc_would_stop_on"] == []
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        fetched = stats["manifests"]["fetched"]
+        assert fetched == summary["manifests_read"] > 0
+        # The recipe: the registry is stopped; remove the eligible blobs through the mount.
+        paths = [row[3] for row in eligible]
+        subprocess.run(["xargs", "-d", "\n", "rm", "--"], input="\n".join(paths), text=True, check=True)
+    after = _bucket(s3, bucket)
+    for digest in expected_all:
+        assert f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data" not in after
+    # The registry's own collector finds nothing more, and every tag still pulls.
+    assert _dry_run(registry) == set()
+    registry = start_registry(moto.url, bucket, "/" + ROOT, tmp_path / "registry2")
+    try:
+        for repository in repositories:
+            skopeo(
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                f"docker://{registry.address}/{repository}:latest",
+                f"dir:{tmp_path / ('pull-' + repository.replace('/', '-'))}",
+            )
+        skopeo(
+            "copy",
+            "--quiet",
+            "--all",
+            "--src-tls-verify=false",
+            f"docker://{registry.address}/{repositories[0]}:multi",
+            f"dir:{tmp_path / 'pull-multi'}",
+        )
+    finally:
+        registry.stop()
+
+    # A remount with the same cache directory reads no manifest from S3, but
+    # one whose cached file was damaged (it no longer hashes to its name).
+    cached = sorted((cache / "manifests/sha256").iterdir())
+    assert len(cached) > 10
+    cached[0].write_bytes(b"tampered")
+    with mounted(tmp_path / "m3", options, check_clean=False) as mount:
+        (mount.path / "_registry/gc/eligible.tsv").read_text()
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        assert stats["manifests"]["fetched"] == 1, stats
+        assert stats["manifests"]["disk_hits"] == len(cached) - 1, stats
+    assert hashlib.sha256(cached[0].read_bytes()).hexdigest() == cached[0].name
+    assert f"{cached[0]} does not match its digest: removed" in mount.stderr
+
+
+def _blob(s3: Any, bucket: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _put(s3, bucket, f"{V2}/blobs/sha256/{digest[7:9]}/{digest[7:]}/data", data)
+    return digest
+
+
+def _link(s3: Any, bucket: str, repository: str, kind: str, digest: str) -> None:
+    where = "_layers" if kind == "layer" else "_manifests/revisions"
+    _put(s3, bucket, f"{V2}/repositories/{repository}/{where}/sha256/{digest[7:]}/link", digest.encode())
+
+
+def _manifest(s3: Any, bucket: str, repository: str, layers: list[str], *, tag: str = "") -> str:
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": layers[0],
+                "size": 1,
+            },
+            "layers": [{"mediaType": "x", "digest": d, "size": 1} for d in layers[1:]],
+        }
+    ).encode()
+    digest = _blob(s3, bucket, body)
+    _link(s3, bucket, repository, "revision", digest)
+    for layer in layers:
+        _link(s3, bucket, repository, "layer", layer)
+    if tag:
+        tags = f"{V2}/repositories/{repository}/_manifests/tags/{tag}"
+        _put(s3, bucket, f"{tags}/current/link", digest.encode())
+        _put(s3, bucket, f"{tags}/index/sha256/{digest[7:]}/link", digest.encode())
+    return digest
+
+
+def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
+    moto: MotoServer, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    config_blob, layer = _blob(s3, bucket, b"{}"), _blob(s3, bucket, b"layer-1")
+    kept = _manifest(s3, bucket, "app", [config_blob, layer], tag="v1")
+    unlinked = _blob(s3, bucket, b"layer-of-nobody")
+    # Manifest revisions the registry's collector would stop on: not JSON,
+    # an unknown media type, over the size limit.
+    not_json = _blob(s3, bucket, b"\x00not json")
+    unknown = _blob(s3, bucket, json.dumps({"schemaVersion": 2, "mediaType": "text/plain"}).encode())
+    huge = _blob(s3, bucket, b"{" + b" " * (4 * 1024 * 1024) + b"}")
+    for digest in (not_json, unknown, huge):
+        _link(s3, bucket, "app", "revision", digest)
+    options = [
+        "-o",
+        f"regionendpoint={moto.url},region=us-east-1,metadata_ttl=1,cachedir={tmp_path / 'cache'}",
+        f"{bucket}:/{ROOT}",
+    ]
+    with mounted(tmp_path / "m", options) as mount:
+        view = mount.path / "_registry"
+        eligible = {row[0] for row in _rows(view / "gc/eligible.tsv")}
+        # Marked as the collector marks before it reads a manifest: the
+        # unreadable ones themselves, and what the good one references.
+        assert eligible == {unlinked}
+        assert kept not in eligible and layer not in eligible
+        summary = json.loads((view / "summary.json").read_text())
+        problems = {entry["digest"]: entry["problem"] for entry in summary["manifest_problems"]}
+        assert problems == {
+            not_json: "not JSON",
+            unknown: "unrecognized manifest content type 'text/plain'",
+            huge: f"over the manifest size limit ({4 * 1024 * 1024 + 2} bytes)",
+        }
+        assert len(summary["registry_gc_would_stop_on"]) == 3
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        # Read-only, and not listed at the root without -o views.
+        assert "_registry" not in os.listdir(mount.path)
+        for change in (
+            lambda: (view / "new").write_text("x"),
+            lambda: (view / "usage.tsv").unlink(),
+            lambda: (view / "gc/dir").mkdir(),
+            lambda: (view / "usage.tsv").write_text("x"),
+            lambda: os.rename(view / "usage.tsv", view / "moved"),
+        ):
+            with pytest.raises(OSError) as caught:
+                change()
+            assert caught.value.errno == errno.EROFS, caught.value
+        # Fetched: the good one and the two unreadable ones; never the one over the limit.
+        assert stats["manifests"]["fetched"] == 3
+        # One new push; after the TTL the reports are computed again and
+        # only the new manifest is fetched.
+        newer = _manifest(s3, bucket, "app", [config_blob, unlinked], tag="v2")
+        time.sleep(1.2)
+        eligible = {row[0] for row in _rows(view / "gc/eligible.tsv")}
+        assert eligible == set()
+        again = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        assert again["manifests"]["fetched"] == stats["manifests"]["fetched"] + 1, again
+        assert again["computations"] == stats["computations"] + 1
+        assert newer not in eligible
