@@ -39,7 +39,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,8 @@ MANIFEST_MAX = layout.MANIFEST_MAX
 FETCHES_IN_FLIGHT = 16
 #: Rows written to the database per transaction.
 BATCH = 5000
+#: Rows of work (links or manifests to read) taken from the database at a time.
+CHUNK_ROWS = 2000
 #: Digest algorithms the registry accepts in a link (go-digest's).
 DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 
@@ -414,7 +416,6 @@ class _Scanner:
 
 async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
     """Read the link files whose ETag proved nothing, and record what they hold."""
-    rows = snapshot.query("SELECT repo, kind, name, tag, key, size, path FROM unproven")
     resolved: list[tuple[str | None, int, str, str, str]] = []
     bad: list[tuple[str, str, int]] = []
 
@@ -433,8 +434,6 @@ async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
             bad.append((path, f"holds {text}, not the digest its path names", size))
         resolved.append((text, repo, kind, name, tag))
 
-    await _each_limited(read, rows)
-
     def write() -> None:
         db = snapshot.db
         db.execute("BEGIN")
@@ -445,8 +444,12 @@ async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
         )
         db.executemany("INSERT INTO bad_links VALUES (?, ?, ?)", bad)
         db.execute("COMMIT")
+        resolved.clear()
+        bad.clear()
 
-    await trio.to_thread.run_sync(write)
+    async for rows in _chunks(snapshot, "unproven", "repo, kind, name, tag, key, size, path"):
+        await _each_limited(read, rows)
+        await trio.to_thread.run_sync(write)
 
 
 async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix: str) -> None:
@@ -490,18 +493,33 @@ async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix
 
 
 async def _each_limited(function: Callable[[Any], Any], items: list[Any]) -> None:
-    """Run *function* on every item, FETCHES_IN_FLIGHT at once."""
-    limiter = trio.CapacityLimiter(FETCHES_IN_FLIGHT)
+    """Run *function* on every item, FETCHES_IN_FLIGHT at once (never more
+    tasks than that: a task is started only when a slot is free)."""
+    slots = trio.Semaphore(FETCHES_IN_FLIGHT)
 
     async def one(item: Any) -> None:
-        async with limiter:
+        try:
             await function(item)
+        finally:
+            slots.release()
 
     async with trio.open_nursery() as nursery:
         for item in items:
-            await limiter.acquire()  # not a task per item at once: bounded memory
-            limiter.release()
+            await slots.acquire()
             nursery.start_soon(one, item)
+
+
+async def _chunks(snapshot: Snapshot, table: str, columns: str) -> AsyncIterator[list[Any]]:
+    """The *columns* of every row of *table*, CHUNK_ROWS at a time, by rowid:
+    never all in memory."""
+    last = 0
+    sql = f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT {CHUNK_ROWS}"
+    while True:
+        rows = await trio.to_thread.run_sync(snapshot.query, sql, last)
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield [row[1:] for row in rows]
 
 
 def _rfc3339_ns(text: str) -> int:
@@ -533,14 +551,29 @@ def _iso(ns: int) -> str:
 async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, progress: Progress) -> None:
     """Read every manifest revision the registry's enumerator would ingest
     (a revision link whose blob has its data) and record its references."""
-    rows = snapshot.query(
-        "SELECT DISTINCT l.target, b.size FROM links l JOIN blobs b ON b.digest = l.target"
-        " WHERE l.kind = 'revision' AND l.repo IN (SELECT id FROM repos WHERE has_layers)"
+    snapshot.db.executescript(
+        """
+        DELETE FROM refs;
+        DELETE FROM manifests;
+        DROP TABLE IF EXISTS to_read;
+        CREATE TABLE to_read AS SELECT DISTINCT l.target AS digest, b.size AS size
+            FROM links l JOIN blobs b ON b.digest = l.target
+            WHERE l.kind = 'revision' AND l.repo IN (SELECT id FROM repos WHERE has_layers);
+        """
     )
-    progress.manifests_total = len(rows)
+    progress.manifests_total = int(snapshot.scalar("SELECT COUNT(*) FROM to_read"))
     progress.manifests_done = 0
     found: list[tuple[str, str, str]] = []
     refs: list[tuple[str, str]] = []
+
+    def write() -> None:
+        db = snapshot.db
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", found)
+        db.executemany("INSERT INTO refs VALUES (?, ?)", refs)
+        db.execute("COMMIT")
+        found.clear()
+        refs.clear()
 
     async def read(row: tuple[str, int]) -> None:
         digest, size = row
@@ -570,16 +603,13 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
         found.append((digest, media_type, problem))
         progress.manifests_done += 1
 
-    await _each_limited(read, rows)
+    async for rows in _chunks(snapshot, "to_read", "digest, size"):
+        await _each_limited(read, rows)
+        await trio.to_thread.run_sync(write)
 
-    def write() -> None:
+    def finish() -> None:
         db = snapshot.db
-        db.execute("BEGIN")
-        db.execute("DELETE FROM refs")
-        db.execute("DELETE FROM manifests")
-        db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", found)
-        db.executemany("INSERT INTO refs VALUES (?, ?)", refs)
-        db.execute("COMMIT")
+        db.execute("DROP TABLE to_read")
         db.execute("CREATE INDEX IF NOT EXISTS refs_manifest ON refs (manifest)")
         # What the enumerator ingests: (repository, manifest) for every
         # revision whose blob is there; tagged when a tag's current/link
@@ -606,7 +636,7 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
             """
         )
 
-    await trio.to_thread.run_sync(write)
+    await trio.to_thread.run_sync(finish)
 
 
 # -- rendering -----------------------------------------------------------------------
