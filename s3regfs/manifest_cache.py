@@ -8,7 +8,7 @@ memory (least recently used go first past ``memory_bytes``) and in
 ``<cachedir>/manifests/<alg>/<hex>`` on disk, which outlives the mount (and
 may be shared by mounts of several buckets: a file is only ever used after
 its bytes hash to its name again).  A body that does not match its digest
-is never kept; the caller is told (:class:`DigestMismatch`).
+is never kept; the caller is told, with the bytes (:class:`DigestMismatch`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 class DigestMismatch(StorageError):
-    """The object's bytes do not hash to the digest its path names."""
+    """The object's bytes do not hash to the digest its path names; *data*
+    holds them (the registry would use them all the same)."""
+
+    def __init__(self, message: str, data: bytes) -> None:
+        super().__init__(message, code="DigestMismatch")
+        self.data = data
 
 
 def matches(digest: str, data: bytes) -> bool:
@@ -69,8 +74,8 @@ class ManifestCache:
 
     async def get(self, digest: str, key: str, size: int) -> bytes:
         """The body of manifest *digest*, stored at *key* (*size* bytes as
-        listed): from memory, the disk, or one GET.  DigestMismatch if S3's
-        bytes do not hash to *digest*; StorageError as the store raises."""
+        listed): from memory, the disk, or one GET.  DigestMismatch (with the
+        bytes) if S3's do not hash to *digest*; StorageError as the store raises."""
         data = self._memory.get(digest)
         if data is not None:
             self._memory.move_to_end(digest)
@@ -84,7 +89,7 @@ class ManifestCache:
         data = await self._store.get_range(key, 0, size) if size else b""
         self.fetched += 1
         if not matches(digest, data):
-            raise DigestMismatch(f"{key}: content does not match its digest {digest}")
+            raise DigestMismatch(f"{key}: content does not match its digest {digest}", data)
         self._remember(digest, data)
         await trio.to_thread.run_sync(self._save, digest, data)
         return data

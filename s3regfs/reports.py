@@ -84,7 +84,11 @@ CREATE TABLE uploads (
 CREATE TABLE multipart (key TEXT, upload_id TEXT, initiated_ns INTEGER, parts INTEGER, size INTEGER);
 -- The mark stage: what each manifest references, and manifests that could not be read.
 CREATE TABLE refs (manifest TEXT, child TEXT);
-CREATE TABLE manifests (digest TEXT PRIMARY KEY, media_type TEXT, problem TEXT) WITHOUT ROWID;
+-- problem: why the registry's GC would stop on it ('' if none); mismatch: its bytes do not
+-- hash to its digest (used all the same, as the registry's GC would).
+CREATE TABLE manifests (
+    digest TEXT PRIMARY KEY, media_type TEXT, problem TEXT, mismatch INTEGER
+) WITHOUT ROWID;
 """
 
 
@@ -563,13 +567,13 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
     )
     progress.manifests_total = int(snapshot.scalar("SELECT COUNT(*) FROM to_read"))
     progress.manifests_done = 0
-    found: list[tuple[str, str, str]] = []
+    found: list[tuple[str, str, str, bool]] = []
     refs: list[tuple[str, str]] = []
 
     def write() -> None:
         db = snapshot.db
         db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?)", found)
+        db.executemany("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)", found)
         db.executemany("INSERT INTO refs VALUES (?, ?)", refs)
         db.execute("COMMIT")
         found.clear()
@@ -581,26 +585,28 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
         assert path is not None
         problem = ""
         media_type = ""
+        mismatch = False
+        body: bytes | None = None
         if size > MANIFEST_MAX:
             problem = f"over the manifest size limit ({size} bytes)"
         else:
             try:
                 body = await manifests.get(digest, v2_prefix + path[len(layout.REGISTRY_ROOT) + 1 :], size)
-            except DigestMismatch:
-                problem = "content does not match its digest"
+            except DigestMismatch as exc:
+                body, mismatch = exc.data, True  # reported; the registry's GC reads it all the same
             except NotFound:
                 problem = "deleted while the report was made"
+        if body is not None:
+            try:
+                parsed = references(json.loads(body))
+            except ValueError:
+                parsed = "not JSON"
+            if isinstance(parsed, str):
+                problem = parsed
             else:
-                try:
-                    parsed = references(json.loads(body))
-                except ValueError:
-                    parsed = "not JSON"
-                if isinstance(parsed, str):
-                    problem = parsed
-                else:
-                    media_type, children = parsed
-                    refs.extend((digest, child) for child in children)
-        found.append((digest, media_type, problem))
+                media_type, children = parsed
+                refs.extend((digest, child) for child in children)
+        found.append((digest, media_type, problem, mismatch))
         progress.manifests_done += 1
 
     async for rows in _chunks(snapshot, "to_read", "digest, size"):
@@ -898,6 +904,7 @@ def _summary(snapshot: Snapshot, context: Context, now: float, cache: dict[str, 
         "multipart_uploads": one("SELECT COUNT(*) FROM multipart"),
         "stale_uploads": stale_uploads,
         "manifest_problems": problems,
+        "manifests_not_matching_their_digest": one("SELECT COUNT(*) FROM manifests WHERE mismatch"),
         "registry_gc_would_stop_on": _gc_stoppers(snapshot),
         "manifest_cache": cache,
     }

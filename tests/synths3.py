@@ -40,15 +40,17 @@ O(page * log keys) at worst when every item is a common prefix.
 
 :class:`SynthLayout` is the pure generator (listing, HEAD, GET, every key and
 its bytes); :class:`SynthS3` serves it over HTTP/1.1 with path-style
-addressing: ListObjectsV2, HeadBucket, HeadObject, GetObject (ranges,
+addressing: ListObjectsV2 and ListObjects (v1, for the registry's own
+driver), HeadBucket, HeadObject, GetObject (ranges,
 If-Match, If-None-Match) and an empty ListMultipartUploads; anything else
 answers 501 NotImplemented.  Credentials are not checked.
 
-Known differences from S3: ETags are not MD5s of the bytes; MaxKeys above
+Known differences from S3: ETags are not MD5s of the bytes (but those of
+link files, which a registry writes with one PutObject, are); MaxKeys above
 1000 is answered as 1000; a start key inside a rolled-up common prefix leaves
 that prefix out of the page, as moto does (S3 may list it); ranges follow
 moto's rules (``bytes=-0`` and a start past the end are 416, an unparsable
-range is the whole object); no virtual-hosted addressing, ListObjects v1,
+range is the whole object); no virtual-hosted addressing,
 versions, checksums or owners (FetchOwner gives a fixed one).  Unlike moto,
 and as S3 documents, StartAfter and Delimiter are URL-encoded in the answer
 with encoding-type=url.
@@ -682,7 +684,13 @@ class SynthLayout:
         """The ETag of *key* (32 hex digits, no quotes) and its LastModified
         (seconds since the epoch), both drawn from one hash of the key."""
         digest = hashlib.blake2b(key.encode(), digest_size=16, key=self._etag_key).digest()
-        return digest.hex(), BASE_TIME + int.from_bytes(digest[:8], "big") % TIME_SPAN
+        etag = digest.hex()
+        if key.endswith("/link"):
+            # As a registry's link file in S3: one PutObject, so the MD5 of its bytes.
+            data = self.get(key)
+            if data is not None:
+                etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        return etag, BASE_TIME + int.from_bytes(digest[:8], "big") % TIME_SPAN
 
     def head(self, key: str) -> ObjectMeta | None:
         """HeadObject of *key*; None when there is no such key."""
@@ -856,6 +864,15 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(synth.list_delay)
             self._answer(200, self._list_xml(synth, query))
             return
+        if self.command == "GET" and not (
+            set(query) - {"prefix", "delimiter", "marker", "max-keys", "encoding-type"}
+        ):
+            # ListObjects (v1): the registry's S3 driver lists, stats and deletes with it.
+            synth.count("list_requests")
+            if synth.list_delay:
+                time.sleep(synth.list_delay)
+            self._answer(200, self._list_xml(synth, query, version=1))
+            return
         if self.command == "GET" and "uploads" in query:
             synth.count("list_uploads_requests")
             self._answer(200, self._uploads_xml(synth, query))
@@ -882,11 +899,12 @@ class _Handler(BaseHTTPRequestHandler):
         return "".join(parts).encode()
 
     @staticmethod
-    def _list_xml(synth: SynthS3, query: dict[str, list[str]]) -> bytes:
+    def _list_xml(synth: SynthS3, query: dict[str, list[str]], version: int = 2) -> bytes:
         def param(name: str) -> str:
             return query.get(name, [""])[0]
 
-        prefix, delimiter, start_after = param("prefix"), param("delimiter"), param("start-after")
+        prefix, delimiter = param("prefix"), param("delimiter")
+        start_after = param("start-after") if version == 2 else param("marker")
         token, encoding = param("continuation-token"), param("encoding-type")
         if encoding and encoding != "url":
             raise _HttpError(400, "InvalidArgument", "Invalid Encoding Method specified in Request")
@@ -920,14 +938,19 @@ class _Handler(BaseHTTPRequestHandler):
         if delimiter:
             parts.append(f"<Delimiter>{show(delimiter)}</Delimiter>")
         parts.append(f"<MaxKeys>{max_keys}</MaxKeys>")
-        parts.append(f"<KeyCount>{len(page.contents) + len(page.prefixes)}</KeyCount>")
+        if version == 1:
+            parts.append(f"<Marker>{show(start_after)}</Marker>")
+            if page.truncated and page.last is not None and delimiter:
+                parts.append(f"<NextMarker>{show(page.last)}</NextMarker>")
+        else:
+            parts.append(f"<KeyCount>{len(page.contents) + len(page.prefixes)}</KeyCount>")
         parts.append(f"<IsTruncated>{'true' if page.truncated else 'false'}</IsTruncated>")
         if "continuation-token" in query:
             parts.append(f"<ContinuationToken>{_escape(token)}</ContinuationToken>")
         if page.truncated and page.last is not None:
             next_token = base64.urlsafe_b64encode(page.last.encode()).decode("ascii")
             parts.append(f"<NextContinuationToken>{next_token}</NextContinuationToken>")
-        if start_after:
+        if start_after and version == 2:
             parts.append(f"<StartAfter>{show(start_after)}</StartAfter>")
         if encoding:
             parts.append(f"<EncodingType>{encoding}</EncodingType>")
