@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -46,7 +47,7 @@ from typing import Any
 import trio
 
 from s3regfs import layout
-from s3regfs.errors import NotFound, StorageError
+from s3regfs.errors import NotFound, StorageError, collapse_exception_groups
 from s3regfs.manifest_cache import DigestMismatch, ManifestCache
 from s3regfs.storage.base import ListPage, ObjectInfo, ObjectStore
 
@@ -63,6 +64,8 @@ FETCHES_IN_FLIGHT = 16
 BATCH = 5000
 #: Rows of work (links or manifests to read) taken from the database at a time.
 CHUNK_ROWS = 2000
+#: Seconds between two progress lines of a long computation.
+PROGRESS_EVERY = 10.0
 #: Digest algorithms the registry accepts in a link (go-digest's).
 DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 
@@ -993,34 +996,66 @@ class Reports:
     async def render(self, name: str) -> str:
         """The file holding report *name* (REPORT_FILES), computed when its
         snapshot is missing or older than the TTL; StorageError on failure."""
-        async with self._lock:
-            snapshot = self._snapshot
-            if snapshot is None or time.monotonic() - snapshot.scanned_mono >= self._ttl:
-                snapshot = await self._scan()
-            if name in NEEDS_LINKS and not snapshot.links_read:
-                self.progress.stage = "links"
-                await _read_links(snapshot, self._store)
-                snapshot.links_read = True
-            if name in NEEDS_UPLOADS and not snapshot.uploads_read:
-                self.progress.stage = "uploads"
-                await _read_uploads(snapshot, self._store, self._key_prefix)
-                snapshot.uploads_read = True
-            if name in NEEDS_MARK and not snapshot.marked:
-                self.progress.stage = "mark"
-                await _mark(snapshot, self._manifests, self._v2, self.progress)
-                snapshot.marked = True
-                snapshot.marked_at = time.time()
-                log.info(
-                    "reports: %d manifests marked (%d fetched from S3 so far)",
-                    self.progress.manifests_total,
-                    self._manifests.fetched,
-                )
-            path = self._rendered.get(name)
-            if path is None:
-                path = await trio.to_thread.run_sync(self._write, snapshot, name)
-                self._rendered[name] = path
-            self.progress.stage = "idle"
+        async with self._lock, trio.open_nursery() as nursery:
+            nursery.start_soon(self._log_progress)
+            try:
+                with collapse_exception_groups():
+                    path = await self._render(name)
+            except BaseException as exc:
+                # A stage that failed half way leaves nothing behind: the
+                # next open starts from a new scan.
+                self.close()
+                self.progress.stage = "failed"
+                if isinstance(exc, sqlite3.Error):
+                    code = errno.ENOSPC if "full" in str(exc) else errno.EIO
+                    raise OSError(code, f"the reports' database in {self._workdir}: {exc}") from exc
+                raise
+            nursery.cancel_scope.cancel()
             return path
+
+    async def _log_progress(self) -> None:
+        """Log what a long computation has done, every PROGRESS_EVERY seconds."""
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            progress = self.progress
+            log.info(
+                "reports: %s: %d keys listed in %d listings, %d repositories; %d of %d manifests read",
+                progress.stage,
+                progress.keys_listed,
+                progress.lists,
+                progress.repositories,
+                progress.manifests_done,
+                progress.manifests_total,
+            )
+
+    async def _render(self, name: str) -> str:
+        snapshot = self._snapshot
+        if snapshot is None or time.monotonic() - snapshot.scanned_mono >= self._ttl:
+            snapshot = await self._scan()
+        if name in NEEDS_LINKS and not snapshot.links_read:
+            self.progress.stage = "links"
+            await _read_links(snapshot, self._store)
+            snapshot.links_read = True
+        if name in NEEDS_UPLOADS and not snapshot.uploads_read:
+            self.progress.stage = "uploads"
+            await _read_uploads(snapshot, self._store, self._key_prefix)
+            snapshot.uploads_read = True
+        if name in NEEDS_MARK and not snapshot.marked:
+            self.progress.stage = "mark"
+            await _mark(snapshot, self._manifests, self._v2, self.progress)
+            snapshot.marked = True
+            snapshot.marked_at = time.time()
+            log.info(
+                "reports: %d manifests marked (%d fetched from S3 so far)",
+                self.progress.manifests_total,
+                self._manifests.fetched,
+            )
+        path = self._rendered.get(name)
+        if path is None:
+            path = await trio.to_thread.run_sync(self._write, snapshot, name)
+            self._rendered[name] = path
+        self.progress.stage = "idle"
+        return path
 
     async def _scan(self) -> Snapshot:
         self.progress = Progress(stage="scan", started=time.monotonic())
@@ -1030,7 +1065,6 @@ class Reports:
             await _Scanner(snapshot, self._store, self._v2, self.progress).run()
         except BaseException:
             snapshot.close()
-            self.progress.stage = "failed"
             raise
         snapshot.scanned_at = time.time()
         snapshot.scanned_mono = time.monotonic()

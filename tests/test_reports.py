@@ -13,13 +13,14 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.regkit import Registry, go_env, push_image, registry_available, skopeo, start_registry
-from tests.util import MotoServer, fuse_test_marker, mounted
+from tests.util import MotoServer, fuse_test_marker, mounted, start_synth
 
 pytestmark = [
     fuse_test_marker(),
@@ -337,3 +338,42 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         assert again["manifests"]["fetched"] == stats["manifests"]["fetched"] + 1, again
         assert again["computations"] == stats["computations"] + 1
         assert newer not in eligible
+
+
+def test_the_mount_answers_while_a_report_is_computed_and_a_full_disk_is_enospc(tmp_path: Path) -> None:
+    """Reports run beside the other requests; their database on a full disk
+    fails the open with ENOSPC, leaves nothing behind, and the mount goes on."""
+    server = start_synth(20_000, list_delay=0.15)
+    tiny = tmp_path / "tiny-disk"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], check=True)
+    try:
+        options = ["-o", f"regionendpoint={server.url},region=us-east-1,cachedir=none", server.bucket]
+        with mounted(tmp_path / "m", options) as mount:
+            view = mount.path / "_registry"
+            with ThreadPoolExecutor(1) as pool:
+                usage = pool.submit((view / "usage.tsv").read_text)
+                deadline = time.monotonic() + 30
+                while _stage(mount.path) != "scan" and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                # The scan (about 21 pages, 0.15 s each) is under way; the mount answers meanwhile.
+                assert sorted(os.listdir(mount.path)) == ["docker"]
+                assert (mount.path / "docker/registry/v2/blobs").is_dir()
+                assert _stage(mount.path) == "scan"
+                lines = usage.result(timeout=120).splitlines()
+            assert len(lines) == 2 + 100 + 2  # headers, 100 repositories, (unreferenced), (total)
+        with mounted(tmp_path / "m2", ["-o", f"spooldir={tiny}", *options], check_clean=False) as mount:
+            view = mount.path / "_registry"
+            with pytest.raises(OSError) as caught:
+                (view / "usage.tsv").read_text()
+            assert caught.value.errno == errno.ENOSPC
+            assert os.listdir(tiny) == []  # the half-built database is gone
+            assert sorted(os.listdir(mount.path)) == ["docker"]
+        assert "database or disk is full" in mount.stderr
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+        server.stop()
+
+
+def _stage(mountpoint: Path) -> str:
+    return str(json.loads((mountpoint / ".s3regfs/stats").read_text())["reports"]["stage"])
