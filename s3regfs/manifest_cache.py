@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import tempfile
 from collections import OrderedDict
 
 import trio
@@ -129,10 +130,12 @@ class ManifestCache:
         path = self._path(digest)
         if path is None or self._disk_failed:
             return
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = ""
         try:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            with open(temporary, "wb") as file:
+            # A name of its own, made exclusively (never through a planted symlink).
+            handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".incoming-")
+            with os.fdopen(handle, "wb") as file:
                 file.write(data)
             os.replace(temporary, path)
         except OSError as exc:
@@ -142,5 +145,6 @@ class ManifestCache:
                 self._directory,
                 exc.strerror or exc,
             )
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            if temporary:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)

@@ -46,7 +46,7 @@ from s3regfs.metrics import serve as serve_metrics
 from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
 from s3regfs.registry_view import RegistryView
-from s3regfs.reports import Context, Reports
+from s3regfs.reports import Context, Reports, remove_dead_scratch
 from s3regfs.storage.base import ObjectStore
 from s3regfs.storage.journal import (
     OpenUpload,
@@ -421,6 +421,7 @@ def build_reports(config: Config, store: ObjectStore, mountpoint: str) -> Report
     )
     manifests = ManifestCache(store, options.cachedir or None, MANIFEST_MEMORY)
     workdir = options.spooldir or default_spooldir()
+    remove_dead_scratch(workdir)
     return Reports(store, driver.key_prefix, manifests, options.metadata_ttl, workdir, context)
 
 

@@ -37,11 +37,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -93,6 +94,16 @@ CREATE TABLE manifests (
     digest TEXT PRIMARY KEY, media_type TEXT, problem TEXT, mismatch INTEGER
 ) WITHOUT ROWID;
 """
+
+
+def _unsafe(name: str) -> bool:
+    """A key component no registry writes and no report may show: "", ".",
+    "..", control characters, a backslash."""
+    return (
+        layout.name_problem(name) is not None
+        or "\\" in name
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+    )
 
 
 def link_etag(text: str) -> str:
@@ -184,34 +195,50 @@ class _TagState:
     tag: str
     current: ObjectInfo | None = None
     current_path: str = ""
-    history: list[str] = field(default_factory=list)
+    #: The index digest whose MD5 is current/link's ETag (it holds that digest).
+    target: str | None = None
 
 
 class Snapshot:
     """One scan's database (and, once marked, the mark's); see the module docstring."""
 
     def __init__(self, directory: str | None) -> None:
-        handle, self.path = tempfile.mkstemp(prefix="s3regfs-reports-", suffix=".sqlite", dir=directory)
+        """Create the database (blocking: call on a worker thread)."""
+        handle, self.path = tempfile.mkstemp(prefix=_scratch_prefix(), suffix=".sqlite", dir=directory)
         os.close(handle)
-        # Used from one worker thread at a time (the Reports lock serialises).
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        for pragma in (
-            "journal_mode=OFF",
-            "synchronous=OFF",
-            "cache_size=-16384",  # 16 MiB of pages; the rest stays on disk
-            "temp_store=FILE",
-        ):
-            self.db.execute(f"PRAGMA {pragma}")
-        self.db.executescript(_SCHEMA)
+        try:
+            # Used from one worker thread at a time (the Reports lock serialises).
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            for pragma in (
+                "journal_mode=OFF",
+                "synchronous=OFF",
+                "cache_size=-16384",  # 16 MiB of pages; the rest stays on disk
+                "temp_store=FILE",
+            ):
+                self.db.execute(f"PRAGMA {pragma}")
+            self.db.executescript(_SCHEMA)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise
         self.scanned_at = 0.0  # wall clock, seconds
-        self.scanned_mono = 0.0
+        #: When its latest stage ended (monotonic): fresh for the TTL from then,
+        #: so a mark of many minutes is not stale the moment it ends.
+        self.computed_mono = 0.0
         self.links_read = False
         self.uploads_read = False
+        #: Keys left out of every report (names no registry writes), and the
+        #: blob paths among them (the registry's collector stops on those).
+        self.skipped = 0
+        self.bad_blob_paths: list[str] = []
         self.marked = False
         self.marked_at = 0.0
         self.counts: dict[str, int] = {}
 
     def close(self) -> None:
+        """Close and remove the database (blocking: small, but file I/O)."""
         self.db.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
@@ -234,6 +261,9 @@ class _Scanner:
         self.progress = progress
         self.repo_ids: dict[str, int] = {}
         self.with_layers: set[int] = set()
+        #: Keys left out: names no registry writes.
+        self.skipped = 0
+        self.bad_blob_paths: list[str] = []
         self.db_lock = trio.Lock()
         self.tag: _TagState | None = None
         self.links: list[tuple[int, str, str, str, str | None, int]] = []
@@ -284,7 +314,13 @@ class _Scanner:
             parts = item.key[start:].split("/")
             # <alg>/<hh>/<hex>/data, the fan-out the first two hex digits (the registry's rule)
             if len(parts) == 4 and parts[3] == "data" and parts[1] == parts[2][:2] and parts[2]:
-                self.blob_rows.append((f"{parts[0]}:{parts[2]}", item.size, item.mtime_ns))
+                digest = f"{parts[0]}:{parts[2]}"
+                if digest_problem(digest) is None:
+                    self.blob_rows.append((digest, item.size, item.mtime_ns))
+                else:
+                    # The registry's collector stops on such a path; a report leaves it out.
+                    self.skipped += 1
+                    self.bad_blob_paths.append(f"{layout.REGISTRY_ROOT}/blobs/{item.key[start:]}")
 
     # -- repositories --------------------------------------------------------------
 
@@ -303,6 +339,12 @@ class _Scanner:
             cut = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
             if not cut:
                 continue  # no repository name, or a key outside its reserved directories
+            if any(_unsafe(part) for part in parts):
+                # A name no registry writes (.., control characters, a
+                # backslash): never put into a report, where a recipe might
+                # hand it to rm.
+                self.skipped += 1
+                continue
             repo = self._repo_id("/".join(parts[:cut]))
             rest = parts[cut:]
             if rest[0] == "_layers":
@@ -316,9 +358,15 @@ class _Scanner:
                 continue
             self._end_tag()
             if len(rest) == 4 and rest[0] == "_layers" and rest[3] == "link":
-                self._digest_link(repo, "layer", f"{rest[1]}:{rest[2]}", "", item, path)
+                self._named_link(repo, "layer", f"{rest[1]}:{rest[2]}", item, path)
             elif len(rest) == 5 and rest[:2] == ["_manifests", "revisions"] and rest[4] == "link":
-                self._digest_link(repo, "revision", f"{rest[2]}:{rest[3]}", "", item, path)
+                self._named_link(repo, "revision", f"{rest[2]}:{rest[3]}", item, path)
+
+    def _named_link(self, repo: int, kind: str, name: str, item: ObjectInfo, path: str) -> None:
+        if digest_problem(name) is not None:
+            self.skipped += 1  # a directory not named by a digest: no link the registry reads
+            return
+        self._digest_link(repo, kind, name, "", item, path)
 
     def _tag_key(self, repo: int, tag: str, rest: list[str], item: ObjectInfo, path: str) -> None:
         state = self.tag
@@ -330,19 +378,22 @@ class _Scanner:
             state.current_path = path
         elif len(rest) == 4 and rest[0] == "index" and rest[3] == "link":
             digest = f"{rest[1]}:{rest[2]}"
-            state.history.append(digest)
+            if digest_problem(digest) is not None:
+                self.skipped += 1
+                return
+            # current/ sorts before index/: its ETag is known by now.
+            if state.current is not None and state.target is None and state.current.etag == link_etag(digest):
+                state.target = digest
             self._digest_link(repo, "index", digest, tag, item, path)
 
     def _end_tag(self) -> None:
         state, self.tag = self.tag, None
         if state is None or state.current is None:
             return
-        item, path = state.current, state.current_path
-        for candidate in state.history:
-            if item.etag == link_etag(candidate):
-                self.links.append((state.repo, "current", "", state.tag, candidate, 0))
-                return
-        self._unproven(state.repo, "current", "", state.tag, item, path)
+        if state.target is not None:
+            self.links.append((state.repo, "current", "", state.tag, state.target, 0))
+        else:
+            self._unproven(state.repo, "current", "", state.tag, state.current, state.current_path)
 
     def _digest_link(self, repo: int, kind: str, name: str, tag: str, item: ObjectInfo, path: str) -> None:
         if item.etag == link_etag(name):
@@ -416,6 +467,8 @@ class _Scanner:
 
         async with self.db_lock:
             await trio.to_thread.run_sync(finish)
+        self.snapshot.skipped = self.skipped
+        self.snapshot.bad_blob_paths = self.bad_blob_paths[:100]
 
 
 # -- reading what listings cannot prove --------------------------------------------
@@ -454,6 +507,10 @@ async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
         resolved.clear()
         bad.clear()
 
+    await trio.to_thread.run_sync(
+        snapshot.db.execute,
+        "CREATE INDEX IF NOT EXISTS links_pending ON links (repo, kind, tag, name) WHERE pending = 1",
+    )
     async for rows in _chunks(snapshot, "unproven", "repo, kind, name, tag, key, size, path"):
         await _each_limited(read, rows)
         await trio.to_thread.run_sync(write)
@@ -462,8 +519,8 @@ async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
 async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix: str) -> None:
     """Read every upload's startedat (as the registry's purger does) and list
     the bucket's multipart uploads under the root."""
-    rows = snapshot.query(
-        "SELECT rowid, startedat_key, startedat_size FROM uploads WHERE startedat_key != ''"
+    rows = await trio.to_thread.run_sync(
+        snapshot.query, "SELECT rowid, startedat_key, startedat_size FROM uploads WHERE startedat_key != ''"
     )
     found: list[tuple[int, str, int]] = []
 
@@ -529,21 +586,57 @@ async def _chunks(snapshot: Snapshot, table: str, columns: str) -> AsyncIterator
         yield [row[1:] for row in rows]
 
 
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})")
+
+
 def _rfc3339_ns(text: str) -> int:
-    """Nanoseconds since the epoch of a startedat file's content (0 if unreadable)."""
+    """Nanoseconds since the epoch of a startedat file's content, read as Go's
+    ``time.Parse(time.RFC3339, ...)`` reads it (nothing trimmed; a zone
+    required); 0 if it does not parse (the registry never purges such an upload)."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        return 0
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        # Go writes RFC 3339 with nanoseconds; Python's parser takes microseconds.
-        head, dot, tail = text.partition(".")
-        if dot:
-            digits = "".join(ch for ch in tail if ch.isdigit())
-            zone = tail[len(digits) :]
-            text = f"{head}.{digits[:6]}{zone}"
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        offset = datetime.timedelta(0)
+        if zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            offset = sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+        moment = datetime.datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=datetime.timezone(offset),
+        )
     except ValueError:
         return 0
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1e9)
+    nanos = int((fraction or "0")[:9].ljust(9, "0"))
+    return int(moment.timestamp()) * 1_000_000_000 + nanos
+
+
+def _scratch_prefix() -> str:
+    """Scratch files carry the pid, so a later mount can remove a dead one's."""
+    return f"s3regfs-reports-{os.getpid()}-"
+
+
+def remove_dead_scratch(directory: str) -> None:
+    """Remove the scratch files (databases, rendered texts) that dead s3regfs
+    processes left in *directory* (a crash, kill -9)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith("s3regfs-reports-"):
+            continue
+        pid = name[len("s3regfs-reports-") :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
 
 
 def _iso(ns: int) -> str:
@@ -558,17 +651,21 @@ def _iso(ns: int) -> str:
 async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, progress: Progress) -> None:
     """Read every manifest revision the registry's enumerator would ingest
     (a revision link whose blob has its data) and record its references."""
-    snapshot.db.executescript(
-        """
-        DELETE FROM refs;
-        DELETE FROM manifests;
-        DROP TABLE IF EXISTS to_read;
-        CREATE TABLE to_read AS SELECT DISTINCT l.target AS digest, b.size AS size
-            FROM links l JOIN blobs b ON b.digest = l.target
-            WHERE l.kind = 'revision' AND l.repo IN (SELECT id FROM repos WHERE has_layers);
-        """
-    )
-    progress.manifests_total = int(snapshot.scalar("SELECT COUNT(*) FROM to_read"))
+
+    def prepare() -> int:
+        snapshot.db.executescript(
+            """
+            DELETE FROM refs;
+            DELETE FROM manifests;
+            DROP TABLE IF EXISTS to_read;
+            CREATE TABLE to_read AS SELECT DISTINCT l.target AS digest, b.size AS size
+                FROM links l JOIN blobs b ON b.digest = l.target
+                WHERE l.kind = 'revision' AND l.repo IN (SELECT id FROM repos WHERE has_layers);
+            """
+        )
+        return int(snapshot.scalar("SELECT COUNT(*) FROM to_read"))
+
+    progress.manifests_total = await trio.to_thread.run_sync(prepare)
     progress.manifests_done = 0
     found: list[tuple[str, str, str, bool]] = []
     refs: list[tuple[str, str]] = []
@@ -604,6 +701,9 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
                 parsed = references(json.loads(body))
             except ValueError:
                 parsed = "not JSON"
+            except (RecursionError, TypeError, AttributeError) as exc:
+                # Nested too deep for Python, or fields of the wrong types.
+                parsed = f"not a valid manifest ({type(exc).__name__})"
             if isinstance(parsed, str):
                 problem = parsed
             else:
@@ -858,7 +958,7 @@ def _uploads(snapshot: Snapshot, context: Context, now: float) -> Iterator[str]:
 
 def _tsv(text: str) -> str:
     """A field without the characters that would break a line or a column."""
-    return text.replace("\t", "\\t").replace("\n", "\\n")
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _summary(snapshot: Snapshot, context: Context, now: float, cache: dict[str, int]) -> dict[str, object]:
@@ -906,6 +1006,7 @@ def _summary(snapshot: Snapshot, context: Context, now: float, cache: dict[str, 
         "uploads": one("SELECT COUNT(*) FROM uploads"),
         "multipart_uploads": one("SELECT COUNT(*) FROM multipart"),
         "stale_uploads": stale_uploads,
+        "keys_left_out": snapshot.skipped,
         "manifest_problems": problems,
         "manifests_not_matching_their_digest": one("SELECT COUNT(*) FROM manifests WHERE mismatch"),
         "registry_gc_would_stop_on": _gc_stoppers(snapshot),
@@ -923,16 +1024,19 @@ def _gc_stoppers(snapshot: Snapshot) -> list[str]:
             "SELECT digest, problem FROM manifests WHERE problem != '' ORDER BY digest LIMIT 100"
         )
     ]
+    found += [f"{path}: not a valid blob digest" for path in snapshot.bad_blob_paths]
     found += [
         f"{path}: {problem}"
         for path, problem in db.execute(
-            "SELECT path, problem FROM bad_links WHERE path LIKE '%/_manifests/revisions/%' ORDER BY path LIMIT 100"
+            "SELECT path, problem FROM bad_links WHERE path LIKE '%/_manifests/revisions/%'"
+            " AND problem NOT LIKE 'holds %' ORDER BY path LIMIT 100"
         )
     ]
     found += [
         f"{path}: {problem} (with --delete-untagged)"
         for path, problem in db.execute(
-            "SELECT path, problem FROM bad_links WHERE path LIKE '%/current/link' ORDER BY path LIMIT 100"
+            "SELECT path, problem FROM bad_links WHERE path LIKE '%/current/link'"
+            " AND problem NOT LIKE 'holds %' ORDER BY path LIMIT 100"
         )
     ]
     found += [
@@ -1004,7 +1108,8 @@ class Reports:
             except BaseException as exc:
                 # A stage that failed half way leaves nothing behind: the
                 # next open starts from a new scan.
-                self.close()
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.close)
                 self.progress.stage = "failed"
                 if isinstance(exc, sqlite3.Error):
                     code = errno.ENOSPC if "full" in str(exc) else errno.EIO
@@ -1030,7 +1135,7 @@ class Reports:
 
     async def _render(self, name: str) -> str:
         snapshot = self._snapshot
-        if snapshot is None or time.monotonic() - snapshot.scanned_mono >= self._ttl:
+        if snapshot is None or time.monotonic() - snapshot.computed_mono >= self._ttl:
             snapshot = await self._scan()
         if name in NEEDS_LINKS and not snapshot.links_read:
             self.progress.stage = "links"
@@ -1050,6 +1155,8 @@ class Reports:
                 self.progress.manifests_total,
                 self._manifests.fetched,
             )
+        if self.progress.stage != "idle":  # a stage ran: fresh from now
+            snapshot.computed_mono = time.monotonic()
         path = self._rendered.get(name)
         if path is None:
             path = await trio.to_thread.run_sync(self._write, snapshot, name)
@@ -1060,14 +1167,14 @@ class Reports:
     async def _scan(self) -> Snapshot:
         self.progress = Progress(stage="scan", started=time.monotonic())
         self.computations += 1
-        snapshot = Snapshot(self._workdir)
+        snapshot = await trio.to_thread.run_sync(Snapshot, self._workdir)
         try:
             await _Scanner(snapshot, self._store, self._v2, self.progress).run()
         except BaseException:
-            snapshot.close()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(snapshot.close)
             raise
         snapshot.scanned_at = time.time()
-        snapshot.scanned_mono = time.monotonic()
         log.info(
             "reports: scanned %d keys of %d repositories in %d listings (%.1f s)",
             self.progress.keys_listed,
@@ -1075,7 +1182,7 @@ class Reports:
             self.progress.lists,
             time.monotonic() - self.progress.started,
         )
-        self.close()
+        await trio.to_thread.run_sync(self.close)
         self._snapshot = snapshot
         return snapshot
 
@@ -1108,10 +1215,15 @@ class Reports:
             lines = [json.dumps(_summary(snapshot, context, now, self._manifests.stats()), indent=2)]
         else:
             raise AssertionError(name)
-        handle, path = tempfile.mkstemp(prefix="s3regfs-report-", suffix=".txt", dir=self._workdir)
-        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as file:
-            for line in lines:
-                file.write(line + "\n")
+        handle, path = tempfile.mkstemp(prefix=_scratch_prefix(), suffix=".txt", dir=self._workdir)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as file:
+                for line in lines:
+                    file.write(line + "\n")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
         return path
 
     def close(self) -> None:

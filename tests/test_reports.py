@@ -293,6 +293,10 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
     huge = _blob(s3, bucket, b"{" + b" " * (4 * 1024 * 1024) + b"}")
     for digest in (not_json, unknown, huge):
         _link(s3, bucket, "app", "revision", digest)
+    # Names no registry writes (a tab, a ".." component): left out of every
+    # report, where a recipe could hand them to rm.
+    _link(s3, bucket, "odd\tname", "layer", layer)
+    _link(s3, bucket, "up/../../../../etc", "layer", layer)
     options = [
         "-o",
         f"regionendpoint={moto.url},region=us-east-1,metadata_ttl=1,cachedir={tmp_path / 'cache'}",
@@ -304,6 +308,8 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         # Marked as the collector marks before it reads a manifest: the
         # unreadable ones themselves, and what the good one references.
         assert eligible == {unlinked}
+        usage = {row[0]: row[1:] for row in _rows(view / "usage.tsv")}
+        assert set(usage) == {"app", "(unreferenced)", "(total)"}
         assert kept not in eligible and layer not in eligible
         summary = json.loads((view / "summary.json").read_text())
         problems = {entry["digest"]: entry["problem"] for entry in summary["manifest_problems"]}
@@ -313,6 +319,7 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
             huge: f"over the manifest size limit ({4 * 1024 * 1024 + 2} bytes)",
         }
         assert len(summary["registry_gc_would_stop_on"]) == 3
+        assert summary["keys_left_out"] == 2
         stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
         # Read-only, and not listed at the root without -o views.
         assert "_registry" not in os.listdir(mount.path)
