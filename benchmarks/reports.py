@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-delay", type=float, default=0.0)
     parser.add_argument("--request-delay", type=float, default=0.0)
     parser.add_argument(
-        "--no-registry", action="store_true", help="skip docker-registry garbage-collect (slow on big buckets)"
+        "--no-registry",
+        action="store_true",
+        help="skip docker-registry garbage-collect (slow on big buckets)",
     )
     args = parser.parse_args(argv)
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
