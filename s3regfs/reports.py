@@ -270,8 +270,9 @@ class _Scanner:
         self.bad: list[tuple[str, str, int]] = []
         #: Links to read when targets are needed: (repo, kind, name, tag, key, size, path).
         self.unproven: list[tuple[int, str, str, str, str, int, str]] = []
-        #: uuid key -> [repo, uuid, startedat info, data size, keys, newest]
-        self.uploads: dict[tuple[int, str], list[Any]] = {}
+        #: The upload whose keys are being listed: a row of the uploads table.
+        self.upload: list[Any] | None = None
+        self.upload_rows: list[tuple[Any, ...]] = []
         self.blob_rows: list[tuple[str, int, int]] = []
 
     async def _flush(self, final: bool = False) -> None:
@@ -281,6 +282,7 @@ class _Scanner:
         blobs, self.blob_rows = self.blob_rows, []
         bad, self.bad = self.bad, []
         unproven, self.unproven = self.unproven, []
+        uploads, self.upload_rows = self.upload_rows, []
 
         def write() -> None:
             db = self.snapshot.db
@@ -289,6 +291,7 @@ class _Scanner:
             db.executemany("INSERT INTO links VALUES (?, ?, ?, ?, ?, ?)", links)
             db.executemany("INSERT INTO bad_links VALUES (?, ?, ?)", bad)
             db.executemany("INSERT INTO unproven VALUES (?, ?, ?, ?, ?, ?, ?)", unproven)
+            db.executemany("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", uploads)
             db.execute("COMMIT")
 
         async with self.db_lock:
@@ -421,37 +424,32 @@ class _Scanner:
         if len(rest) < 3:
             return
         uuid = rest[1]
-        entry = self.uploads.get((repo, uuid))
-        if entry is None:
-            entry = self.uploads[(repo, uuid)] = [repo, uuid, None, 0, 0, 0]
-        entry[4] += 1
-        entry[5] = max(entry[5], item.mtime_ns)
+        entry = self.upload
+        # An upload's keys are next to each other in the sorted listing: one
+        # upload at a time is in memory, written out when the next begins.
+        if entry is None or entry[0] != repo or entry[1] != uuid:
+            self._end_upload()
+            entry = self.upload = [repo, uuid, "", 0, 0, "", 0, 0, 0]
+        entry[7] += 1
+        entry[8] = max(entry[8], item.mtime_ns)
         if rest[2:] == ["startedat"]:
-            entry[2] = item
+            entry[2], entry[3] = item.key, item.size
         elif rest[2:] == ["data"]:
-            entry[3] = item.size
+            entry[6] = item.size
+
+    def _end_upload(self) -> None:
+        entry, self.upload = self.upload, None
+        if entry is not None:
+            self.upload_rows.append(tuple(entry))
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._each_page, self.v2 + "blobs/", self._blob_page)
             nursery.start_soon(self._each_page, self.v2 + "repositories/", self._repository_page)
         self._end_tag()
+        self._end_upload()
         await self._flush(final=True)
         repos = sorted(self.repo_ids.items(), key=lambda item: item[1])
-        uploads = [
-            (
-                repo,
-                uuid,
-                startedat.key if startedat else "",
-                startedat.size if startedat else 0,
-                0,
-                "",
-                size,
-                keys,
-                newest,
-            )
-            for repo, uuid, startedat, size, keys, newest in self.uploads.values()
-        ]
 
         def finish() -> None:
             db = self.snapshot.db
@@ -460,7 +458,6 @@ class _Scanner:
                 "INSERT INTO repos VALUES (?, ?, ?)",
                 [(ident, name, ident in self.with_layers) for name, ident in repos],
             )
-            db.executemany("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", uploads)
             db.execute("COMMIT")
             db.execute("CREATE INDEX links_target ON links (target)")
             db.execute("CREATE INDEX links_repo ON links (repo, kind)")
@@ -519,13 +516,12 @@ async def _read_links(snapshot: Snapshot, store: ObjectStore) -> None:
 async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix: str) -> None:
     """Read every upload's startedat (as the registry's purger does) and list
     the bucket's multipart uploads under the root."""
-    rows = await trio.to_thread.run_sync(
-        snapshot.query, "SELECT rowid, startedat_key, startedat_size FROM uploads WHERE startedat_key != ''"
-    )
     found: list[tuple[int, str, int]] = []
 
     async def read(row: tuple[int, str, int]) -> None:
         rowid, key, size = row
+        if not key:
+            return  # no startedat: the registry never purges it
         try:
             raw = await store.get_range(key, 0, min(size, LINK_MAX)) if size else b""
         except NotFound:
@@ -534,7 +530,16 @@ async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix
         text = raw.decode("utf-8", "replace")
         found.append((_rfc3339_ns(text), text, rowid))
 
-    await _each_limited(read, rows)
+    def write() -> None:
+        db = snapshot.db
+        db.execute("BEGIN")
+        db.executemany("UPDATE uploads SET startedat_ns = ?, startedat_text = ? WHERE rowid = ?", found)
+        db.execute("COMMIT")
+        found.clear()
+
+    async for rows in _chunks(snapshot, "uploads", "rowid, startedat_key, startedat_size"):
+        await _each_limited(read, rows)
+        await trio.to_thread.run_sync(write)
     try:
         multipart = await store.multipart_uploads(multipart_prefix)
     except StorageError as exc:
@@ -542,10 +547,9 @@ async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix
         log.warning("cannot list the bucket's multipart uploads: %s", exc)
         multipart = []
 
-    def write() -> None:
+    def write_multipart() -> None:
         db = snapshot.db
         db.execute("BEGIN")
-        db.executemany("UPDATE uploads SET startedat_ns = ?, startedat_text = ? WHERE rowid = ?", found)
         db.execute("DELETE FROM multipart")
         db.executemany(
             "INSERT INTO multipart VALUES (?, ?, ?, ?, ?)",
@@ -553,7 +557,7 @@ async def _read_uploads(snapshot: Snapshot, store: ObjectStore, multipart_prefix
         )
         db.execute("COMMIT")
 
-    await trio.to_thread.run_sync(write)
+    await trio.to_thread.run_sync(write_multipart)
 
 
 async def _each_limited(function: Callable[[Any], Any], items: list[Any]) -> None:

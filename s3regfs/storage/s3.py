@@ -69,6 +69,9 @@ from s3regfs.storage.journal import UploadJournal
 
 log = logging.getLogger(__name__)
 
+#: ListParts requests in flight at once when multipart uploads are counted.
+PARTS_LISTED_AT_ONCE = 8
+
 T = TypeVar("T")
 
 _TEMPORARY_CODES = frozenset(
@@ -696,8 +699,10 @@ class S3Store:
             }
             if not markers["KeyMarker"]:
                 raise TemporaryFailure(f"listing multipart uploads of s3://{self.bucket}/{prefix}: no marker")
-        uploads = []
-        for key, upload_id, initiated_ns in found:
+        uploads: list[MultipartUpload] = []
+        slots = trio.Semaphore(PARTS_LISTED_AT_ONCE)
+
+        async def count_parts(key: str, upload_id: str, initiated_ns: int) -> None:
             parts = size = 0
             marker: dict[str, Any] = {}
             try:
@@ -717,8 +722,16 @@ class S3Store:
                         break
                     marker = {"PartNumberMarker": int(response.get("NextPartNumberMarker", 0))}
             except NotFound:
-                continue  # completed or aborted since it was listed
+                return  # completed or aborted since it was listed
+            finally:
+                slots.release()
             uploads.append(MultipartUpload(key, upload_id, initiated_ns, parts, size))
+
+        async with trio.open_nursery() as nursery:
+            for key, upload_id, initiated_ns in found:
+                await slots.acquire()
+                nursery.start_soon(count_parts, key, upload_id, initiated_ns)
+        uploads.sort(key=lambda upload: (upload.key, upload.upload_id))
         return uploads
 
     async def head(self, key: str) -> ObjectInfo:
