@@ -746,6 +746,17 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
             INSERT OR IGNORE INTO marked_tagged SELECT digest FROM ingested WHERE tagged;
             INSERT OR IGNORE INTO marked_tagged
                 SELECT r.child FROM refs r WHERE r.manifest IN (SELECT digest FROM ingested WHERE tagged);
+            -- Distribution 3.x with --delete-untagged: marking follows an index
+            -- into its manifests and theirs, and keeps what it reaches.
+            DROP TABLE IF EXISTS marked_reachable;
+            CREATE TABLE marked_reachable (digest TEXT PRIMARY KEY) WITHOUT ROWID;
+            INSERT OR IGNORE INTO marked_reachable
+                WITH RECURSIVE reach(digest) AS (
+                    SELECT digest FROM ingested WHERE tagged
+                    UNION
+                    SELECT r.child FROM refs r JOIN reach ON r.manifest = reach.digest
+                )
+                SELECT digest FROM reach;
             """
         )
 
@@ -761,12 +772,21 @@ REPORT_FILES = (
     "summary.json",
     "gc/eligible.tsv",
     "gc/eligible-untagged.tsv",
+    "gc/eligible-untagged-v3.tsv",
     "gc/untagged-manifests.tsv",
+    "gc/untagged-manifests-v3.tsv",
     "gc/dangling-links.tsv",
     "gc/bad-links.tsv",
 )
 NEEDS_MARK = frozenset(
-    {"summary.json", "gc/eligible.tsv", "gc/eligible-untagged.tsv", "gc/untagged-manifests.tsv"}
+    {
+        "summary.json",
+        "gc/eligible.tsv",
+        "gc/eligible-untagged.tsv",
+        "gc/eligible-untagged-v3.tsv",
+        "gc/untagged-manifests.tsv",
+        "gc/untagged-manifests-v3.tsv",
+    }
 )
 #: Reports that need what links hold (links the listing could not prove are read).
 NEEDS_LINKS = NEEDS_MARK | {"gc/dangling-links.tsv", "gc/bad-links.tsv"}
@@ -865,16 +885,20 @@ def _eligible(snapshot: Snapshot, context: Context, marked: str, what: str) -> I
         yield f"{digest}\t{size}\t{_iso(mtime_ns)}\t{_blob_path(context, digest)}"
 
 
-def _untagged_manifests(snapshot: Snapshot, context: Context) -> Iterator[str]:
+def _untagged_manifests(snapshot: Snapshot, context: Context, *, v3: bool) -> Iterator[str]:
+    """The revisions --delete-untagged removes: untagged ones (with *v3*, only
+    those no tagged index reaches: Distribution 3.x keeps an index's manifests)."""
+    version = "Distribution 3.x's " if v3 else ""
     yield from _header(
-        "manifests `garbage-collect --delete-untagged` would delete",
+        f"manifests {version}`garbage-collect --delete-untagged` would delete",
         snapshot,
         context,
         "repository\tdigest\tpath",
     )
+    kept = " AND i.digest NOT IN (SELECT digest FROM marked_reachable)" if v3 else ""
     for repo, digest in snapshot.db.execute(
         "SELECT r.name, i.digest FROM ingested i JOIN repos r ON r.id = i.repo WHERE NOT i.tagged"
-        " ORDER BY r.name, i.digest"
+        f"{kept} ORDER BY r.name, i.digest"
     ):
         algorithm, _, hexdigest = digest.partition(":")
         path = _repo_path(context, repo, "_manifests", "revisions", algorithm, hexdigest)
@@ -1209,8 +1233,17 @@ class Reports:
                 "marked_tagged",
                 "blobs `garbage-collect --dry-run --delete-untagged` would delete",
             )
+        elif name == "gc/eligible-untagged-v3.tsv":
+            lines = _eligible(
+                snapshot,
+                context,
+                "marked_reachable",
+                "blobs Distribution 3.x's `garbage-collect --dry-run --delete-untagged` would delete",
+            )
         elif name == "gc/untagged-manifests.tsv":
-            lines = _untagged_manifests(snapshot, context)
+            lines = _untagged_manifests(snapshot, context, v3=False)
+        elif name == "gc/untagged-manifests-v3.tsv":
+            lines = _untagged_manifests(snapshot, context, v3=True)
         elif name == "gc/dangling-links.tsv":
             lines = _dangling(snapshot, context)
         elif name == "gc/bad-links.tsv":

@@ -195,6 +195,15 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
             assert Path(path).stat().st_size == int(size)
             assert path.endswith(f"/{digest[7:]}/data")
         assert {row[0] for row in _rows(view / "gc/eligible-untagged.tsv")} == expected_untagged
+        # Distribution 3.x keeps what a tagged index reaches: its images' configs
+        # and layers, which 2.8 collects (their manifests are untagged).
+        children = _index_children(work / "oci-9")
+        assert children and children <= expected_untagged
+        v3 = {row[0] for row in _rows(view / "gc/eligible-untagged-v3.tsv")}
+        assert v3 == expected_untagged - children
+        untagged_v3 = {row[1] for row in _rows(view / "gc/untagged-manifests-v3.tsv")}
+        untagged = {row[1] for row in _rows(view / "gc/untagged-manifests.tsv")}
+        assert untagged_v3 < untagged and len(untagged - untagged_v3) == 2  # the two platforms' manifests
         dangling = _rows(view / "gc/dangling-links.tsv")
         assert [row[3] for row in dangling if row[1] == "layer"] == [missing]
         bad = {row[0].rsplit("/", 2)[1]: row[1] for row in _rows(view / "gc/bad-links.tsv")}
@@ -415,6 +424,19 @@ def test_the_mount_answers_while_a_report_is_computed_and_a_full_disk_is_enospc(
     finally:
         subprocess.run(["umount", str(tiny)], check=False)
         server.stop()
+
+
+def _index_children(layout: Path) -> set[str]:
+    """The configs and layers of the images of the OCI layout's index."""
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    found: set[str] = set()
+    for entry in index["manifests"]:
+        document = json.loads((blobs / entry["digest"][7:]).read_text())
+        for child in document.get("manifests", []):
+            manifest = json.loads((blobs / child["digest"][7:]).read_text())
+            found |= {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+    return found
 
 
 def _bucket_requests(lines: list[str], bucket: str) -> dict[str, int]:
