@@ -408,7 +408,18 @@ def main() -> int:
     )
     parser.add_argument("--peers", action="store_true", help="also measure s3fs-fuse and rclone mount")
     parser.add_argument("--images-only", action="store_true", help="only measure the _images view's costs")
+    parser.add_argument(
+        "--reports",
+        type=int,
+        default=0,
+        metavar="KEYS",
+        help="run the _registry reports benchmark (benchmarks/reports.py) on a generated bucket of KEYS keys instead",
+    )
     args = parser.parse_args()
+    if args.reports:
+        import reports  # benchmarks/reports.py, beside this file
+
+        return reports.main(["--keys", str(args.reports)])
     if args.profiles:
         import distant  # benchmarks/distant.py, beside this file
 

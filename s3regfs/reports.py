@@ -228,14 +228,15 @@ class Snapshot:
         #: so a mark of many minutes is not stale the moment it ends.
         self.computed_mono = 0.0
         self.links_read = False
+        self.links_read_at = 0.0
         self.uploads_read = False
+        self.uploads_read_at = 0.0
         #: Keys left out of every report (names no registry writes), and the
         #: blob paths among them (the registry's collector stops on those).
         self.skipped = 0
         self.bad_blob_paths: list[str] = []
         self.marked = False
         self.marked_at = 0.0
-        self.counts: dict[str, int] = {}
 
     def close(self) -> None:
         """Close and remove the database (blocking: small, but file I/O)."""
@@ -1005,6 +1006,8 @@ def _summary(snapshot: Snapshot, context: Context, now: float, cache: dict[str, 
     return {
         "source": context.source,
         "scanned_at": _iso(int(snapshot.scanned_at * 1e9)),
+        "links_read_at": _iso(int(snapshot.links_read_at * 1e9)) if snapshot.links_read else None,
+        "uploads_read_at": _iso(int(snapshot.uploads_read_at * 1e9)) if snapshot.uploads_read else None,
         "marked_at": _iso(int(snapshot.marked_at * 1e9)) if snapshot.marked else None,
         "snapshot": "what the registry wrote while the reports were made may be missing",
         "repositories": one("SELECT COUNT(*) FROM repos"),
@@ -1169,10 +1172,12 @@ class Reports:
             self.progress.stage = "links"
             await _read_links(snapshot, self._store)
             snapshot.links_read = True
+            snapshot.links_read_at = time.time()
         if name in NEEDS_UPLOADS and not snapshot.uploads_read:
             self.progress.stage = "uploads"
             await _read_uploads(snapshot, self._store, self._key_prefix)
             snapshot.uploads_read = True
+            snapshot.uploads_read_at = time.time()
         if name in NEEDS_MARK and not snapshot.marked:
             self.progress.stage = "mark"
             await _mark(snapshot, self._manifests, self._v2, self.progress)

@@ -257,6 +257,7 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
     cached = sorted((cache / "manifests/sha256").iterdir())
     assert len(cached) > 10
     cached[0].write_bytes(b"tampered")
+    seen = len(moto.request_lines())
     with mounted(tmp_path / "m3", options, check_clean=False) as mount:
         (mount.path / "_registry/gc/eligible.tsv").read_text()
         stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
@@ -264,6 +265,8 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
         assert stats["manifests"]["disk_hits"] == len(cached) - 1, stats
     assert hashlib.sha256(cached[0].read_bytes()).hexdigest() == cached[0].name
     assert f"{cached[0]} does not match its digest: removed" in mount.stderr
+    # As moto saw it: one GET (that manifest) and one of the garbage link the listing cannot prove.
+    assert _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 2
 
 
 def _blob(s3: Any, bucket: str, data: bytes) -> str:
@@ -366,7 +369,9 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         # The endpoint saw one GET: the new manifest (links are proven by their
         # ETags). moto logs a request after answering it: give its line time.
         deadline = time.monotonic() + 10
-        while not _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline:
+        while (
+            not _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         time.sleep(0.3)
         assert _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 1
