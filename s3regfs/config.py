@@ -347,6 +347,9 @@ class MountOptions:
     views: bool = bool_default("views")
     #: The manifest cache's directory ("" for memory only).
     cachedir: str = str_default("cachedir")
+    #: -o cache: the blob cache's directory ("" for none), and its size (0: 10% of its disk).
+    cache: str = str_default("cache")
+    cache_size: int = int_default("cache_size")
     statfs: str = str_default("statfs")
     statedir: str = str_default("statedir")
     abort_stale_uploads: bool = bool_default("abort_stale_uploads")
@@ -738,6 +741,11 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
             if not port.isdigit() or len(port) > 5 or not 0 < int(port) < 65536:
                 raise ConfigError(f"the metrics option takes HOST:PORT or PORT, {text!r} invalid")
             values[name] = (host.strip("[]") or "127.0.0.1", int(port))
+        elif name == "cache":
+            text = parse_str(value)
+            if not text:
+                raise ConfigError("the cache option needs a directory")
+            values[name] = os.path.abspath(text)
         elif name == "cachedir":
             text = parse_str(value)
             if not text:

@@ -296,6 +296,8 @@ class Operations(pyfuse3.Operations):
         }
         figures.update(self.files.stats())
         figures["reports"] = self.registry.reports.stats()
+        if self.files.blob_cache is not None:
+            figures["blob_cache"] = self.files.blob_cache.stats.as_dict()
         return figures
 
     @staticmethod
@@ -628,6 +630,9 @@ class Operations(pyfuse3.Operations):
                         await self.files.drop_writer(node, writer)  # no handle holds it
                     raise
                 node.size = 0
+        cached = await self._open_cached(node, flags)
+        if cached is not None:
+            return cached
         reader = self.files.new_reader(node) if not writing or flags & os.O_RDWR else None
         blob = layout.blob_digest(node.path) is not None
         verifying = self._options.verify and blob
@@ -644,6 +649,39 @@ class Operations(pyfuse3.Operations):
         )
         node.cached_etag = node.etag
         fh = self.files.add(FileHandle(node, reader, writer))
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
+
+    async def _open_cached(self, node: Node, flags: int) -> pyfuse3.FileInfo | None:
+        """A read-only open of blob data that -o cache holds: served from the
+        local file (with -o verify, only after it hashed to its digest again)."""
+        cache = self.files.blob_cache
+        digest = layout.blob_digest(node.path)
+        if (
+            cache is None
+            or digest is None
+            or flags & (_WRITE_FLAGS | os.O_TRUNC)
+            or node.local
+            or node.writing
+        ):
+            return None
+        with errors_to_errno(f"open {_quote(node.path)} from the cache"):
+            path = await trio.to_thread.run_sync(cache.lookup, digest, node.size)
+            if (
+                path is not None
+                and self._options.verify
+                and not await trio.to_thread.run_sync(cache.verified, digest, path)
+            ):
+                path = None
+            if path is None:
+                return None
+            try:
+                content = await trio.to_thread.run_sync(_map, path)
+            except OSError:
+                return None  # evicted meanwhile: read from S3
+        # The same bytes as S3's under this name, so the page cache may stay.
+        keep_cache = bool(node.etag) and node.cached_etag == node.etag
+        node.cached_etag = node.etag
+        fh = self.files.add(FileHandle(node, None, None, content))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
     async def create(

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import pyfuse3
 import trio
 
+from s3regfs.blob_cache import BlobCache
+from s3regfs.blob_cache import default_size as default_cache_size
 from s3regfs.config import Config
 from s3regfs.control import ControlFiles
 from s3regfs.errors import (
@@ -380,6 +382,7 @@ def build_operations(
         kernel=kernel,
         busy=(lambda: working_directories(mountpoint)) if mountpoint else None,
     )
+    blob_cache = build_blob_cache(options.cache, options.cache_size) if options.cache else None
     files = OpenFiles(
         store,
         namespace,
@@ -393,6 +396,7 @@ def build_operations(
         max_ranges=options.read_ranges,
         parts_in_flight=options.parts_in_flight,
         verify=options.verify,
+        blob_cache=blob_cache,
     )
     images = ImagesView(namespace, store, options.metadata_ttl)
     control = ControlFiles.create(namespace)
@@ -403,6 +407,15 @@ def build_operations(
 
     facts = RegistryFacts(namespace, store, images, read_small=files.pending_bytes, synthetic=synthetic)
     return Operations(options, store, namespace, files, images, facts, control, registry)
+
+
+def build_blob_cache(directory: str, size: int) -> BlobCache:
+    """The -o cache directory, made if missing; StartupError in one line if it cannot be."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return BlobCache(directory, size or default_cache_size(directory))
+    except OSError as exc:
+        raise StartupError(f"cannot use {directory} as the blob cache: {exc.strerror or exc}") from None
 
 
 def build_reports(config: Config, store: ObjectStore, mountpoint: str) -> Reports:

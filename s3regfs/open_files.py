@@ -34,6 +34,7 @@ from typing import Protocol
 import trio
 
 from s3regfs import layout
+from s3regfs.blob_cache import BlobCache, BlobFill
 from s3regfs.errors import NotFound, PreconditionFailed, StaleHandle, WriteLost
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget, range_size
@@ -107,6 +108,7 @@ class OpenFiles:
         max_ranges: int,
         parts_in_flight: int,
         verify: bool,
+        blob_cache: BlobCache | None = None,
     ) -> None:
         self._store = store
         self._namespace = namespace
@@ -122,6 +124,8 @@ class OpenFiles:
         self.read_counters: collections.Counter[str] = collections.Counter()
         self._parts_in_flight = parts_in_flight
         self._verify = verify
+        #: -o cache: blob data by digest on local disk (None without it).
+        self.blob_cache = blob_cache
         self._handles: dict[int, FileHandle] = {}
         self._writers: dict[int, FileWriter] = {}
         self._next_fh = 1
@@ -144,7 +148,17 @@ class OpenFiles:
         return len(self._handles)
 
     def new_reader(self, node: Node) -> ObjectReader:
-        """A reader of the version of *node* the namespace knows now."""
+        """A reader of the version of *node* the namespace knows now (with
+        -o cache, one that fills the cache when it reads a blob whole)."""
+        digest = layout.blob_digest(node.path)
+        cache = self.blob_cache
+        begin_fill = None
+        if cache is not None and digest is not None and not node.local:
+            size = node.size
+
+            def begin_fill() -> BlobFill | None:
+                return cache.begin_fill(digest, size)
+
         return ObjectReader(
             self._store,
             self._namespace.key(node),
@@ -156,7 +170,9 @@ class OpenFiles:
             range_size=range_size(node.size, node.etag, self._chunksize),
             max_ranges=self._max_ranges,
             counters=self.read_counters,
-            verify_digest=layout.blob_digest(node.path) if self._verify else None,
+            verify_digest=digest if self._verify else None,
+            cache_digest=digest,
+            begin_fill=begin_fill,
         )
 
     async def release(self, fh: int) -> None:

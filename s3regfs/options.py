@@ -348,6 +348,21 @@ FS_OPTIONS: tuple[Option, ...] = (
     ),
     Option("images", "flag", False, "off", "the older name of -o views"),
     Option(
+        "cache",
+        "special",
+        "",
+        "off",
+        "keep blob data read through the mount in this directory, by digest, for later reads"
+        " (shared by mounts and restarts; a blob enters only after its sha256 matched)",
+    ),
+    Option(
+        "cache_size",
+        "size",
+        0,
+        "10% of the file system holding the cache",
+        "most bytes the blob cache keeps (least recently used go first)",
+    ),
+    Option(
         "cachedir",
         "special",
         "",

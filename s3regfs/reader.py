@@ -66,6 +66,7 @@ from typing import Any
 
 import trio
 
+from s3regfs.blob_cache import BlobFill
 from s3regfs.budget import MemoryBudget
 from s3regfs.errors import IntegrityError, NotFound, PreconditionFailed, StorageError
 from s3regfs.storage.base import ObjectStore, ObjectStream
@@ -152,8 +153,15 @@ class ObjectReader:
         max_ranges: int = 1,
         verify_digest: str | None = None,
         counters: collections.Counter[str] | None = None,
+        cache_digest: str | None = None,
+        begin_fill: Callable[[], BlobFill | None] | None = None,
     ) -> None:
         self.key = key
+        # -o cache: read-ahead from offset 0 hashes what it delivers and
+        # writes it to a cache fill, kept only when the whole hash matched.
+        self._begin_fill = begin_fill
+        self._strict = bool(verify_digest)
+        verify_digest = verify_digest or (cache_digest if begin_fill is not None else None)
         #: parallel_reads (read-ahead that turned to ranges) and ranges (their
         #: GETs), shared by the readers of one mount for its stats.
         self._counters = counters if counters is not None else collections.Counter()
@@ -441,10 +449,15 @@ class ObjectReader:
 
     async def _produce(self, start: int, scope: trio.CancelScope, done: trio.Event) -> None:
         generation = self._generation
-        hasher: Any = hashlib.new(self._algorithm) if self._algorithm and start == 0 else None
-        self._verifying = hasher is not None
-        # -o verify's hash needs every byte from the first, in order: never idle out.
-        idle_after = IDLE_STREAM_SECONDS if hasher is None else math.inf
+        hasher: _Absorber | None = None
+        if self._algorithm and start == 0:
+            fill = self._begin_fill() if self._begin_fill is not None else None
+            if self._strict or fill is not None:
+                hasher = _Absorber(hashlib.new(self._algorithm), fill)
+        self._verifying = hasher is not None and self._strict
+        # -o verify's hash needs every byte from the first, in order: never
+        # idle out (a cache fill alone is given up instead).
+        idle_after = math.inf if self._verifying else IDLE_STREAM_SECONDS
         try:
             with scope:
                 async with trio.open_nursery() as fetches:
@@ -463,6 +476,10 @@ class ObjectReader:
                 self._budget.give(fetch.held)
                 fetch.held = 0
             self._fetches.clear()
+            if hasher is not None and hasher.fill is not None and not hasher.fill.done:
+                # Stopped before the end (closed, idle, a seek, a failure): nothing cached.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(hasher.fill.abort)
             done.set()
 
     async def _schedule(self, start: int, fetches: trio.Nursery, idle_after: float) -> bool:
@@ -653,7 +670,7 @@ class ObjectReader:
             log.exception("read-ahead of %s failed", self.key)
             fetch.error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
 
-    async def _deliver(self, generation: int, hasher: Any) -> None:
+    async def _deliver(self, generation: int, hasher: _Absorber | None) -> None:
         """Hand the fetches' bytes to the reader in order (hashing them for
         -o verify); a failed fetch's error reaches the reader when its bytes
         would have."""
@@ -667,10 +684,15 @@ class ObjectReader:
                         await trio.to_thread.run_sync(hasher.update, data)
                         if generation != self._generation:
                             return
-                        if self._stream_pos + len(data) == self.size and hasher.hexdigest() != self._expected:
+                        if self._stream_pos + len(data) == self.size:
                             # Decided before the last chunk is handed out.
-                            log.error("%r: content does not match its digest (read with -o verify)", self.key)
-                            self._corrupt = True
+                            if hasher.hasher.hexdigest() != self._expected:
+                                log.error("%r: content does not match its digest", self.key)
+                                self._corrupt = True
+                                if hasher.fill is not None:
+                                    await trio.to_thread.run_sync(hasher.fill.abort)
+                            elif hasher.fill is not None:
+                                await trio.to_thread.run_sync(hasher.fill.commit)
                     head.held -= len(data)
                     self._buffered += len(data)
                     self._chunks.append((self._stream_pos, data))
@@ -692,6 +714,20 @@ class ObjectReader:
             if generation != self._generation or self._next_fetch >= self.size and not self._fetches:
                 return
             await progress.wait()
+
+
+class _Absorber:
+    """What a read-ahead from offset 0 does with each chunk it delivers:
+    hash it, and write it to a cache fill (blocking: on a worker thread)."""
+
+    def __init__(self, hasher: Any, fill: BlobFill | None) -> None:
+        self.hasher = hasher
+        self.fill = fill
+
+    def update(self, data: bytes) -> None:
+        self.hasher.update(data)
+        if self.fill is not None:
+            self.fill.write(data)
 
 
 async def _first_of(*waiters: Callable[[], Awaitable[None]]) -> None:

@@ -9,7 +9,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.regkit import Registry, go_env, push_image, registry_available, skopeo, start_registry
-from tests.util import MotoServer, fuse_test_marker, mounted, start_synth
+from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted, start_synth
 
 pytestmark = [
     fuse_test_marker(),
@@ -176,7 +175,7 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
     with mounted(tmp_path / "m1", options) as mount:
         view = mount.path / "_registry"
         usage = {row[0]: tuple(int(x) for x in row[1:]) for row in _rows(view / "usage.tsv")}
-    requests = _bucket_requests(moto.request_lines()[seen:], bucket)
+    requests = bucket_requests(moto.request_lines()[seen:], bucket)
     assert requests["GET"] == requests["HEAD"] == 0, requests
     assert 0 < requests["LIST"] <= len(keys) // 1000 + 5, requests
     assert mount.request_counts()["list_objects_v2"] == requests["LIST"]
@@ -266,7 +265,7 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
     assert hashlib.sha256(cached[0].read_bytes()).hexdigest() == cached[0].name
     assert f"{cached[0]} does not match its digest: removed" in mount.stderr
     # As moto saw it: one GET (that manifest) and one of the garbage link the listing cannot prove.
-    assert _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 2
+    assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 2
 
 
 def _blob(s3: Any, bucket: str, data: bytes) -> str:
@@ -370,11 +369,11 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         # ETags). moto logs a request after answering it: give its line time.
         deadline = time.monotonic() + 10
         while (
-            not _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline
+            not bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline
         ):
             time.sleep(0.1)
         time.sleep(0.3)
-        assert _bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 1
+        assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 1
         again = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
         assert again["manifests"]["fetched"] == stats["manifests"]["fetched"] + 1, again
         assert again["computations"] == stats["computations"] + 1
@@ -441,23 +440,6 @@ def _index_children(layout: Path) -> set[str]:
         for child in document.get("manifests", []):
             manifest = json.loads((blobs / child["digest"][7:]).read_text())
             found |= {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
-    return found
-
-
-def _bucket_requests(lines: list[str], bucket: str) -> dict[str, int]:
-    """LIST, GET (of an object) and HEAD requests for *bucket* in moto's log lines."""
-    found = {"LIST": 0, "GET": 0, "HEAD": 0}
-    for line in lines:
-        match = re.search(r'"(?:\x1b\[[\d;]*m)*(GET|HEAD) (/[^ ]*) HTTP', line)
-        if match is None or not match.group(2).startswith(f"/{bucket}"):
-            continue
-        method, path = match.groups()
-        if method == "HEAD":
-            found["HEAD"] += 1
-        elif "list-type=2" in path:
-            found["LIST"] += 1
-        elif path.startswith(f"/{bucket}/"):
-            found["GET"] += 1
     return found
 
 

@@ -354,3 +354,20 @@ def make_store(endpoint: str, bucket: str, **params: str) -> Any:
     }
     config = build(source=bucket, mountpoint="/unused", mount_options=options, environ=environ)
     return S3Store.create(config.driver, config.options)
+
+
+def bucket_requests(lines: list[str], bucket: str) -> dict[str, int]:
+    """LIST, GET (of an object) and HEAD requests for *bucket* in moto's log lines."""
+    found = {"LIST": 0, "GET": 0, "HEAD": 0}
+    for line in lines:
+        match = re.search(r'"(?:\x1b\[[\d;]*m)*(GET|HEAD) (/[^ ]*) HTTP', line)
+        if match is None or not match.group(2).startswith(f"/{bucket}"):
+            continue
+        method, path = match.groups()
+        if method == "HEAD":
+            found["HEAD"] += 1
+        elif "list-type=2" in path:
+            found["LIST"] += 1
+        elif path.startswith(f"/{bucket}/"):
+            found["GET"] += 1
+    return found

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: MIT
+"""-o cache: blob data kept by digest on local disk, shared by mounts."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted
+
+pytestmark = fuse_test_marker()
+
+BLOBS = "docker/registry/v2/blobs/sha256"
+
+
+def _put_blobs(s3: Any, bucket: str, count: int, seed: int = 1) -> dict[str, bytes]:
+    """*count* blobs at their registry paths: path -> bytes."""
+    rng = random.Random(seed)
+    found = {}
+    for _ in range(count):
+        data = rng.randbytes(rng.randrange(50_000, 1_500_000))
+        hexdigest = hashlib.sha256(data).hexdigest()
+        path = f"{BLOBS}/{hexdigest[:2]}/{hexdigest}/data"
+        s3.put_object(Bucket=bucket, Key=path, Body=data)
+        found[path] = data
+    return found
+
+
+def _cache_stats(mountpoint: Path) -> dict[str, int]:
+    return dict(json.loads((mountpoint / ".s3regfs/stats").read_text())["blob_cache"])
+
+
+def _blob_gets(moto: MotoServer, seen: int, bucket: str) -> int:
+    return sum(
+        1 for line in moto.request_lines()[seen:] if "/data HTTP" in line and f"GET /{bucket}/" in line
+    )
+
+
+def test_a_cache_shared_by_mounts_and_restarts(
+    moto: MotoServer, s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    blobs = _put_blobs(s3, bucket, 20)
+    cache = tmp_path / "cache"
+    options = [*endpoint_opts, "-o", f"cache={cache}", bucket]
+    with mounted(tmp_path / "a", options) as mount:
+        for path, data in blobs.items():
+            assert (mount.path / path).read_bytes() == data
+        stats = _cache_stats(mount.path)
+        assert stats["fills"] == 20 and stats["size"] == sum(map(len, blobs.values())), stats
+    assert not os.listdir(cache / "tmp")  # nothing half-filled left behind
+    # Another mount of the same bucket with the same directory, and a
+    # remount: every blob from the cache, not one GET of blob data.
+    for again in ("b", "a"):
+        seen = len(moto.request_lines())
+        with mounted(tmp_path / again, options) as mount:
+            for path, data in blobs.items():
+                assert (mount.path / path).read_bytes() == data
+            assert _cache_stats(mount.path)["hits"] == 20
+        assert _blob_gets(moto, seen, bucket) == 0
+        assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 0
+
+
+def test_damaged_cache_files_are_fetched_again(
+    moto: MotoServer, s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    blobs = _put_blobs(s3, bucket, 3, seed=2)
+    cache = tmp_path / "cache"
+    paths = list(blobs)
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", f"cache={cache}", bucket]) as mount:
+        for path in paths:
+            (mount.path / path).read_bytes()
+    cached = {
+        path: cache / "blobs" / "sha256" / path.split("/")[-2][:2] / path.split("/")[-2] for path in paths
+    }
+    # A file cut short: found by its size.
+    with open(cached[paths[0]], "r+b") as file:
+        file.truncate(1000)
+    # The same size, other bytes: found by its hash under -o verify.
+    damaged = bytearray(cached[paths[1]].read_bytes())
+    damaged[500] ^= 0xFF
+    cached[paths[1]].write_bytes(bytes(damaged))
+    seen = len(moto.request_lines())
+    options = [*endpoint_opts, "-o", f"cache={cache},verify", bucket]
+    with mounted(tmp_path / "m2", options, check_clean=False) as mount:
+        for path, data in blobs.items():
+            assert (mount.path / path).read_bytes() == data
+        stats = _cache_stats(mount.path)
+    assert _blob_gets(moto, seen, bucket) == 2  # the two damaged ones, fetched again
+    assert stats["hits"] == 1 and stats["verification_failures"] == 1 and stats["fills"] == 2, stats
+    for path, data in blobs.items():
+        assert cached[path].read_bytes() == data  # filled again, right
+    assert "does not match its digest: removed" in mount.stderr
+
+
+def test_only_whole_verified_blobs_enter_and_the_size_is_held(
+    moto: MotoServer, s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    blobs = _put_blobs(s3, bucket, 12, seed=3)
+    # A blob whose bytes in S3 are not those of its digest.
+    wrong = f"{BLOBS}/ab/ab{'0' * 62}/data"
+    s3.put_object(Bucket=bucket, Key=wrong, Body=b"not what the digest says" * 1000)
+    cache = tmp_path / "cache"
+    bound = 3 * 1024 * 1024
+    options = [*endpoint_opts, "-o", f"cache={cache},cache_size={bound}", bucket]
+    with mounted(tmp_path / "m", options, check_clean=False) as mount:
+        with open(mount.path / wrong, "rb") as file, pytest.raises(OSError) as caught:
+            file.read()
+        assert caught.value.errno == errno.EIO
+        first = next(iter(blobs))
+        with open(mount.path / first, "rb") as file:
+            assert file.read(1000) == blobs[first][:1000]  # a partial read fills nothing
+        sizes = []
+        for path, data in blobs.items():
+            assert (mount.path / path).read_bytes() == data
+            sizes.append(_cache_stats(mount.path)["size"])
+        stats = _cache_stats(mount.path)
+    assert max(sizes) <= bound and stats["evictions"] > 0, (sizes, stats)
+    on_disk = sum(p.stat().st_size for p in (cache / "blobs").rglob("*") if p.is_file())
+    assert on_disk == stats["size"] <= bound
+    assert not (cache / "blobs" / "sha256" / "ab" / f"ab{'0' * 62}").exists()
+    assert not os.listdir(cache / "tmp")
+
+
+def test_two_mounts_filling_one_blob_at_once_leave_one_good_file(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    blobs = _put_blobs(s3, bucket, 4, seed=4)
+    cache = tmp_path / "cache"
+    options = [*endpoint_opts, "-o", f"cache={cache}", bucket]
+    with mounted(tmp_path / "a", options) as a, mounted(tmp_path / "b", options) as b:
+        with ThreadPoolExecutor(8) as pool:
+            reads = [pool.submit((mount.path / path).read_bytes) for path in blobs for mount in (a, b)]
+            got = [future.result() for future in reads]
+        assert got == [data for data in blobs.values() for _ in (a, b)]
+    for path, data in blobs.items():
+        hexdigest = path.split("/")[-2]
+        assert (cache / "blobs" / "sha256" / hexdigest[:2] / hexdigest).read_bytes() == data
+    assert not os.listdir(cache / "tmp")
