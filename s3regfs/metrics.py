@@ -35,6 +35,25 @@ _CACHE_COUNTERS = (
         "cached names dropped to keep the cache within metadata_cache",
     ),
 )
+#: Counters of the stats' "blob_cache" figures (-o cache): name (without _total), key, help.
+_BLOB_CACHE_COUNTERS = (
+    ("s3regfs_blob_cache_hits", "hits", "blob opens served from the local cache"),
+    ("s3regfs_blob_cache_misses", "misses", "blob opens the local cache could not serve"),
+    ("s3regfs_blob_cache_fills", "fills", "blobs added to the local cache"),
+    ("s3regfs_blob_cache_filled_bytes", "bytes_filled", "bytes added to the local cache"),
+    ("s3regfs_blob_cache_fill_failures", "fill_failures", "cache fills the disk refused"),
+    (
+        "s3regfs_blob_cache_verification_failures",
+        "verification_failures",
+        "cached blobs that no longer matched their digest (-o verify)",
+    ),
+    ("s3regfs_blob_cache_evictions", "evictions", "cached blobs removed to stay within cache_size"),
+)
+#: Counters of the stats' "reports" manifest figures: name (without _total), key, help.
+_MANIFEST_COUNTERS = (
+    ("s3regfs_report_manifests_fetched", "fetched", "manifests the reports read from S3"),
+    ("s3regfs_report_manifests_disk_hits", "disk_hits", "manifests the reports read from cachedir"),
+)
 #: Counters: metric name (without _total), key in the stats, help.
 _COUNTERS = (
     ("s3regfs_retries", "retries", "S3 request attempts retried"),
@@ -89,6 +108,20 @@ class StatsCollector(Collector):
         )
         for name, key, text in _GAUGES:
             yield GaugeMetricFamily(name, text, value=_number(figures.get(key)))
+        blob_cache = figures.get("blob_cache")
+        if isinstance(blob_cache, dict):
+            for name, key, text in _BLOB_CACHE_COUNTERS:
+                yield CounterMetricFamily(name, text, value=_number(blob_cache.get(key)))
+            yield GaugeMetricFamily(
+                "s3regfs_blob_cache_bytes",
+                "bytes in the local blob cache",
+                value=_number(blob_cache.get("size")),
+            )
+        reports = figures.get("reports")
+        manifests = reports.get("manifests") if isinstance(reports, dict) else None
+        if isinstance(manifests, dict):
+            for name, key, text in _MANIFEST_COUNTERS:
+                yield CounterMetricFamily(name, text, value=_number(manifests.get(key)))
 
 
 def render(stats: Stats) -> bytes:

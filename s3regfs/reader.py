@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 INITIAL_WINDOW = 1024 * 1024
 KEEP_BEHIND = 1024 * 1024
+#: Delivered chunks that may wait for the hasher (-o verify, a cache fill).
+HASH_QUEUE = 8
+
 #: Read-ahead whose reader has not moved for this long ends: its buffer goes
 #: back to the budget and its connections to the pool.  A reader that comes
 #: back gets new read-ahead from where it stopped.
@@ -671,21 +674,53 @@ class ObjectReader:
             fetch.error = StorageError(f"read-ahead of {self.key} failed: {exc!r}")
 
     async def _deliver(self, generation: int, hasher: _Absorber | None) -> None:
-        """Hand the fetches' bytes to the reader in order (hashing them for
-        -o verify); a failed fetch's error reaches the reader when its bytes
-        would have."""
+        """Hand the fetches' bytes to the reader in order; a failed fetch's
+        error reaches the reader when its bytes would have.
+
+        With a hasher (-o verify, a cache fill), a task beside this one hashes
+        (and writes) the delivered chunks in order, on worker threads, while
+        the reader already has them: only the last chunk waits until every
+        byte is hashed and the digest decided.  At most HASH_QUEUE chunks wait
+        for the hasher (beyond them delivery waits: memory stays bounded)."""
+        if hasher is None:
+            await self._deliver_chunks(generation, None)
+            return
+        send, receive = trio.open_memory_channel[bytes](HASH_QUEUE)
+        hashed = trio.Event()
+
+        async def hash_chunks() -> None:
+            async with receive:
+                async for data in receive:
+                    await trio.to_thread.run_sync(hasher.update, data)
+            hashed.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hash_chunks)
+            try:
+                await self._deliver_chunks(generation, (hasher, send, hashed))
+            finally:
+                send.close()  # the hasher drains what it has, then ends
+
+    async def _deliver_chunks(
+        self,
+        generation: int,
+        hashing: tuple[_Absorber, trio.MemorySendChannel[bytes], trio.Event] | None,
+    ) -> None:
         while True:
             progress = self._progress
             while self._fetches and generation == self._generation:
                 head = self._fetches[0]
                 if head.chunks:
                     data = head.chunks.popleft()
-                    if hasher is not None:
-                        await trio.to_thread.run_sync(hasher.update, data)
-                        if generation != self._generation:
-                            return
+                    if hashing is not None:
+                        hasher, send, hashed = hashing
+                        await send.send(data)
                         if self._stream_pos + len(data) == self.size:
                             # Decided before the last chunk is handed out.
+                            send.close()
+                            await hashed.wait()
+                            if generation != self._generation:
+                                return
                             if hasher.hasher.hexdigest() != self._expected:
                                 log.error("%r: content does not match its digest", self.key)
                                 self._corrupt = True
@@ -693,6 +728,8 @@ class ObjectReader:
                                     await trio.to_thread.run_sync(hasher.fill.abort)
                             elif hasher.fill is not None:
                                 await trio.to_thread.run_sync(hasher.fill.commit)
+                        if generation != self._generation:
+                            return
                     head.held -= len(data)
                     self._buffered += len(data)
                     self._chunks.append((self._stream_pos, data))

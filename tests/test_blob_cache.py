@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def test_a_cache_shared_by_mounts_and_restarts(
             assert (mount.path / path).read_bytes() == data
         stats = _cache_stats(mount.path)
         assert stats["fills"] == 20 and stats["size"] == sum(map(len, blobs.values())), stats
+        metrics = (mount.path / ".s3regfs/metrics").read_text()
+        assert "s3regfs_blob_cache_fills_total 20.0" in metrics
+        gauge = re.search(r"^s3regfs_blob_cache_bytes (\S+)$", metrics, re.M)
+        assert gauge is not None and float(gauge.group(1)) == stats["size"]
     assert not os.listdir(cache / "tmp")  # nothing half-filled left behind
     # Another mount of the same bucket with the same directory, and a
     # remount: every blob from the cache, not one GET of blob data.

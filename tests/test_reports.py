@@ -368,9 +368,7 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         # The endpoint saw one GET: the new manifest (links are proven by their
         # ETags). moto logs a request after answering it: give its line time.
         deadline = time.monotonic() + 10
-        while (
-            not bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline
-        ):
+        while not bucket_requests(moto.request_lines()[seen:], bucket)["GET"] and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.3)
         assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 1
