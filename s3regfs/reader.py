@@ -34,7 +34,8 @@ progresses.  A blocked read further ahead is told the read-ahead is stalled
 and fetches its own range.  So the budget is overshot only by what reads
 that are actually waiting need and nothing has fetched yet, rounded out to
 whole chunks or ranges (a read that straddles a boundary: two), however many
-files are open.
+files are open.  A read-ahead that hashes (-o verify, -o cache) may hold up to
+HASH_QUEUE chunks more, already served but not yet hashed.
 
 Errors: a stream or range that breaks is resumed where it broke, with
 If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
