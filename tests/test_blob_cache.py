@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,23 @@ def test_two_mounts_filling_one_blob_at_once_leave_one_good_file(
         hexdigest = path.split("/")[-2]
         assert (cache / "blobs" / "sha256" / hexdigest[:2] / hexdigest).read_bytes() == data
     assert not os.listdir(cache / "tmp")
+
+
+def test_a_full_cache_disk_stops_filling_and_never_fails_a_read(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    blobs = _put_blobs(s3, bucket, 6, seed=5)
+    tiny = tmp_path / "tiny-disk"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=True)
+    try:
+        options = [*endpoint_opts, "-o", f"cache={tiny},cache_size=100M", bucket]
+        with mounted(tmp_path / "m", options, check_clean=False) as mount:
+            for path, data in blobs.items():
+                assert (mount.path / path).read_bytes() == data  # from S3, whatever the disk says
+            stats = _cache_stats(mount.path)
+        assert stats["fill_failures"] >= 1 and stats["fills"] <= 1, stats
+        assert mount.stderr.count("cannot add to the blob cache") == 1
+        assert not os.listdir(tiny / "tmp")  # no half-written file left
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)

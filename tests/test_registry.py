@@ -416,3 +416,35 @@ def test_a_tag_retagged_by_another_registry_keeps_answering(
         finally:
             on_mount.stop()
     assert "stale" not in mount.stderr.lower()
+
+
+def test_skopeo_copies_from_the_images_view_through_the_blob_cache(
+    moto: MotoServer, bucket: str, registry: Registry, tmp_path: Path
+) -> None:
+    tags = {"v1": push_image(registry, tmp_path, "library/cached", "v1", seed=41)}
+    tags["v2"] = push_image(registry, tmp_path, "library/cached", "v2", seed=42, layer_sizes=(700_000,))
+    options = ["--config", str(registry.config_path), "-o", f"cache={tmp_path / 'cache'}"]
+    for attempt in ("fill", "cached"):
+        seen = len(moto.request_lines())
+        with mounted(tmp_path / f"mnt-{attempt}", options) as mount:
+            for tag, digest in tags.items():
+                out = tmp_path / f"out-{attempt}-{tag}"
+                skopeo("copy", "--quiet", f"oci:{mount.path / '_images/library/cached'}:{tag}", f"dir:{out}")
+                manifest = (out / "manifest.json").read_bytes()
+                assert "sha256:" + hashlib.sha256(manifest).hexdigest() == digest
+                for layer in json.loads(manifest)["layers"]:
+                    data = (out / layer["digest"].split(":")[1]).read_bytes()
+                    assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["blob_cache"]
+        # Layers and configs come from the cache; the view reads the manifests
+        # themselves (small) for index.json, outside of it.
+        manifests = {digest.split(":")[1] for digest in tags.values()}
+        blob_gets = sum(
+            1
+            for line in moto.request_lines()[seen:]
+            if "/data HTTP" in line and f"GET /{bucket}/" in line and not any(m in line for m in manifests)
+        )
+        if attempt == "fill":
+            assert stats["fills"] >= 4 and blob_gets > 0, stats
+        else:
+            assert blob_gets == 0 and stats["hits"] >= 4, stats
