@@ -22,7 +22,8 @@ request per repository; the ``current/link`` of a tag that has pointed to
 several manifests is read (one GET) only when its target is needed.  What needs more is paid when it is asked
 for: blob sizes from listings of the ``blobs/`` fan-out directories the
 repository uses (never a HEAD per blob) when ``blobs/``, ``_tags/<tag>`` or
-the repository's size is read, and one GET per manifest (cached by ETag)
+the repository's size is read, and one GET per manifest ever (the manifest
+cache, by digest, shared with the reports)
 when ``index.json``'s content or size, or a tag's directory, is read.  A model
 is rebuilt once it is older than ``metadata_ttl``.
 
@@ -46,6 +47,7 @@ import trio
 from s3regfs import layout
 from s3regfs.errors import NotFound, StorageError
 from s3regfs.inode_cache import Namespace, Node
+from s3regfs.manifest_cache import DigestMismatch, ManifestCache
 from s3regfs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -109,9 +111,13 @@ class _Kind:
 class ImagesView:
     """The ``_images`` tree; see the module docstring."""
 
-    def __init__(self, namespace: Namespace, store: ObjectStore, ttl: float) -> None:
+    def __init__(
+        self, namespace: Namespace, store: ObjectStore, ttl: float, manifests: ManifestCache | None = None
+    ) -> None:
         self._namespace = namespace
         self._store = store
+        #: Manifest bodies by digest (memory and -o cachedir), shared with the reports.
+        self._manifests = manifests
         self._ttl = ttl
         self._nodes: dict[str, Node] = {}
         self._kinds: dict[int, _Kind] = {}
@@ -429,7 +435,7 @@ class ImagesView:
             if blob is None:
                 self._warn_dangling(repo.name, name, target)
                 return None
-            manifest = await self._small(blob) if blob.size <= layout.MANIFEST_MAX else b""
+            manifest = await self._manifest(target, blob) if blob.size <= layout.MANIFEST_MAX else b""
         except StorageError as exc:
             log.warning("%s:%s left out of the view: %s", repo.name, name, exc)
             return None
@@ -483,6 +489,19 @@ class ImagesView:
             return None
         return None if node.is_dir else node
 
+    async def _manifest(self, digest: str, blob: Node) -> bytes:
+        """A manifest's bytes: from the manifest cache (kept by digest across
+        mounts) when there is one.  Bytes that do not match the digest are
+        used all the same (the registry serves them), and logged."""
+        if self._manifests is None:
+            return await self._small(blob)
+        try:
+            return await self._manifests.get(digest, self._namespace.key(blob), blob.size)
+        except DigestMismatch as exc:
+            if self._manifests.first_mismatch(digest):
+                log.warning("%s", exc)
+            return exc.data
+
     async def _small(self, node: Node) -> bytes:
         key = self._namespace.key(node)
         cached = self._small_cache.get((key, node.etag))
@@ -522,7 +541,7 @@ class ImagesView:
                     found[digest.partition(":")[2] + ".manifest.json"] = digest
                     child = await self._blob(digest)
                     if child is not None and child.size <= layout.MANIFEST_MAX:
-                        documents.append(await self._small(child))
+                        documents.append(await self._manifest(digest, child))
         return sorted(found.items())
 
     # -- facts ------------------------------------------------------------------------

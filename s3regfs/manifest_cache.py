@@ -27,6 +27,8 @@ from s3regfs.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
+#: Mismatched digests remembered to log each once.
+MISMATCHES_KEPT = 10_000
 #: Digest algorithms whose bodies can be checked (the registry's).
 ALGORITHMS = ("sha256", "sha384", "sha512")
 
@@ -61,6 +63,8 @@ class ManifestCache:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._held = 0
         self._disk_failed = False
+        #: Digests whose bytes did not match, already told (bounded).
+        self._mismatched: set[str] = set()
         self.fetched = 0
         self.memory_hits = 0
         self.disk_hits = 0
@@ -94,6 +98,15 @@ class ManifestCache:
         self._remember(digest, data)
         await trio.to_thread.run_sync(self._save, digest, data)
         return data
+
+    def first_mismatch(self, digest: str) -> bool:
+        """Whether *digest*'s mismatch is news (to log it once, not at every read)."""
+        if digest in self._mismatched:
+            return False
+        if len(self._mismatched) >= MISMATCHES_KEPT:
+            self._mismatched.clear()
+        self._mismatched.add(digest)
+        return True
 
     def _remember(self, digest: str, data: bytes) -> None:
         self._memory[digest] = data

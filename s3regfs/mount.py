@@ -398,9 +398,10 @@ def build_operations(
         verify=options.verify,
         blob_cache=blob_cache,
     )
-    images = ImagesView(namespace, store, options.metadata_ttl)
+    manifests = ManifestCache(store, options.cachedir or None, MANIFEST_MEMORY)
+    images = ImagesView(namespace, store, options.metadata_ttl, manifests)
     control = ControlFiles.create(namespace)
-    registry = RegistryView(namespace, build_reports(config, store, mountpoint))
+    registry = RegistryView(namespace, build_reports(config, store, manifests, mountpoint))
 
     def synthetic(node: Node) -> bool:
         return images.owns(node) or control.owns(node) or registry.owns(node)
@@ -418,7 +419,7 @@ def build_blob_cache(directory: str, size: int) -> BlobCache:
         raise StartupError(f"cannot use {directory} as the blob cache: {exc.strerror or exc}") from None
 
 
-def build_reports(config: Config, store: ObjectStore, mountpoint: str) -> Reports:
+def build_reports(config: Config, store: ObjectStore, manifests: ManifestCache, mountpoint: str) -> Reports:
     """The _registry view's reports: manifests cached in -o cachedir, the
     scratch database and rendered texts in the spool directory."""
     options = config.options
@@ -432,7 +433,6 @@ def build_reports(config: Config, store: ObjectStore, mountpoint: str) -> Report
         purge_age=config.upload_purge_age,
         own_uploads=lambda: journalled_upload_ids(journals, target),
     )
-    manifests = ManifestCache(store, options.cachedir or None, MANIFEST_MEMORY)
     workdir = options.spooldir or default_spooldir()
     remove_dead_scratch(workdir)
     return Reports(store, driver.key_prefix, manifests, options.metadata_ttl, workdir, context)
