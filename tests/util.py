@@ -211,11 +211,14 @@ def s3regfs_command(*args: str) -> list[str]:
 
 #: The mounts' state directory (their upload journals): the tests' own, not the machine's.
 STATE_DIRECTORY = tempfile.mkdtemp(prefix="s3regfs-state-")
+#: The mounts' default cache directory (the reports' manifests): the tests' own too.
+CACHE_DIRECTORY = tempfile.mkdtemp(prefix="s3regfs-cache-")
 
 
 def mount_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     env["STATE_DIRECTORY"] = STATE_DIRECTORY
+    env["CACHE_DIRECTORY"] = CACHE_DIRECTORY
     env.update(CREDENTIALS)
     env["PYTHONPATH"] = str(REPO)
     env.update(extra or {})
