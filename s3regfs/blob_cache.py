@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO
 
 log = logging.getLogger(__name__)
 
+#: A fill untouched for this long was left by a process that died.
+STALE_FILL = 3600.0
 #: Digest algorithms whose blobs are cached (the registry's).
 ALGORITHMS = ("sha256", "sha384", "sha512")
 
@@ -86,18 +90,23 @@ class BlobFill:
         self.done = True
         try:
             if self._file is not None:
+                # On disk before the name: after a crash a blob's name never
+                # holds anything but its bytes.
+                self._file.flush()
+                os.fsync(self._file.fileno())
                 self._file.close()
             if self.written != self.size:
                 raise OSError(errno.EIO, f"wrote {self.written} of {self.size} bytes")
             final = self.cache.path(self.digest)
             assert final is not None
             os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+            replaced = os.path.exists(final)
             os.replace(self.temporary, final)
         except OSError as exc:
             self.cache.disk_failed(exc)
             self._remove()
             return False
-        self.cache.filled(self.size)
+        self.cache.filled(self.size, final, replaced=replaced)
         return True
 
     def abort(self) -> None:
@@ -126,12 +135,24 @@ class BlobCache:
         self.max_bytes = max_bytes
         self.stats = CacheStats()
         self._lock = threading.Lock()
+        self._evicting = threading.Lock()
         self._warned = False
+        self._stopped = False
         self._blobs = os.path.join(directory, "blobs")
         self._tmp = os.path.join(directory, "tmp")
         os.makedirs(self._blobs, mode=0o700, exist_ok=True)
         os.makedirs(self._tmp, mode=0o700, exist_ok=True)
+        self._remove_stale_fills()
         self.stats.size = sum(size for _, size, _ in self._files())
+
+    def _remove_stale_fills(self) -> None:
+        """Fills a crashed process left in tmp/ (older than STALE_FILL seconds)."""
+        cutoff = time.time() - STALE_FILL
+        for name in os.listdir(self._tmp):
+            path = os.path.join(self._tmp, name)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
 
     def path(self, digest: str) -> str | None:
         algorithm, _, hexdigest = digest.partition(":")
@@ -151,14 +172,22 @@ class BlobCache:
             self._count("misses")
             return None
         if found != size:
-            log.warning("cached blob %s has %d bytes, not %d: removed", digest, found, size)
-            self.discard(digest)
+            # A cached file entered whole and verified; a different size is a
+            # damaged file (or a stale size here): read from S3, whose
+            # verified read-ahead replaces the file.
+            log.warning("cached blob %s has %d bytes, not %d: read from S3", digest, found, size)
             self._count("misses")
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # least recently used goes first
-        self._count("hits")
         return path
+
+    def hit(self) -> None:
+        """An open was served from the cache."""
+        self._count("hits")
+
+    def miss(self) -> None:
+        self._count("misses")
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -178,8 +207,6 @@ class BlobCache:
             return True
         log.error("cached blob %s does not match its digest: removed", digest)
         with self._lock:
-            # Counted as a hit by lookup: it was a miss after all.
-            self.stats.hits -= 1
             self.stats.misses += 1
             self.stats.verification_failures += 1
         self.discard(digest)
@@ -201,7 +228,7 @@ class BlobCache:
     def begin_fill(self, digest: str, size: int) -> BlobFill | None:
         """A fill for *digest* (None when the disk failed before, the blob is
         empty or bigger than the whole cache)."""
-        if self._warned or size <= 0 or size > self.max_bytes or self.path(digest) is None:
+        if self._stopped or size <= 0 or size > self._evict_target() or self.path(digest) is None:
             return None
         try:
             handle, temporary = tempfile.mkstemp(dir=self._tmp, prefix=f"{digest.partition(':')[2][:16]}-")
@@ -211,21 +238,29 @@ class BlobCache:
             return None
         return BlobFill(self, digest, size, temporary)
 
-    def filled(self, size: int) -> None:
+    def filled(self, size: int, path: str, *, replaced: bool) -> None:
         with self._lock:
             self.stats.fills += 1
             self.stats.bytes_filled += size
-            self.stats.size += size
+            if not replaced:  # another fill of the same blob got there first
+                self.stats.size += size
             over = self.stats.size > self.max_bytes
         if over:
-            self._evict()
+            self._evict(keep=path)
+
+    def _evict_target(self) -> int:
+        """Eviction goes down to 90% of the bound (not at every fill)."""
+        return self.max_bytes * 9 // 10
 
     def disk_failed(self, exc: OSError) -> None:
+        """A fill failed: counted; logged once; a full or read-only disk stops filling."""
         with self._lock:
             self.stats.fill_failures += 1
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                self._stopped = True
             if self._warned:
                 return
-            self._warned = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+            self._warned = True
         log.warning("cannot add to the blob cache in %s: %s", self.directory, exc.strerror or exc)
 
     def _files(self) -> list[tuple[float, int, str]]:
@@ -238,23 +273,30 @@ class BlobCache:
                     found.append((info.st_mtime, info.st_size, path))
         return found
 
-    def _evict(self) -> None:
-        """Remove the least recently used files until the cache fits (below
-        90% of the bound, so that eviction is not run at every fill)."""
-        files = sorted(self._files())
-        total = sum(size for _, size, _ in files)
-        target = self.max_bytes * 9 // 10
-        evicted = 0
-        for _, size, path in files:
-            if total <= target:
-                break
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    def _evict(self, keep: str) -> None:
+        """Remove the least recently used files (never *keep*, the one just
+        filled) until the cache is under the eviction target.  One eviction
+        at a time across every process sharing the directory (a lock file),
+        each from a fresh look at what the directory holds."""
+        with open(os.path.join(self.directory, ".evict.lock"), "a") as lock, self._evicting:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            files = sorted(self._files())
+            total = sum(size for _, size, _ in files)
+            evicted = 0
+            for _, size, path in files:
+                if total <= self._evict_target():
+                    break
+                if path == keep:
+                    continue
+                try:
+                    os.unlink(path)
+                except OSError:
+                    continue
                 total -= size
                 evicted += 1
-        with self._lock:
-            self.stats.size = total
-            self.stats.evictions += evicted
+            with self._lock:
+                self.stats.size = total
+                self.stats.evictions += evicted
 
 
 def default_size(directory: str) -> int:

@@ -636,7 +636,15 @@ class Operations(pyfuse3.Operations):
         reader = self.files.new_reader(node) if not writing or flags & os.O_RDWR else None
         blob = layout.blob_digest(node.path) is not None
         verifying = self._options.verify and blob
-        if verifying and (node.ino, node.etag) in self._corrupt:
+        if (
+            blob
+            and (self._options.verify or self.files.blob_cache is not None)
+            and (
+                node.ino,
+                node.etag,
+            )
+            in self._corrupt
+        ):
             raise pyfuse3.FUSEError(errno.EIO)  # known not to match its digest
         # The page cache stays across opens only for blob data, whose bytes
         # never change under a name, and only while it holds this very
@@ -675,13 +683,18 @@ class Operations(pyfuse3.Operations):
             if path is None:
                 return None
             try:
-                content = await trio.to_thread.run_sync(_map, path)
+                # Read with pread on worker threads, not mapped: a page fault
+                # would stall every request, a truncated file kill the daemon.
+                fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
             except OSError:
+                cache.miss()
                 return None  # evicted meanwhile: read from S3
-        # The same bytes as S3's under this name, so the page cache may stay.
-        keep_cache = bool(node.etag) and node.cached_etag == node.etag
+        cache.hit()
+        # The same bytes as S3's under this name, so the page cache may stay
+        # (not under -o verify: pages of an earlier S3 read were not checked).
+        keep_cache = bool(node.etag) and node.cached_etag == node.etag and not self._options.verify
         node.cached_etag = node.etag
-        fh = self.files.add(FileHandle(node, None, None, content))
+        fh = self.files.add(FileHandle(node, None, None, cached_fd=fd))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
     async def create(
@@ -732,6 +745,9 @@ class Operations(pyfuse3.Operations):
         node = handle.node
         if handle.data is not None:
             return handle.data[off : off + size]
+        if handle.cached_fd is not None:
+            with errors_to_errno(f"read {_quote(node.path)} from the cache at {off}"):
+                return await trio.to_thread.run_sync(os.pread, handle.cached_fd, size, off)
         if handle.reader is None and self.files.writer_of(node) is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         with errors_to_errno(f"read {_quote(node.path)} at {off}"):

@@ -493,13 +493,15 @@ class ImagesView:
         """A manifest's bytes: from the manifest cache (kept by digest across
         mounts) when there is one.  Bytes that do not match the digest are
         used all the same (the registry serves them), and logged."""
-        if self._manifests is None:
-            return await self._small(blob)
+        key = self._namespace.key(blob)
+        if self._manifests is None or (key, blob.etag) in self._small_cache:
+            return await self._small(blob)  # (a mismatched one is kept there, by ETag)
         try:
-            return await self._manifests.get(digest, self._namespace.key(blob), blob.size)
+            return await self._manifests.get(digest, key, blob.size)
         except DigestMismatch as exc:
             if self._manifests.first_mismatch(digest):
                 log.warning("%s", exc)
+            self._keep_small(key, blob.etag, exc.data)
             return exc.data
 
     async def _small(self, node: Node) -> bytes:
@@ -509,12 +511,17 @@ class ImagesView:
             self._small_cache.move_to_end((key, node.etag))
             return cached
         data = await self._store.get_range(key, 0, node.size, node.etag or None)
-        self._small_cache[(key, node.etag)] = data
+        self._keep_small(key, node.etag, data)
+        return data
+
+    def _keep_small(self, key: str, etag: str, data: bytes) -> None:
+        if (key, etag) in self._small_cache:
+            return
+        self._small_cache[(key, etag)] = data
         self._small_bytes += len(data)
         while self._small_bytes > MANIFEST_BYTES_KEPT and len(self._small_cache) > 1:
             _, dropped = self._small_cache.popitem(last=False)
             self._small_bytes -= len(dropped)
-        return data
 
     async def _referenced(self, tag: Tag) -> list[tuple[str, str]]:
         """The files a tag's ``dir:`` copy needs, as (name, digest): config and

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import mmap
+import os
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -85,6 +86,8 @@ class FileHandle:
     writer: FileWriter | None
     #: A file made up in memory (the images view's, the stats file).
     data: bytes | mmap.mmap | None = None
+    #: A blob served from -o cache: the local file, read with pread on a worker thread.
+    cached_fd: int | None = None
     #: A read of this handle returned bytes of the object: from now on it is
     #: pinned to that version (a changed object is ESTALE, not a switch).
     served: bool = False
@@ -180,6 +183,8 @@ class OpenFiles:
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
+        if handle.cached_fd is not None:
+            os.close(handle.cached_fd)
         if handle.reader is not None:
             await handle.reader.aclose()
         if handle.writer is not None:

@@ -180,7 +180,8 @@ class ObjectReader:
                 hashlib.new(algorithm)
                 self._algorithm, self._expected = algorithm, expected
             except ValueError:
-                log.warning("cannot verify %s: unknown digest algorithm %r", key, algorithm)
+                if self._strict:
+                    log.warning("cannot verify %s: unknown digest algorithm %r", key, algorithm)
         self.size = size
         self._store = store
         self._etag = etag or None
@@ -455,7 +456,7 @@ class ObjectReader:
         generation = self._generation
         hasher: _Absorber | None = None
         if self._algorithm and start == 0:
-            fill = self._begin_fill() if self._begin_fill is not None else None
+            fill = await trio.to_thread.run_sync(self._begin_fill) if self._begin_fill is not None else None
             if self._strict or fill is not None:
                 hasher = _Absorber(hashlib.new(self._algorithm), fill)
         self._verifying = hasher is not None and self._strict
