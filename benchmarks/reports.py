@@ -42,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from bench import machine, peak_rss_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
 
-from tests.util import CREDENTIALS, mount_env, s3regfs_command, start_synth  # noqa: E402
+from tests.regkit import registry_config  # noqa: E402
+from tests.util import CREDENTIALS, free_port, mount_env, s3regfs_command, start_synth  # noqa: E402
 
 REPORTS = (
     "usage.tsv",
@@ -52,24 +53,6 @@ REPORTS = (
     "uploads.tsv",
     "summary.json",
 )
-
-
-def registry_config(endpoint: str, bucket: str) -> str:
-    return f"""\
-version: 0.1
-log:
-  level: error
-storage:
-  s3:
-    accesskey: {CREDENTIALS["AWS_ACCESS_KEY_ID"]}
-    secretkey: {CREDENTIALS["AWS_SECRET_ACCESS_KEY"]}
-    region: us-east-1
-    regionendpoint: {endpoint}
-    bucket: {bucket}
-    secure: false
-http:
-  addr: 127.0.0.1:0
-"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             print("docker-registry garbage-collect: skipped (--no-registry)")
         elif shutil.which("docker-registry"):
             config = workdir / "config.yml"
-            config.write_text(registry_config(server.url, server.bucket))
+            # The synthetic bucket has the registry at its root (rootdirectory /).
+            config.write_text(registry_config(server.url, server.bucket, "/", free_port()))
             env = {
                 k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")
             }

@@ -30,12 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from s3regfs import layout
+
 log = logging.getLogger(__name__)
 
 #: A fill untouched for this long was left by a process that died.
 STALE_FILL = 3600.0
-#: Digest algorithms whose blobs are cached (the registry's).
-ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 @dataclass
@@ -155,9 +155,9 @@ class BlobCache:
                     os.unlink(path)
 
     def path(self, digest: str) -> str | None:
-        algorithm, _, hexdigest = digest.partition(":")
-        if algorithm not in ALGORITHMS or len(hexdigest) < 2 or not hexdigest.isalnum():
+        if layout.digest_problem(digest) is not None:
             return None
+        algorithm, _, hexdigest = digest.partition(":")
         return os.path.join(self._blobs, algorithm, hexdigest[:2], hexdigest)
 
     def lookup(self, digest: str, size: int) -> str | None:

@@ -44,6 +44,24 @@ NAME_MAX = 255
 MANIFEST_MAX = 4 * 1024 * 1024
 
 
+#: Digest algorithms the registry accepts (go-digest's), with their hex lengths.
+DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+
+
+def digest_problem(text: str) -> str | None:
+    """Why *text* (a link's content, a digest named by a path) is not a
+    digest the registry would parse, or None."""
+    algorithm, sep, hexdigest = text.partition(":")
+    if not sep:
+        return "not a digest"
+    length = DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        return f"unknown digest algorithm {algorithm[:20]!r}"
+    if len(hexdigest) != length or any(c not in "0123456789abcdef" for c in hexdigest):
+        return "invalid checksum digest format"
+    return None
+
+
 def flat_listing_pages(path: str) -> int:
     """Delimiter-less pages to spend on listing directory *path* (0: none)."""
     return 0 if path in _WIDE_DIRECTORIES else FLAT_LISTING_PAGES

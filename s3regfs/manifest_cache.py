@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import trio
 
+from s3regfs import layout
 from s3regfs.errors import StorageError
 from s3regfs.storage.base import ObjectStore
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Mismatched digests remembered to log each once.
 MISMATCHES_KEPT = 10_000
-#: Digest algorithms whose bodies can be checked (the registry's).
-ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 class DigestMismatch(StorageError):
@@ -44,9 +43,9 @@ class DigestMismatch(StorageError):
 
 def matches(digest: str, data: bytes) -> bool:
     """Whether *data* hashes to *digest* (``alg:hex``)."""
-    algorithm, _, hexdigest = digest.partition(":")
-    if algorithm not in ALGORITHMS:
+    if layout.digest_problem(digest) is not None:
         return False
+    algorithm, _, hexdigest = digest.partition(":")
     return hashlib.new(algorithm, data).hexdigest() == hexdigest
 
 
@@ -116,9 +115,9 @@ class ManifestCache:
             self._held -= len(dropped)
 
     def _path(self, digest: str) -> str | None:
-        algorithm, _, hexdigest = digest.partition(":")
-        if self._directory is None or algorithm not in ALGORITHMS or not hexdigest.isalnum():
+        if self._directory is None or layout.digest_problem(digest) is not None:
             return None
+        algorithm, _, hexdigest = digest.partition(":")
         return os.path.join(self._directory, algorithm, hexdigest)
 
     def _load(self, digest: str) -> bytes | None:

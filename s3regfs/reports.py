@@ -49,6 +49,7 @@ import trio
 
 from s3regfs import layout
 from s3regfs.errors import NotFound, StorageError, collapse_exception_groups
+from s3regfs.layout import digest_problem
 from s3regfs.manifest_cache import DigestMismatch, ManifestCache
 from s3regfs.storage.base import ListPage, ObjectInfo, ObjectStore
 
@@ -67,8 +68,6 @@ BATCH = 5000
 CHUNK_ROWS = 2000
 #: Seconds between two progress lines of a long computation.
 PROGRESS_EVERY = 10.0
-#: Digest algorithms the registry accepts in a link (go-digest's).
-DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
 
 _SCHEMA = """
 CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER) WITHOUT ROWID;
@@ -109,19 +108,6 @@ def _unsafe(name: str) -> bool:
 def link_etag(text: str) -> str:
     """The ETag S3 gives an object of exactly *text* written by one PutObject."""
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
-
-
-def digest_problem(text: str) -> str | None:
-    """Why a link's content is not a digest the registry would parse, or None."""
-    algorithm, sep, hexdigest = text.partition(":")
-    if not sep:
-        return "not a digest"
-    length = DIGEST_HEX_LENGTHS.get(algorithm)
-    if length is None:
-        return f"unknown digest algorithm {algorithm[:20]!r}"
-    if len(hexdigest) != length or any(c not in "0123456789abcdef" for c in hexdigest):
-        return "invalid checksum digest format"
-    return None
 
 
 def references(document: Any) -> tuple[str, list[str]] | str:
@@ -766,7 +752,7 @@ async def _mark(snapshot: Snapshot, manifests: ManifestCache, v2_prefix: str, pr
 
 # -- rendering -----------------------------------------------------------------------
 
-#: The view's files: name -> (needs the mark, renderer name).
+#: The view's files (each rendered by Reports._write).
 REPORT_FILES = (
     "usage.tsv",
     "uploads.tsv",
