@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from bench import machine, peak_rss_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
 
-from tests.regkit import registry_config  # noqa: E402
-from tests.util import CREDENTIALS, free_port, mount_env, s3regfs_command, start_synth  # noqa: E402
+from tests.regkit import go_env, registry_config  # noqa: E402
+from tests.util import free_port, mount_env, s3regfs_command, start_synth  # noqa: E402
 
 REPORTS = (
     "usage.tsv",
@@ -143,16 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             config = workdir / "config.yml"
             # The synthetic bucket has the registry at its root (rootdirectory /).
             config.write_text(registry_config(server.url, server.bucket, "/", free_port()))
-            env = {
-                k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")
-            }
             before = server.stats()
             started = time.perf_counter()
             done = subprocess.run(
                 ["docker-registry", "garbage-collect", "--dry-run", str(config)],
                 capture_output=True,
                 text=True,
-                env={**env, **CREDENTIALS},
+                env=go_env(),
                 check=False,
             )
             elapsed = time.perf_counter() - started
