@@ -372,6 +372,8 @@ class Config:
     #: Seconds after which the registry purges an upload
     #: (storage.maintenance.uploadpurging.age; the registry's default 168h).
     upload_purge_age: float = UPLOAD_PURGE_AGE
+    #: The registry's cloudfront storage middleware, when configured (and not -o cloudfront=false).
+    cloudfront: CloudFrontParams | None = None
     #: systemd's $NOTIFY_SOCKET (Type=notify), "" outside systemd.
     notify_socket: str = ""
     #: Started by systemd (stderr goes to the journal).
@@ -447,6 +449,8 @@ class FileSettings:
     options: dict[str, Any] = field(default_factory=dict)
     database_enabled: bool = False
     upload_purge_age: float = UPLOAD_PURGE_AGE
+    #: The options of the ``middleware.storage`` entry named cloudfront, if any.
+    cloudfront: dict[str, Any] | None = None
 
 
 def read_config_file(path: str) -> FileSettings:
@@ -480,6 +484,7 @@ def read_config_file(path: str) -> FileSettings:
             "true",
             "prefer",
         )
+    settings.cloudfront = _storage_middleware(document.get("middleware"), path)
     storage = document.get("storage")
     maintenance = storage.get("maintenance") if isinstance(storage, dict) else None
     purging = maintenance.get("uploadpurging") if isinstance(maintenance, dict) else None
@@ -516,6 +521,188 @@ def read_config_file(path: str) -> FileSettings:
     settings.driver_name = name
     settings.params = {str(k): v for k, v in params.items()}
     return settings
+
+
+def _storage_middleware(section: Any, path: str) -> dict[str, Any] | None:
+    """The options of the first enabled ``middleware.storage`` entry named
+    cloudfront (``{}`` when it has none); other storage middlewares only
+    change the URLs the registry hands to clients, so they are left out,
+    with a warning."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: the middleware section must be a mapping")
+    entries = section.get("storage")
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        raise ConfigError(f"config file {path}: middleware.storage must be a list")
+    found: dict[str, Any] | None = None
+    for entry in entries:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"config file {path}: each middleware.storage entry needs a name")
+        name = parse_str(entry["name"])
+        if entry.get("disabled") is True or parse_str(entry.get("disabled")).lower() == "true":
+            continue
+        if name != "cloudfront":
+            log.warning("config file %s: storage middleware %r ignored (s3regfs reads from S3)", path, name)
+            continue
+        if found is not None:
+            log.warning("config file %s: a second cloudfront storage middleware ignored", path)
+            continue
+        options = entry.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"config file {path}: the cloudfront middleware's options must be a mapping")
+        found = {str(k).lower(): v for k, v in options.items()}
+    return found
+
+
+# ---------------------------------------------------------------------------
+# The cloudfront storage middleware's options (read as the registry reads them)
+
+#: Where AWS publishes its address ranges (the middleware's default).
+DEFAULT_IP_RANGES_URL = "https://ip-ranges.amazonaws.com/ip-ranges.json"
+CLOUDFRONT_DURATION = 20 * 60.0
+IP_RANGES_UPDATE_FREQUENCY = 12 * 3600.0
+IP_FILTERS = ("none", "aws", "awsregion")
+#: The middleware's option names; each is also ``-o cloudfront_<name>``.
+CLOUDFRONT_OPTIONS = (
+    "baseurl",
+    "privatekey",
+    "keypairid",
+    "duration",
+    "ipfilteredby",
+    "awsregion",
+    "updatefrequency",
+    "iprangesurl",
+)
+
+
+@dataclass(frozen=True)
+class CloudFrontParams:
+    """The cloudfront storage middleware's options, validated; the private
+    key already loaded (PEM, PKCS#1)."""
+
+    baseurl: str
+    privatekey: str
+    keypairid: str
+    #: The private key's PEM bytes.
+    key_pem: bytes = field(repr=False, default=b"")
+    duration: float = CLOUDFRONT_DURATION
+    ipfilteredby: str = "none"
+    awsregions: tuple[str, ...] = ()
+    updatefrequency: float = IP_RANGES_UPDATE_FREQUENCY
+    iprangesurl: str = DEFAULT_IP_RANGES_URL
+
+
+def _cloudfront_duration(name: str, value: Any) -> float:
+    text = parse_str(value)
+    try:
+        seconds = parse_go_duration(text)
+    except ValueError:
+        raise ConfigError(
+            f"the cloudfront {name} option takes a Go duration such as 20m, {text!r} invalid"
+        ) from None
+    if seconds <= 0:
+        raise ConfigError(f"the cloudfront {name} option must be a positive duration, {text!r} invalid")
+    return seconds
+
+
+def load_cloudfront_key(path: str) -> bytes:
+    """The PEM bytes of the private key at *path*, checked to be what the
+    middleware takes: the file's first PEM block, an unencrypted PKCS#1 RSA
+    private key (``BEGIN RSA PRIVATE KEY``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"the cloudfront privatekey option: cannot read {_shown(path)}: {reason}") from None
+    match = re.search(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", data, re.S)
+    if match is None:
+        raise ConfigError(f"the cloudfront privatekey option: {_shown(path)} holds no PEM block")
+    if match.group(1) != b"RSA PRIVATE KEY" or b"Proc-Type" in match.group(0):
+        raise ConfigError(
+            f"the cloudfront privatekey option: {_shown(path)} is not an unencrypted PKCS#1 RSA key "
+            f"(BEGIN RSA PRIVATE KEY; it holds {match.group(1).decode(errors='replace')}); "
+            "convert it with: openssl rsa -traditional -in KEY -out KEY.pem"
+        )
+    try:
+        key = serialization.load_pem_private_key(match.group(0), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"the cloudfront privatekey option: {_shown(path)} is not a valid RSA key: {exc}"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"the cloudfront privatekey option: {_shown(path)} is not an RSA key")
+    return match.group(0)
+
+
+def build_cloudfront(options: Mapping[str, Any]) -> CloudFrontParams:
+    """Validate the middleware's *options* as its constructor does (baseurl,
+    privatekey and keypairid required, durations in Go's syntax, ipfilteredby
+    one of none|aws|awsregion, awsregion required by awsregion)."""
+    values = dict(options)
+    if "updatefrenquency" in values:
+        # The middleware's old misspelling, still read (with the same warning).
+        log.warning("cloudfront updatefrenquency is deprecated: use updatefrequency")
+        values.setdefault("updatefrequency", values.pop("updatefrenquency"))
+    unknown = sorted(set(values) - set(CLOUDFRONT_OPTIONS))
+    if unknown:
+        log.warning(
+            "cloudfront middleware options ignored (unknown to the middleware): %s", ", ".join(unknown)
+        )
+    for required in ("baseurl", "privatekey", "keypairid"):
+        if values.get(required) in (None, ""):
+            raise ConfigError(
+                f"the cloudfront {required} option is missing (middleware.storage cloudfront options, "
+                f"or -o cloudfront_{required})"
+            )
+    baseurl = parse_str(values["baseurl"]).strip()
+    if "://" not in baseurl:
+        baseurl = "https://" + baseurl
+    if not baseurl.endswith("/"):
+        baseurl += "/"
+    scheme, _, rest = baseurl.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0] or not baseurl.isprintable():
+        raise ConfigError(f"the cloudfront baseurl option is not an http(s) URL: {_shown(baseurl)}")
+    privatekey = parse_str(values["privatekey"])
+    key_pem = load_cloudfront_key(privatekey)
+    ipfilteredby = parse_str(values.get("ipfilteredby")).strip().lower() or "none"
+    if ipfilteredby not in IP_FILTERS:
+        raise ConfigError(
+            f"the cloudfront ipfilteredby option takes none, aws or awsregion, {values['ipfilteredby']!r} invalid"
+        )
+    regions: tuple[str, ...] = ()
+    if ipfilteredby == "awsregion":
+        if values.get("awsregion") is None:
+            raise ConfigError("the cloudfront awsregion option is missing (ipfilteredby is awsregion)")
+        if not isinstance(values["awsregion"], str):
+            raise ConfigError(
+                "the cloudfront awsregion option must be a comma-separated string of AWS regions"
+            )
+        regions = tuple(region.strip().lower() for region in values["awsregion"].split(","))
+    return CloudFrontParams(
+        baseurl=baseurl,
+        privatekey=privatekey,
+        keypairid=parse_str(values["keypairid"]),
+        key_pem=key_pem,
+        duration=(
+            _cloudfront_duration("duration", values["duration"])
+            if values.get("duration") not in (None, "")
+            else CLOUDFRONT_DURATION
+        ),
+        ipfilteredby=ipfilteredby,
+        awsregions=regions,
+        updatefrequency=(
+            _cloudfront_duration("updatefrequency", values["updatefrequency"])
+            if values.get("updatefrequency") not in (None, "")
+            else IP_RANGES_UPDATE_FREQUENCY
+        ),
+        iprangesurl=parse_str(values.get("iprangesurl")) or DEFAULT_IP_RANGES_URL,
+    )
 
 
 _GO_DURATION_UNITS = {
@@ -706,6 +893,8 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
         option = FS.get(name)
         if option is None or name == "config":
             raise ConfigError(f"unknown option -o {_shown(name)}")
+        if name.startswith("cloudfront"):
+            continue  # build() hands these to build_cloudfront
         if name == "ro":
             values["ro"] = value is None or parse_bool(name, value)
         elif name == "rw":
@@ -772,6 +961,26 @@ def build_options(raw: Mapping[str, Any], *, source: str) -> MountOptions:
     if values.pop("images", False):
         values["views"] = True  # the older name
     return MountOptions(**values)
+
+
+def _cloudfront_of(from_file: Mapping[str, Any] | None, fs_opts: dict[str, Any]) -> CloudFrontParams | None:
+    """The cloudfront middleware's options: the config file's entry, each
+    overridden by ``-o cloudfront_<name>`` (popped from *fs_opts*); None when
+    neither names one, or with ``-o cloudfront=false``."""
+    overrides = {
+        name.removeprefix("cloudfront_"): fs_opts.pop(name)
+        for name in list(fs_opts)
+        if name.startswith("cloudfront_")
+    }
+    if "cloudfront" in fs_opts:
+        enabled = fs_opts.pop("cloudfront")  # None: bare -o cloudfront, on
+        if enabled is not None and not parse_bool("cloudfront", enabled):
+            return None
+    if from_file is None and not overrides:
+        return None
+    merged = dict(from_file or {})
+    merged.update({name: value for name, value in overrides.items() if value is not None})
+    return build_cloudfront(merged)
 
 
 def default_statedir(environ: Mapping[str, str]) -> str:
@@ -851,6 +1060,7 @@ def build(
             raise ConfigError(f"config file {config_file}: unknown s3regfs option {key!r}")
         file_fs_opts[key] = None if value is True else ("false" if value is False else value)
     file_fs_opts.update(fs_opts)
+    cloudfront = _cloudfront_of(settings.cloudfront, file_fs_opts)
     default_source = (
         f"{driver.bucket}:/{driver.key_prefix.rstrip('/')}" if driver.key_prefix else driver.bucket
     )
@@ -864,6 +1074,7 @@ def build(
         config_file=config_file or "",
         database_enabled=settings.database_enabled,
         upload_purge_age=settings.upload_purge_age,
+        cloudfront=cloudfront,
         notify_socket=environ.get("NOTIFY_SOCKET", ""),
         under_systemd=bool(environ.get("JOURNAL_STREAM") or environ.get("INVOCATION_ID")),
     )

@@ -298,6 +298,8 @@ class Operations(pyfuse3.Operations):
         figures["reports"] = self.registry.reports.stats()
         if self.files.blob_cache is not None:
             figures["blob_cache"] = self.files.blob_cache.stats.as_dict()
+        if self.files.blob_reads is not None:
+            figures["cloudfront"] = self.files.blob_reads.stats()
         return figures
 
     @staticmethod
@@ -636,15 +638,7 @@ class Operations(pyfuse3.Operations):
         reader = self.files.new_reader(node) if not writing or flags & os.O_RDWR else None
         blob = layout.blob_digest(node.path) is not None
         verifying = self._options.verify and blob
-        if (
-            blob
-            and (self._options.verify or self.files.blob_cache is not None)
-            and (
-                node.ino,
-                node.etag,
-            )
-            in self._corrupt
-        ):
+        if blob and (node.ino, node.etag) in self._corrupt:
             raise pyfuse3.FUSEError(errno.EIO)  # known not to match its digest
         # The page cache stays across opens only for blob data, whose bytes
         # never change under a name, and only while it holds this very
@@ -754,7 +748,14 @@ class Operations(pyfuse3.Operations):
             try:
                 return await self.files.read(handle, off, size)
             except IntegrityError:
-                self._corrupt.add((node.ino, node.etag))
+                # Pages the kernel kept of this read are not to be trusted.
+                node.cached_etag = ""
+                if handle.reader is not None and handle.reader.through_cdn:
+                    # CloudFront served them: S3's copy is not known bad.
+                    assert self.files.blob_reads is not None
+                    self.files.blob_reads.distrust(handle.reader.key)
+                else:
+                    self._corrupt.add((node.ino, node.etag))
                 raise
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:

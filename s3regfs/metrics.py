@@ -49,6 +49,17 @@ _BLOB_CACHE_COUNTERS = (
     ),
     ("s3regfs_blob_cache_evictions", "evictions", "cached blobs removed to stay within cache_size"),
 )
+#: Counters of the stats' "cloudfront" figures: name (without _total), key, help.
+_CLOUDFRONT_COUNTERS = (
+    ("s3regfs_cloudfront_requests", "requests", "ranged GETs of blob data sent to CloudFront"),
+    ("s3regfs_cloudfront_received_bytes", "bytes", "bytes of blob data read from CloudFront"),
+    ("s3regfs_cloudfront_fallbacks", "fallbacks", "reads CloudFront did not serve that went on from S3"),
+    (
+        "s3regfs_cloudfront_digest_failures",
+        "digest_failures",
+        "blobs from CloudFront that failed their digest",
+    ),
+)
 #: Counters of the stats' "reports" manifest figures: name (without _total), key, help.
 _MANIFEST_COUNTERS = (
     ("s3regfs_report_manifests_fetched", "fetched", "manifests the reports read from S3"),
@@ -117,6 +128,10 @@ class StatsCollector(Collector):
                 "bytes in the local blob cache",
                 value=_number(blob_cache.get("size")),
             )
+        cloudfront = figures.get("cloudfront")
+        if isinstance(cloudfront, dict):
+            for name, key, text in _CLOUDFRONT_COUNTERS:
+                yield CounterMetricFamily(name, text, value=_number(cloudfront.get(key)))
         reports = figures.get("reports")
         manifests = reports.get("manifests") if isinstance(reports, dict) else None
         if isinstance(manifests, dict):

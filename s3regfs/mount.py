@@ -49,7 +49,8 @@ from s3regfs.open_files import KernelCache, OpenFiles, default_spooldir
 from s3regfs.reader import ReadaheadBudget
 from s3regfs.registry_view import RegistryView
 from s3regfs.reports import Context, Reports, remove_dead_scratch
-from s3regfs.storage.base import ObjectStore
+from s3regfs.storage.base import BlobReads, ObjectStore
+from s3regfs.storage.cloudfront import CloudFrontReads
 from s3regfs.storage.journal import (
     OpenUpload,
     UploadJournal,
@@ -290,13 +291,24 @@ async def _main(config: Config, mountpoint: str, on_ready: Callable[[], None] | 
         store = S3Store.create(config.driver, config.options, journal)
         await probe_bucket(store, config)
         await recover_uploads(store, journal, config)
-        return await _serve(config, mountpoint, on_ready, store)
+        cloudfront = None
+        if config.cloudfront is not None:
+            cloudfront = CloudFrontReads(store, config.cloudfront, config.options)
+            log.info("blob data is read through CloudFront at %s", config.cloudfront.baseurl)
+            await cloudfront.start()
+        return await _serve(config, mountpoint, on_ready, store, cloudfront)
     finally:
         if journal is not None:
             journal.close()
 
 
-async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] | None, store: S3Store) -> int:
+async def _serve(
+    config: Config,
+    mountpoint: str,
+    on_ready: Callable[[], None] | None,
+    store: S3Store,
+    cloudfront: CloudFrontReads | None = None,
+) -> int:
     options = config.options
     readahead = ReadaheadBudget(options.readahead_total)
     write_memory = WriteMemory(options.write_memory)
@@ -316,7 +328,10 @@ async def _serve(config: Config, mountpoint: str, on_ready: Callable[[], None] |
                         readahead,
                         write_memory,
                         mountpoint=os.path.abspath(mountpoint),
+                        blob_reads=cloudfront,
                     )
+                    if cloudfront is not None:
+                        nursery.start_soon(cloudfront.keep_fresh)
                     if options.metrics is not None:
                         host, port = options.metrics
                         try:
@@ -367,6 +382,7 @@ def build_operations(
     write_memory: WriteMemory,
     kernel: KernelCache | None = None,
     mountpoint: str = "",
+    blob_reads: BlobReads | None = None,
 ) -> Operations:
     """Every collaborator of the handlers, built here and handed in.  *kernel*:
     how to make the kernel forget what it cached (FUSE notifications unless
@@ -397,6 +413,7 @@ def build_operations(
         parts_in_flight=options.parts_in_flight,
         verify=options.verify,
         blob_cache=blob_cache,
+        blob_reads=blob_reads,
     )
     manifests = ManifestCache(store, options.cachedir or None, MANIFEST_MEMORY)
     images = ImagesView(namespace, store, options.metadata_ttl, manifests)

@@ -39,7 +39,7 @@ from s3regfs.blob_cache import BlobCache, BlobFill
 from s3regfs.errors import NotFound, PreconditionFailed, StaleHandle, WriteLost
 from s3regfs.inode_cache import Namespace, Node
 from s3regfs.reader import ObjectReader, ReadaheadBudget, range_size
-from s3regfs.storage.base import ObjectInfo, ObjectStore
+from s3regfs.storage.base import BlobReads, ObjectInfo, ObjectStore, RangeReads
 from s3regfs.writer import FileWriter, SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class OpenFiles:
         parts_in_flight: int,
         verify: bool,
         blob_cache: BlobCache | None = None,
+        blob_reads: BlobReads | None = None,
     ) -> None:
         self._store = store
         self._namespace = namespace
@@ -129,6 +130,8 @@ class OpenFiles:
         self._verify = verify
         #: -o cache: blob data by digest on local disk (None without it).
         self.blob_cache = blob_cache
+        #: The registry's CloudFront in front of S3 for blob data (None without it).
+        self.blob_reads = blob_reads
         self._handles: dict[int, FileHandle] = {}
         self._writers: dict[int, FileWriter] = {}
         self._next_fh = 1
@@ -162,9 +165,19 @@ class OpenFiles:
             def begin_fill() -> BlobFill | None:
                 return cache.begin_fill(digest, size)
 
+        key = self._namespace.key(node)
+        source: RangeReads = self._store
+        through_cdn = False
+        if (
+            self.blob_reads is not None
+            and digest is not None
+            and not node.local
+            and self.blob_reads.routes(key)
+        ):
+            source, through_cdn = self.blob_reads, True
         return ObjectReader(
-            self._store,
-            self._namespace.key(node),
+            source,
+            key,
             node.size,
             node.etag,
             budget=self.readahead,
@@ -176,6 +189,7 @@ class OpenFiles:
             verify_digest=digest if self._verify else None,
             cache_digest=digest,
             begin_fill=begin_fill,
+            through_cdn=through_cdn,
         )
 
     async def release(self, fh: int) -> None:

@@ -397,6 +397,65 @@ FS_OPTIONS: tuple[Option, ...] = (
         "off",
         "serve the stats as Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to 127.0.0.1)",
     ),
+    Option(
+        "cloudfront",
+        "special",
+        "",
+        "on",
+        "read blob data through the registry's cloudfront storage middleware when the config file"
+        " or the cloudfront_* options configure it (cloudfront=false: straight from S3)",
+    ),
+    Option(
+        "cloudfront_baseurl",
+        "special",
+        "",
+        "the config file's",
+        "the CloudFront distribution's URL (https:// added without a scheme, a trailing / added)",
+    ),
+    Option(
+        "cloudfront_privatekey",
+        "special",
+        "",
+        "the config file's",
+        "path of the key pair's private key (PEM, PKCS#1 RSA: BEGIN RSA PRIVATE KEY)",
+    ),
+    Option("cloudfront_keypairid", "special", "", "the config file's", "the CloudFront key pair's id"),
+    Option(
+        "cloudfront_duration",
+        "special",
+        "",
+        "20m",
+        "how long a signed URL is valid (a Go duration such as 20m); reused until shortly before",
+    ),
+    Option(
+        "cloudfront_ipfilteredby",
+        "special",
+        "",
+        "none",
+        "none, aws or awsregion: read straight from S3 when this host's address toward S3 is in"
+        " AWS's ranges (of the cloudfront_awsregion regions)",
+    ),
+    Option(
+        "cloudfront_awsregion",
+        "special",
+        "",
+        "none",
+        "comma-separated regions for ipfilteredby=awsregion (a comma in -o is written \\,)",
+    ),
+    Option(
+        "cloudfront_updatefrequency",
+        "special",
+        "",
+        "12h",
+        "how often AWS's ip-ranges.json is fetched again (a Go duration)",
+    ),
+    Option(
+        "cloudfront_iprangesurl",
+        "special",
+        "",
+        "https://ip-ranges.amazonaws.com/ip-ranges.json",
+        "where AWS's IP ranges are fetched from",
+    ),
     Option("config", "special", "", "none", "the registry's config.yml (same as --config)"),
 )
 

@@ -70,7 +70,7 @@ import trio
 from s3regfs.blob_cache import BlobFill
 from s3regfs.budget import MemoryBudget
 from s3regfs.errors import IntegrityError, NotFound, PreconditionFailed, StorageError
-from s3regfs.storage.base import ObjectStore, ObjectStream
+from s3regfs.storage.base import ObjectStream, RangeReads
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class ObjectReader:
 
     def __init__(
         self,
-        store: ObjectStore,
+        store: RangeReads,
         key: str,
         size: int,
         etag: str,
@@ -159,13 +159,20 @@ class ObjectReader:
         counters: collections.Counter[str] | None = None,
         cache_digest: str | None = None,
         begin_fill: Callable[[], BlobFill | None] | None = None,
+        through_cdn: bool = False,
     ) -> None:
         self.key = key
+        #: *store* is a CDN in front of S3 (CloudFront): whole reads are
+        #: checked against *cache_digest* as with -o verify.
+        self.through_cdn = through_cdn
         # -o cache: read-ahead from offset 0 hashes what it delivers and
         # writes it to a cache fill, kept only when the whole hash matched.
         self._begin_fill = begin_fill
-        self._strict = bool(verify_digest)
-        verify_digest = verify_digest or (cache_digest if begin_fill is not None else None)
+        # Bytes through a CDN are checked as strictly as -o verify's: every
+        # byte of a read from offset 0 is hashed before the last is handed out.
+        self._strict = bool(verify_digest) or through_cdn
+        if begin_fill is not None or through_cdn:
+            verify_digest = verify_digest or cache_digest
         #: parallel_reads (read-ahead that turned to ranges) and ranges (their
         #: GETs), shared by the readers of one mount for its stats.
         self._counters = counters if counters is not None else collections.Counter()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakecloudfront import FakeCloudFront, new_key_pair
 from tests.regkit import (
     Registry,
     filesystem_registry_config,
@@ -418,6 +419,53 @@ def test_a_tag_retagged_by_another_registry_keeps_answering(
     assert "stale" not in mount.stderr.lower()
 
 
+def _copy_every_tag(view: Path, tags: dict[str, str], out: Path) -> None:
+    """skopeo copy oci:VIEW:TAG for every tag; the manifest and every layer checked by digest."""
+    out.mkdir(parents=True, exist_ok=True)
+    for tag, digest in tags.items():
+        target = out / tag
+        skopeo("copy", "--quiet", f"oci:{view}:{tag}", f"dir:{target}")
+        manifest = (target / "manifest.json").read_bytes()
+        assert "sha256:" + hashlib.sha256(manifest).hexdigest() == digest
+        for layer in json.loads(manifest)["layers"]:
+            data = (target / layer["digest"].split(":")[1]).read_bytes()
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+
+
+def test_skopeo_copies_from_the_images_view_through_cloudfront(
+    moto: MotoServer, s3: Any, bucket: str, registry: Registry, tmp_path: Path
+) -> None:
+    tags = {"v1": push_image(registry, tmp_path, "library/edge", "v1", seed=51)}
+    tags["v2"] = push_image(registry, tmp_path, "library/edge", "v2", seed=52, layer_sizes=(900_000, 3000))
+    key, key_path = new_key_pair(tmp_path)
+    with FakeCloudFront({"K1": key.public_key()}) as cloudfront:
+        data_keys = [k for k in bucket_keys(s3, bucket, "") if k.endswith("/data")]
+        cloudfront.warm(s3, bucket, data_keys)
+        options = [
+            "--config",
+            str(registry.config_path),
+            "-o",
+            f"cache={tmp_path / 'cache'},cloudfront_baseurl={cloudfront.base_url},"
+            f"cloudfront_privatekey={key_path},cloudfront_keypairid=K1",
+        ]
+        seen = len(moto.request_lines())
+        with mounted(tmp_path / "mnt", options) as mount:
+            _copy_every_tag(mount.path / "_images/library/edge", tags, tmp_path / "out")
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        # Layers and configs came from the edge (the view reads the manifests
+        # themselves from S3, as the registry does), and went into the cache.
+        manifests = {digest.split(":")[1] for digest in tags.values()}
+        blob_gets = [
+            line
+            for line in moto.request_lines()[seen:]
+            if "/data HTTP" in line and f"GET /{bucket}/" in line and not any(m in line for m in manifests)
+        ]
+        assert blob_gets == []
+        served = cloudfront.served()
+        assert served and all(k.startswith(ROOT.strip("/") + "/docker/registry/v2/blobs/") for k in served)
+        assert stats["cloudfront"]["fallbacks"] == 0 and stats["blob_cache"]["fills"] >= 4, stats
+
+
 def test_skopeo_copies_from_the_images_view_through_the_blob_cache(
     moto: MotoServer, bucket: str, registry: Registry, tmp_path: Path
 ) -> None:
@@ -427,14 +475,7 @@ def test_skopeo_copies_from_the_images_view_through_the_blob_cache(
     for attempt in ("fill", "cached"):
         seen = len(moto.request_lines())
         with mounted(tmp_path / f"mnt-{attempt}", options) as mount:
-            for tag, digest in tags.items():
-                out = tmp_path / f"out-{attempt}-{tag}"
-                skopeo("copy", "--quiet", f"oci:{mount.path / '_images/library/cached'}:{tag}", f"dir:{out}")
-                manifest = (out / "manifest.json").read_bytes()
-                assert "sha256:" + hashlib.sha256(manifest).hexdigest() == digest
-                for layer in json.loads(manifest)["layers"]:
-                    data = (out / layer["digest"].split(":")[1]).read_bytes()
-                    assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
+            _copy_every_tag(mount.path / "_images/library/cached", tags, tmp_path / f"out-{attempt}")
             stats = json.loads((mount.path / ".s3regfs/stats").read_text())["blob_cache"]
         # Layers and configs come from the cache; the view reads the manifests
         # themselves (small) for index.json, outside of it.

@@ -61,8 +61,10 @@ class BucketProbe:
 class ObjectStream(Protocol):
     """The body of a GET, read in order from *start*."""
 
-    #: Offset of the next byte :meth:`read` returns.
-    position: int
+    @property
+    def position(self) -> int:
+        """Offset of the next byte :meth:`read` returns."""
+        ...
 
     async def read(self, size: int) -> bytes:
         """Up to *size* bytes; b"" only at the end of the requested range.
@@ -85,6 +87,39 @@ class ObjectStream(Protocol):
 
 #: S3's limit on a key's length, in bytes.
 KEY_MAX = 1024
+
+
+class RangeReads(Protocol):
+    """Where an object's bytes are read from: S3 (an ObjectStore), or a CDN
+    in front of it for blob data (:class:`BlobReads`)."""
+
+    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes [start, end) of *key* in one request; If-Match *etag* when given."""
+        ...
+
+    async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> ObjectStream:
+        """Start a GET of bytes [start, end) to be read incrementally."""
+        ...
+
+    def stream(self, key: str, start: int, end: int, etag: str | None = None) -> ObjectStream:
+        """A stream of bytes [start, end) that sends nothing until its first read."""
+        ...
+
+
+class BlobReads(RangeReads, Protocol):
+    """Blob data reads through the registry's CDN (CloudFront), S3 behind it."""
+
+    def routes(self, key: str) -> bool:
+        """Whether reads of *key* go through the CDN now."""
+        ...
+
+    def distrust(self, key: str) -> bool:
+        """Bytes of *key* read through the CDN failed their digest: read it from S3 for a while."""
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """Requests, bytes, fallbacks to S3, digest failures."""
+        ...
 
 
 class ObjectStore(Protocol):

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """The S3 object store, on boto3.
 
-This is the only module that imports boto3 or botocore.  boto3 is
+This is the only module that imports boto3 (storage/cloudfront.py takes
+botocore's CloudFront URL signer, nothing else).  boto3 is
 synchronous: every call runs on a worker thread through
 ``trio.to_thread.run_sync`` behind one CapacityLimiter, with one shared
 client (boto3 clients are thread-safe once created; sessions are not).
@@ -35,6 +36,7 @@ import hashlib
 import logging
 import random
 import ssl
+import urllib.parse
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
@@ -593,6 +595,11 @@ class S3Store:
         return cls(client, driver, options.max_connections, journal)
 
     # -- plumbing -----------------------------------------------------------
+
+    def endpoint_address(self) -> tuple[str, int]:
+        """(host, port) of the endpoint the client sends its requests to."""
+        parts = urllib.parse.urlsplit(self._client.meta.endpoint_url)
+        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def connections(self) -> Connections:
