@@ -55,6 +55,11 @@ _CLOUDFRONT_COUNTERS = (
     ("s3regfs_cloudfront_received_bytes", "bytes", "bytes of blob data read from CloudFront"),
     ("s3regfs_cloudfront_fallbacks", "fallbacks", "reads CloudFront did not serve that went on from S3"),
     (
+        "s3regfs_cloudfront_pauses",
+        "pauses",
+        "times CloudFront was left alone for a while after failures in a row",
+    ),
+    (
         "s3regfs_cloudfront_digest_failures",
         "digest_failures",
         "blobs from CloudFront that failed their digest",

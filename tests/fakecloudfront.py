@@ -23,6 +23,7 @@ import base64
 import http.server
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -69,6 +70,10 @@ class FakeCloudFront:
         self.corrupt: dict[str, int] = {}
         #: Seconds added to the clock (a test moves time forward).
         self.clock_skew = 0.0
+        #: Break the connection after sending this many bytes of a body (None: never).
+        self.cut_after: int | None = None
+        #: Bytes a second of each connection (None: as fast as it goes): a distant edge.
+        self.pace: float | None = None
         self._lock = threading.Lock()
         fake = self
 
@@ -139,7 +144,16 @@ class FakeCloudFront:
             request.send_header(name, value)
         request.send_header("Content-Length", str(len(body)))
         request.end_headers()
-        request.wfile.write(body)
+        piece = 64 * 1024
+        for offset in range(0, len(body), piece):
+            if self.cut_after is not None and offset >= self.cut_after:
+                request.close_connection = True
+                request.wfile.flush()
+                request.connection.shutdown(socket.SHUT_RDWR)
+                return
+            request.wfile.write(body[offset : offset + piece])
+            if self.pace:
+                time.sleep(piece / self.pace)
 
     def _response(
         self, url: str, key: str, query: dict[str, list[str]], byte_range: str

@@ -138,12 +138,14 @@ def test_blob_data_comes_from_cloudfront_and_the_rest_from_s3(
                 assert os.pread(file.fileno(), size, offset) == data[offset : offset + size]
         assert (mount.path / link.removeprefix(ROOT + "/")).read_bytes() == b"sha256:" + b"a" * 64
         stats = _stats(mount.path)
+        metrics = (mount.path / ".s3regfs/metrics").read_text()
     assert _data_gets(moto, seen, bucket) == 0
     assert any(link in line and "GET" in line for line in moto.request_lines()[seen:])
     served = cloudfront.served()
     # baseurl + the S3 key, root directory included, as the middleware signs it.
     assert set(served) == set(blobs) and all(key.startswith(f"{ROOT}/docker/") for key in served)
     assert stats["fallbacks"] == 0 and stats["requests"] >= len(blobs) and stats["digest_failures"] == 0
+    assert f"s3regfs_cloudfront_requests_total {float(stats['requests'])}" in metrics
     assert stats["bytes"] >= sum(map(len, blobs.values()))
     # A URL is signed once per key and reused while valid.
     assert stats["signed_urls"] == len(blobs), stats
@@ -160,7 +162,7 @@ def test_reads_fall_back_to_s3_when_cloudfront_does_not_serve(
     tmp_path: Path,
     fault: str,
 ) -> None:
-    blobs = _put_blobs(s3, bucket, 3, seed=2)
+    blobs = _put_blobs(s3, bucket, 5, seed=2)
     cloudfront.warm(s3, bucket, list(blobs))
     fake = cloudfront
     if fault == "expired":
@@ -178,12 +180,14 @@ def test_reads_fall_back_to_s3_when_cloudfront_does_not_serve(
             assert (mount.path / key.removeprefix(ROOT + "/")).read_bytes() == data
         stats = _stats(mount.path)
     assert _data_gets(moto, seen, bucket) >= len(blobs)
-    assert stats["fallbacks"] >= len(blobs), stats
+    # Three failures in a row, then S3 alone for a while (no timeout to wait for each read).
+    assert stats["fallbacks"] == 3 and stats["pauses"] == 1, stats
     warnings = [line for line in mount.stderr.splitlines() if "CloudFront did not serve" in line]
     assert len(warnings) == 1, mount.stderr  # one warning a minute at most
+    assert "straight from S3 for 30 s" in mount.stderr
     if fault != "unreachable":
         expected = {"expired": 403, "untrusted": 403, "500": 500, "404": 404}[fault]
-        assert fake.served(expected), fake.requests
+        assert len(fake.served(expected)) == len(fake.requests) == 3, fake.requests
 
 
 @uses_fuse
@@ -465,3 +469,54 @@ def test_signed_urls_are_cloudfronts_and_reused_until_near_expiry(key_pair: tupl
     second = urls.url("reg/docker/registry/v2/blobs/sha256/ab/abcd/data")
     assert second != first and parse_qs(urlsplit(second).query)["Expires"] == [str(int(now[0]) + 1200)]
     assert urls.signed == 2
+
+
+@uses_fuse
+def test_a_body_cut_midway_goes_on_from_s3_at_the_same_byte(
+    moto: MotoServer,
+    s3: Any,
+    bucket: str,
+    key_pair: tuple[Any, str],
+    cloudfront: FakeCloudFront,
+    tmp_path: Path,
+) -> None:
+    blobs = _put_blobs(s3, bucket, 3, seed=6)
+    cloudfront.warm(s3, bucket, list(blobs))
+    cloudfront.cut_after = 300_000
+    seen = len(moto.request_lines())
+    with mounted(tmp_path / "m", _options(moto, bucket, cloudfront, key_pair[1]), check_clean=False) as mount:
+        for key, data in blobs.items():
+            assert hashlib.sha256((mount.path / key.removeprefix(ROOT + "/")).read_bytes()).digest() == (
+                hashlib.sha256(data).digest()
+            )
+        figures = json.loads((mount.path / ".s3regfs/stats").read_text())
+    stats = figures["cloudfront"]
+    assert stats["fallbacks"] >= len(blobs) and stats["digest_failures"] == 0, stats
+    assert _data_gets(moto, seen, bucket) >= len(blobs)
+    # S3 was asked only for what CloudFront did not send: no byte twice.
+    assert stats["bytes"] + figures["bytes_in"] == sum(map(len, blobs.values())), figures
+
+
+@uses_fuse
+def test_parallel_ranges_of_a_big_blob_through_a_slow_edge(
+    moto: MotoServer,
+    s3: Any,
+    bucket: str,
+    key_pair: tuple[Any, str],
+    cloudfront: FakeCloudFront,
+    tmp_path: Path,
+) -> None:
+    data = random.Random(7).randbytes(40 * 1024 * 1024)
+    hexdigest = hashlib.sha256(data).hexdigest()
+    key = f"{BLOBS}/{hexdigest[:2]}/{hexdigest}/data"
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    cloudfront.warm(s3, bucket, [key])
+    cloudfront.pace = 8 * 1024 * 1024  # 8 MiB/s a connection: one is not enough
+    seen = len(moto.request_lines())
+    with mounted(tmp_path / "m", _options(moto, bucket, cloudfront, key_pair[1])) as mount:
+        assert (mount.path / key.removeprefix(ROOT + "/")).read_bytes() == data
+        figures = json.loads((mount.path / ".s3regfs/stats").read_text())
+    assert _data_gets(moto, seen, bucket) == 0
+    assert figures["parallel_reads"] >= 1 and figures["read_ranges"] >= 3, figures
+    assert figures["cloudfront"]["fallbacks"] == 0
+    assert figures["cloudfront"]["requests"] == figures["read_ranges"] + 1  # the first stream, then ranges

@@ -67,6 +67,11 @@ DISTRUST_SECONDS = 3600.0
 DISTRUSTED_KEPT = 10_000
 #: At most one fallback warning in this many seconds.
 WARN_INTERVAL = 60.0
+#: After this many fallbacks in a row (no CloudFront success between), reads
+#: go straight to S3 for PAUSE_SECONDS: a hung edge would otherwise cost
+#: every read a connect or read timeout first.
+FAILURES_BEFORE_PAUSE = 3
+PAUSE_SECONDS = 30.0
 #: The ip-ranges.json fetch: its timeout, and its retry after a failure.
 IP_RANGES_TIMEOUT = 30.0
 IP_RANGES_RETRY = 300.0
@@ -253,6 +258,8 @@ class CloudFrontReads:
         self._retry = RetryPolicy(0, self.counters)
         self._distrusted: OrderedDict[str, float] = OrderedDict()
         self._warned_at = -WARN_INTERVAL
+        self._failures_in_a_row = 0
+        self._paused_until = 0.0
         self.ranges: AwsRanges | None = None
         if params.ipfilteredby != "none":
             self.ranges = AwsRanges(params, s3.endpoint_address(), self._http)
@@ -262,6 +269,8 @@ class CloudFrontReads:
     def routes(self, key: str) -> bool:
         """Whether reads of *key* (blob data) go through CloudFront now."""
         if self.ranges is not None and self.ranges.direct:
+            return False
+        if self._paused_until and time.monotonic() < self._paused_until:
             return False
         until = self._distrusted.get(key)
         if until is not None:
@@ -287,6 +296,15 @@ class CloudFrontReads:
         """Count a read that went on from S3, and say so at most once a minute."""
         self.counters["fallbacks"] += 1
         now = time.monotonic()
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= FAILURES_BEFORE_PAUSE and now >= self._paused_until:
+            self._paused_until = now + PAUSE_SECONDS
+            self.counters["pauses"] += 1
+            log.info(
+                "CloudFront failed %d reads in a row: blob data read straight from S3 for %.0f s",
+                self._failures_in_a_row,
+                PAUSE_SECONDS,
+            )
         if now - self._warned_at >= WARN_INTERVAL:
             self._warned_at = now
             log.warning(
@@ -297,6 +315,10 @@ class CloudFrontReads:
             )
         else:
             log.debug("CloudFront did not serve %r (%s): read from S3", key, exc)
+
+    def served(self) -> None:
+        """CloudFront served a read: it is up."""
+        self._failures_in_a_row = 0
 
     async def start(self) -> None:
         """The first fetch of the IP ranges (with ipfilteredby), before the mount serves."""
@@ -316,6 +338,7 @@ class CloudFrontReads:
             "requests": self.counters["requests"],
             "bytes": self.counters["bytes_in"],
             "fallbacks": self.counters["fallbacks"],
+            "pauses": self.counters["pauses"],
             "digest_failures": self.counters["digest_failures"],
             "signed_urls": self._urls.signed,
             "direct": bool(self.ranges is not None and self.ranges.direct),
@@ -323,11 +346,10 @@ class CloudFrontReads:
 
     # -- requests -------------------------------------------------------------
 
-    def _open(self, key: str, start: int, end: int) -> Any:
-        """One ranged GET of [start, end) (blocking); the response, body unread."""
-        url = self._urls.url(key)
+    def _open(self, url: str, key: str, start: int, end: int) -> Any:
+        """One ranged GET of [start, end) of signed *url* (blocking, on a
+        worker thread); the response, its body unread."""
         what = f"GET {self._params.baseurl}{key} bytes {start}-{end - 1}"
-        self.counters["requests"] += 1
         try:
             response = self._http.request(
                 "GET",
@@ -347,12 +369,19 @@ class CloudFrontReads:
     async def _get_body(
         self, key: str, start: int, end: int, etag: str | None, *, limiter: trio.CapacityLimiter
     ) -> _Body:
-        response = await self._connections.run(self._open, key, start, end, limiter=limiter)
+        # Signed and counted here, on the trio thread (the URLs' table is not
+        # for worker threads to share).
+        url = self._urls.url(key)
+        self.counters["requests"] += 1
+        response = await self._connections.run(self._open, url, key, start, end, limiter=limiter)
         return _Body(response, f"GET {self._params.baseurl}{key}")
 
     async def _get_bytes(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        url = self._urls.url(key)
+        self.counters["requests"] += 1
+
         def fetch() -> bytes:
-            response = self._open(key, start, end)
+            response = self._open(url, key, start, end)
             body = _Body(response, f"GET {self._params.baseurl}{key}")
             try:
                 chunks = []
@@ -374,6 +403,7 @@ class CloudFrontReads:
         try:
             data = await self._get_bytes(key, start, end, etag)
             self.counters["bytes_in"] += len(data)
+            self.served()
             return data
         except CloudFrontFailure as exc:
             self.fell_back(key, exc)
@@ -443,6 +473,7 @@ class FallbackStream:
         self._end = end
         self._etag = etag
         self._reserved = False
+        self._served = False
 
     @property
     def position(self) -> int:
@@ -475,7 +506,11 @@ class FallbackStream:
     async def read(self, size: int) -> bytes:
         if self._behind is None:
             try:
-                return await self._front.read(size)
+                data = await self._front.read(size)
+                if not self._served:
+                    self._served = True
+                    self._owner.served()
+                return data
             except CloudFrontFailure as exc:
                 await self._fall_back(exc)
         assert self._behind is not None
