@@ -32,13 +32,14 @@ sys.path.insert(0, str(REPO))
 
 from bench import Running, drop_page_cache, machine, read_file, wait_mounted  # noqa: E402
 
+from tests.s3emulator import PROFILES, DistantS3  # noqa: E402
 from tests.util import MotoServer, mount_env, s3_client, s3regfs_command, start_moto  # noqa: E402
 
 BUCKET = "cachebench"
 
 
-def mount(moto: MotoServer, path: Path, log: Path, cache: Path | None) -> Running:
-    options = f"regionendpoint={moto.url},region=us-east-1" + (f",cache={cache}" if cache else "")
+def mount(url: str, path: Path, log: Path, cache: Path | None) -> Running:
+    options = f"regionendpoint={url},region=us-east-1" + (f",cache={cache}" if cache else "")
     path.mkdir(exist_ok=True)
     with open(log, "ab") as err:
         process = subprocess.Popen(
@@ -63,6 +64,38 @@ def read_all(moto: MotoServer, root: Path, paths: list[str]) -> tuple[float, int
     return elapsed, gets
 
 
+def run_profile(
+    moto: MotoServer, url: str, paths: list[str], workdir: Path, args: argparse.Namespace
+) -> None:
+    """Rounds of: without the cache, first read with it, second read from it."""
+    results: dict[str, list[float]] = {"plain": [], "fill": [], "cached": []}
+    for round_number in range(1, args.rounds + 1):
+        cache = workdir / f"cache-{round_number}"
+        figures = []
+        for label, cache_dir in (("plain", None), ("fill", cache), ("cached", cache)):
+            running = mount(url, workdir / "mnt", workdir / "s3regfs.log", cache_dir)
+            try:
+                elapsed, gets = read_all(moto, running.path, paths)
+            finally:
+                running.stop()
+            results[label].append(elapsed)
+            figures.append(f"{label} {elapsed:.2f} s ({gets} GETs of blob data)")
+        print(f"  round {round_number}: " + ", ".join(figures))
+        shutil.rmtree(cache, ignore_errors=True)
+    plain, fill, cached = (statistics.median(results[k]) for k in ("plain", "fill", "cached"))
+    total = args.blobs * args.size_mib
+    print(
+        f"  median: without cache {plain:.2f} s ({total / plain:.0f} MiB/s), first read with cache "
+        f"{fill:.2f} s ({total / fill:.0f} MiB/s), second read from cache {cached:.2f} s "
+        f"({total / cached:.0f} MiB/s)"
+    )
+    print(
+        f"  ratio first read with cache / without: {plain / fill:.2f} (target >= 0.9), rounds "
+        + ", ".join(f"{p / f:.2f}" for p, f in zip(results["plain"], results["fill"], strict=True))
+        + f"; second read from cache / from S3: {plain / cached:.2f}x"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -70,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blobs", type=int, default=20)
     parser.add_argument("--size-mib", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profiles", default="none,T", help="none (moto straight), T, L")
     args = parser.parse_args(argv)
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"machine: {machine()}")
-    print(f"endpoint: moto_server on loopback; {args.blobs} blobs of {args.size_mib} MiB")
-    moto = start_moto()
+    print(
+        "endpoint: moto_server through tests/moto_ranged.py (ranged GETs cost the range); "
+        f"{args.blobs} blobs of {args.size_mib} MiB"
+    )
+    moto = start_moto(mount_env(), ranged=True)
     workdir = Path(tempfile.mkdtemp(prefix="s3regfs-cache-bench-"))
     try:
         s3 = s3_client(moto.url)
@@ -87,31 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             path = f"docker/registry/v2/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"
             s3.put_object(Bucket=BUCKET, Key=path, Body=data)
             paths.append(path)
-        results: dict[str, list[float]] = {"plain": [], "fill": [], "cached": []}
-        for round_number in range(1, args.rounds + 1):
-            cache = workdir / f"cache-{round_number}"
-            figures = []
-            for label, cache_dir in (("plain", None), ("fill", cache), ("cached", cache)):
-                running = mount(moto, workdir / "mnt", workdir / "s3regfs.log", cache_dir)
-                try:
-                    elapsed, gets = read_all(moto, running.path, paths)
-                finally:
-                    running.stop()
-                results[label].append(elapsed)
-                figures.append(f"{label} {elapsed:.2f} s ({gets} GETs of blob data)")
-            print(f"round {round_number}: " + ", ".join(figures))
-            shutil.rmtree(cache, ignore_errors=True)
-        plain, fill, cached = (statistics.median(results[k]) for k in ("plain", "fill", "cached"))
-        total = args.blobs * args.size_mib
-        print(
-            f"median: without cache {plain:.2f} s ({total / plain:.0f} MiB/s), first read with cache "
-            f"{fill:.2f} s ({total / fill:.0f} MiB/s), second read from cache {cached:.2f} s "
-            f"({total / cached:.0f} MiB/s)"
-        )
-        print(
-            f"ratio first read with cache / without: {plain / fill:.2f} (target >= 0.9); "
-            f"second read from cache / from S3: {plain / cached:.2f}x"
-        )
+        for profile in args.profiles.split(","):
+            proxy = DistantS3(moto.port, PROFILES[profile]).start() if profile != "none" else None
+            try:
+                print(f"profile {profile}: " + (str(PROFILES[profile]) if proxy else "no proxy"))
+                run_profile(moto, proxy.url if proxy else moto.url, paths, workdir, args)
+            finally:
+                if proxy is not None:
+                    proxy.stop()
     finally:
         moto.stop()
         shutil.rmtree(workdir, ignore_errors=True)

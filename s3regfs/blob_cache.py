@@ -49,6 +49,8 @@ class CacheStats:
     evictions: int = 0
     bytes_filled: int = 0
     size: int = 0
+    #: Fills begun and not yet committed (their eviction included) or given up.
+    filling: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -69,6 +71,7 @@ class BlobFill:
     written: int = 0
     failed: bool = False
     done: bool = False
+    ended: bool = False
 
     def write(self, data: bytes) -> None:
         """Append *data*; a failure abandons the fill (logged once by the cache)."""
@@ -85,6 +88,17 @@ class BlobFill:
 
     def commit(self) -> bool:
         """The whole blob was written and its hash matched: rename it into place."""
+        try:
+            return self._commit()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.cache.fill_ended()
+
+    def _commit(self) -> bool:
         if self.failed or self.done:
             return False
         self.done = True
@@ -115,6 +129,7 @@ class BlobFill:
             return
         self.failed = self.done = True
         self._remove()
+        self._end()
 
     def _remove(self) -> None:
         if self._file is not None:
@@ -236,7 +251,13 @@ class BlobCache:
         except OSError as exc:
             self.disk_failed(exc)
             return None
+        with self._lock:
+            self.stats.filling += 1
         return BlobFill(self, digest, size, temporary)
+
+    def fill_ended(self) -> None:
+        with self._lock:
+            self.stats.filling -= 1
 
     def filled(self, size: int, path: str, *, replaced: bool) -> None:
         with self._lock:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import re
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted
+from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted, settled_stats
 
 pytestmark = fuse_test_marker()
 
@@ -37,7 +36,7 @@ def _put_blobs(s3: Any, bucket: str, count: int, seed: int = 1) -> dict[str, byt
 
 
 def _cache_stats(mountpoint: Path) -> dict[str, int]:
-    return dict(json.loads((mountpoint / ".s3regfs/stats").read_text())["blob_cache"])
+    return dict(settled_stats(mountpoint)["blob_cache"])
 
 
 def _blob_gets(moto: MotoServer, seen: int, bucket: str) -> int:

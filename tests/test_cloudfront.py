@@ -23,7 +23,7 @@ import yaml
 from s3regfs.config import build, build_cloudfront
 from s3regfs.errors import ConfigError
 from tests.fakecloudfront import FakeCloudFront, new_key_pair
-from tests.util import MotoServer, fuse_test_marker, mounted, run_cli
+from tests.util import MotoServer, fuse_test_marker, mounted, run_cli, settled_stats
 
 ROOT = "reg"
 BLOBS = f"{ROOT}/docker/registry/v2/blobs/sha256"
@@ -211,7 +211,7 @@ def test_a_wrong_byte_from_cloudfront_is_an_eio_never_data(
             while file.read(1024 * 1024):
                 pass
         assert caught.value.errno == errno.EIO
-        cache_stats = json.loads((mount.path / ".s3regfs/stats").read_text())["blob_cache"]
+        cache_stats = settled_stats(mount.path)["blob_cache"]
         assert cache_stats["fills"] == 0  # nothing from the bad edge entered the cache
         # The key is now read from S3: right bytes, and then cached.
         seen = len(moto.request_lines())
@@ -221,7 +221,7 @@ def test_a_wrong_byte_from_cloudfront_is_an_eio_never_data(
         other_key, other_data = list(blobs.items())[1]
         assert (mount.path / other_key.removeprefix(ROOT + "/")).read_bytes() == other_data
         stats = _stats(mount.path)
-        cache_stats = json.loads((mount.path / ".s3regfs/stats").read_text())["blob_cache"]
+        cache_stats = settled_stats(mount.path)["blob_cache"]
     assert stats["digest_failures"] == 1 and cache_stats["fills"] == 2, (stats, cache_stats)
     assert "did not match the digest" in mount.stderr
     assert len(list((cache / "blobs").rglob("*"))) > 0

@@ -31,7 +31,7 @@ from tests.regkit import (
     skopeo,
     start_registry,
 )
-from tests.util import MotoServer, free_port, fuse_test_marker, mounted
+from tests.util import MotoServer, free_port, fuse_test_marker, mounted, settled_stats
 
 pytestmark = [
     fuse_test_marker(),
@@ -451,7 +451,7 @@ def test_skopeo_copies_from_the_images_view_through_cloudfront(
         seen = len(moto.request_lines())
         with mounted(tmp_path / "mnt", options) as mount:
             _copy_every_tag(mount.path / "_images/library/edge", tags, tmp_path / "out")
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+            stats = settled_stats(mount.path)
         # Layers and configs came from the edge (the view reads the manifests
         # themselves from S3, as the registry does), and went into the cache.
         manifests = {digest.split(":")[1] for digest in tags.values()}
@@ -476,7 +476,7 @@ def test_skopeo_copies_from_the_images_view_through_the_blob_cache(
         seen = len(moto.request_lines())
         with mounted(tmp_path / f"mnt-{attempt}", options) as mount:
             _copy_every_tag(mount.path / "_images/library/cached", tags, tmp_path / f"out-{attempt}")
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["blob_cache"]
+            stats = settled_stats(mount.path)["blob_cache"]
         # Layers and configs come from the cache; the view reads the manifests
         # themselves (small) for index.json, outside of it.
         manifests = {digest.split(":")[1] for digest in tags.values()}

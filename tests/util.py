@@ -374,3 +374,14 @@ def bucket_requests(lines: list[str], bucket: str) -> dict[str, int]:
         elif path.startswith(f"/{bucket}/"):
             found["GET"] += 1
     return found
+
+
+def settled_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
+    """The mount's stats once no blob cache fill is in progress (a fill's
+    fsync, rename and eviction finish beside the reader, after its last read)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
+        if stats.get("blob_cache", {}).get("filling", 0) == 0 or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
