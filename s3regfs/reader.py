@@ -34,8 +34,9 @@ progresses.  A blocked read further ahead is told the read-ahead is stalled
 and fetches its own range.  So the budget is overshot only by what reads
 that are actually waiting need and nothing has fetched yet, rounded out to
 whole chunks or ranges (a read that straddles a boundary: two), however many
-files are open.  A read-ahead that hashes (-o verify, -o cache) may hold up to
-HASH_QUEUE chunks more, already served but not yet hashed.
+files are open.  A read-ahead that hashes (-o verify, -o cache, a CDN) takes
+from the budget for each chunk waiting for the hasher too (at most HASH_QUEUE),
+so its bytes are counted until hashed even once the reader has them.
 
 Errors: a stream or range that breaks is resumed where it broke, with
 If-Match on the ETag, within the retry budget (storage/s3.py).  A range that
@@ -704,9 +705,19 @@ class ObjectReader:
         hashed = trio.Event()
 
         async def hash_chunks() -> None:
+            # Each queued chunk holds its size of the budget until it is
+            # hashed (it may already be gone from the reader's buffer).
             async with receive:
-                async for data in receive:
-                    await trio.to_thread.run_sync(hasher.update, data)
+                try:
+                    async for data in receive:
+                        await trio.to_thread.run_sync(hasher.update, data)
+                        self._budget.give(len(data))
+                finally:
+                    while True:
+                        try:
+                            self._budget.give(len(receive.receive_nowait()))
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
             hashed.set()
 
         async with trio.open_nursery() as nursery:
@@ -729,12 +740,17 @@ class ObjectReader:
                     data = head.chunks.popleft()
                     if hashing is not None:
                         hasher, send, hashed = hashing
+                        self._budget.try_take(len(data), force=True)
                         try:
-                            send.send_nowait(data)
-                        except trio.WouldBlock:
-                            began = trio.current_time()
-                            await send.send(data)
-                            self._hasher_waited += trio.current_time() - began
+                            try:
+                                send.send_nowait(data)
+                            except trio.WouldBlock:
+                                began = trio.current_time()
+                                await send.send(data)
+                                self._hasher_waited += trio.current_time() - began
+                        except BaseException:
+                            self._budget.give(len(data))  # never queued
+                            raise
                         if self._stream_pos + len(data) == self.size:
                             # Decided before the last chunk is handed out.
                             send.close()

@@ -54,8 +54,11 @@ def test_a_cache_shared_by_mounts_and_restarts(
     with mounted(tmp_path / "a", options) as mount:
         for path, data in blobs.items():
             assert (mount.path / path).read_bytes() == data
-        stats = _cache_stats(mount.path)
+        figures = settled_stats(mount.path)
+        stats = figures["blob_cache"]
         assert stats["fills"] == 20 and stats["size"] == sum(map(len, blobs.values())), stats
+        # Every chunk queued for the hasher gave its budget back.
+        assert figures["readahead_bytes"] == 0 and figures["open_files"] == 0, figures
         metrics = (mount.path / ".s3regfs/metrics").read_text()
         assert "s3regfs_blob_cache_fills_total 20.0" in metrics
         gauge = re.search(r"^s3regfs_blob_cache_bytes (\S+)$", metrics, re.M)
