@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import random
 import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted, settled_stats
+from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted, put_random_blobs, settled_stats
 
 pytestmark = fuse_test_marker()
 
@@ -24,15 +22,7 @@ BLOBS = "docker/registry/v2/blobs/sha256"
 
 def _put_blobs(s3: Any, bucket: str, count: int, seed: int = 1) -> dict[str, bytes]:
     """*count* blobs at their registry paths: path -> bytes."""
-    rng = random.Random(seed)
-    found = {}
-    for _ in range(count):
-        data = rng.randbytes(rng.randrange(50_000, 1_500_000))
-        hexdigest = hashlib.sha256(data).hexdigest()
-        path = f"{BLOBS}/{hexdigest[:2]}/{hexdigest}/data"
-        s3.put_object(Bucket=bucket, Key=path, Body=data)
-        found[path] = data
-    return found
+    return put_random_blobs(s3, bucket, count, seed=seed, sizes=(50_000, 1_500_000))
 
 
 def _cache_stats(mountpoint: Path) -> dict[str, int]:

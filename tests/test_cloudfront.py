@@ -23,7 +23,7 @@ import yaml
 from s3regfs.config import build, build_cloudfront
 from s3regfs.errors import ConfigError
 from tests.fakecloudfront import FakeCloudFront, new_key_pair
-from tests.util import MotoServer, fuse_test_marker, mounted, run_cli, settled_stats
+from tests.util import MotoServer, fuse_test_marker, mounted, put_random_blobs, run_cli, settled_stats
 
 ROOT = "reg"
 BLOBS = f"{ROOT}/docker/registry/v2/blobs/sha256"
@@ -32,15 +32,7 @@ KEY_PAIR = "APKATESTKEYPAIR"
 
 def _put_blobs(s3: Any, bucket: str, count: int, seed: int) -> dict[str, bytes]:
     """*count* blobs under ROOT: S3 key -> bytes."""
-    rng = random.Random(seed)
-    found = {}
-    for _ in range(count):
-        data = rng.randbytes(rng.randrange(100_000, 3_000_000))
-        hexdigest = hashlib.sha256(data).hexdigest()
-        key = f"{BLOBS}/{hexdigest[:2]}/{hexdigest}/data"
-        s3.put_object(Bucket=bucket, Key=key, Body=data)
-        found[key] = data
-    return found
+    return put_random_blobs(s3, bucket, count, seed=seed, sizes=(100_000, 3_000_000), root=ROOT + "/")
 
 
 def _data_gets(moto: MotoServer, seen: int, bucket: str) -> int:

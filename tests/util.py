@@ -385,3 +385,21 @@ def settled_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
         if stats.get("blob_cache", {}).get("filling", 0) == 0 or time.monotonic() > deadline:
             return stats
         time.sleep(0.05)
+
+
+def put_random_blobs(
+    s3: Any, bucket: str, count: int, *, seed: int, sizes: tuple[int, int], root: str = ""
+) -> dict[str, bytes]:
+    """*count* blobs of random bytes (sizes in [sizes[0], sizes[1])) at their
+    registry paths under *root*: S3 key -> bytes."""
+    import hashlib
+
+    rng = random.Random(seed)
+    found = {}
+    for _ in range(count):
+        data = rng.randbytes(rng.randrange(*sizes))
+        hexdigest = hashlib.sha256(data).hexdigest()
+        key = f"{root}docker/registry/v2/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data"
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        found[key] = data
+    return found

@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from s3regfs.config import CloudFrontParams, MountOptions
 from s3regfs.errors import StorageError
-from s3regfs.storage.s3 import Connections, RetryPolicy, S3Store, S3Stream
+from s3regfs.storage.s3 import Connections, RetryPolicy, S3Store, S3Stream, opened
 
 log = logging.getLogger(__name__)
 
@@ -428,15 +428,7 @@ class CloudFrontReads:
     async def open_stream(
         self, key: str, start: int, end: int, etag: str | None = None
     ) -> FallbackStream | S3Stream:
-        stream = self.stream(key, start, end, etag)
-        if end > start:
-            try:
-                await stream.open()
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-        return stream
+        return await opened(self.stream(key, start, end, etag), end > start)
 
 
 def _range_problem(response: Any, start: int, end: int) -> str:

@@ -462,6 +462,28 @@ class S3Stream:
                 self._connections.give_stream_slot(self)
 
 
+class _Openable(Protocol):
+    async def open(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+StreamT = TypeVar("StreamT", bound=_Openable)
+
+
+async def opened(stream: StreamT, has_bytes: bool) -> StreamT:
+    """*stream* with its body open (unless it covers no byte); closed again
+    if opening fails or is cancelled."""
+    if has_bytes:
+        try:
+            await stream.open()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+    return stream
+
+
 def multipart_etag(part_etags: list[str]) -> str:
     """The ETag S3 gives an object completed from parts with these ETags
     (the MD5 of their binary MD5s, then "-" and their count)."""
@@ -818,15 +840,7 @@ class S3Store:
         )
 
     async def open_stream(self, key: str, start: int, end: int, etag: str | None = None) -> S3Stream:
-        stream = self.stream(key, start, end, etag)
-        if end > start:
-            try:
-                await stream.open()
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-        return stream
+        return await opened(self.stream(key, start, end, etag), end > start)
 
     async def probe(self, key_prefix: str) -> BucketProbe:
         # One listing both proves the bucket and finds GitLab's lock files.
