@@ -553,7 +553,7 @@ def _storage_middleware(section: Any, path: str) -> dict[str, Any] | None:
         options = entry.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"config file {path}: the cloudfront middleware's options must be a mapping")
-        found = {str(k).lower(): v for k, v in options.items()}
+        found = {str(k): v for k, v in options.items()}  # names are case-sensitive, as in Go
     return found
 
 
@@ -595,8 +595,20 @@ class CloudFrontParams:
     iprangesurl: str = DEFAULT_IP_RANGES_URL
 
 
-def _cloudfront_duration(name: str, value: Any) -> float:
-    text = parse_str(value)
+def _cloudfront_duration(name: str, value: Any, default: float) -> float:
+    """A middleware duration: a Go duration string; any other YAML type is
+    ignored, as the middleware ignores it (with a warning here)."""
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        log.warning(
+            'cloudfront %s %r ignored, as the registry ignores it: write a duration string such as "%ss"',
+            name,
+            value,
+            value,
+        )
+        return default
+    text = value
     try:
         seconds = parse_go_duration(text)
     except ValueError:
@@ -648,7 +660,7 @@ def build_cloudfront(options: Mapping[str, Any]) -> CloudFrontParams:
     if "updatefrenquency" in values:
         # The middleware's old misspelling, still read (with the same warning).
         log.warning("cloudfront updatefrenquency is deprecated: use updatefrequency")
-        values.setdefault("updatefrequency", values.pop("updatefrenquency"))
+        values["updatefrequency"] = values.pop("updatefrenquency")  # it wins, as in the middleware
     unknown = sorted(set(values) - set(CLOUDFRONT_OPTIONS))
     if unknown:
         log.warning(
@@ -670,6 +682,10 @@ def build_cloudfront(options: Mapping[str, Any]) -> CloudFrontParams:
         raise ConfigError(f"the cloudfront baseurl option is not an http(s) URL: {_shown(baseurl)}")
     privatekey = parse_str(values["privatekey"])
     key_pem = load_cloudfront_key(privatekey)
+    if "ipfilteredby" in values and not isinstance(values["ipfilteredby"], str):
+        raise ConfigError(
+            f"the cloudfront ipfilteredby option takes none, aws or awsregion, {values['ipfilteredby']!r} invalid"
+        )
     ipfilteredby = parse_str(values.get("ipfilteredby")).strip().lower() or "none"
     if ipfilteredby not in IP_FILTERS:
         raise ConfigError(
@@ -689,17 +705,11 @@ def build_cloudfront(options: Mapping[str, Any]) -> CloudFrontParams:
         privatekey=privatekey,
         keypairid=parse_str(values["keypairid"]),
         key_pem=key_pem,
-        duration=(
-            _cloudfront_duration("duration", values["duration"])
-            if values.get("duration") not in (None, "")
-            else CLOUDFRONT_DURATION
-        ),
+        duration=_cloudfront_duration("duration", values.get("duration"), CLOUDFRONT_DURATION),
         ipfilteredby=ipfilteredby,
         awsregions=regions,
-        updatefrequency=(
-            _cloudfront_duration("updatefrequency", values["updatefrequency"])
-            if values.get("updatefrequency") not in (None, "")
-            else IP_RANGES_UPDATE_FREQUENCY
+        updatefrequency=_cloudfront_duration(
+            "updatefrequency", values.get("updatefrequency"), IP_RANGES_UPDATE_FREQUENCY
         ),
         iprangesurl=parse_str(values.get("iprangesurl")) or DEFAULT_IP_RANGES_URL,
     )

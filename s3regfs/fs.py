@@ -650,6 +650,13 @@ class Operations(pyfuse3.Operations):
             blob and bool(node.etag) and node.cached_etag == node.etag and not writing and not verifying
         )
         node.cached_etag = node.etag
+        if reader is not None and reader.through_cdn:
+            # Pages from a CDN are unchecked until a whole read hashed them
+            # (a random read's never are): this open drops the kernel's pages,
+            # so a whole read comes to the reader from its first byte, and the
+            # next open (from S3, the cache or the CDN) drops these.
+            keep_cache = False
+            node.cached_etag = ""
         fh = self.files.add(FileHandle(node, reader, writer))
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
 
@@ -751,7 +758,7 @@ class Operations(pyfuse3.Operations):
                 # Pages the kernel kept of this read are not to be trusted.
                 node.cached_etag = ""
                 if handle.reader is not None and handle.reader.through_cdn:
-                    # CloudFront served them: S3's copy is not known bad.
+                    # CloudFront may have served them: S3's copy is not known bad.
                     assert self.files.blob_reads is not None
                     self.files.blob_reads.distrust(handle.reader.key)
                 else:

@@ -171,6 +171,7 @@ class OpenFiles:
         if (
             self.blob_reads is not None
             and digest is not None
+            and layout.digest_problem(digest) is None  # else nothing could check its bytes
             and not node.local
             and self.blob_reads.routes(key)
         ):
@@ -190,6 +191,7 @@ class OpenFiles:
             cache_digest=digest,
             begin_fill=begin_fill,
             through_cdn=through_cdn,
+            fallback=self._store,
         )
 
     async def release(self, fh: int) -> None:

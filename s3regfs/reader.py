@@ -161,11 +161,15 @@ class ObjectReader:
         cache_digest: str | None = None,
         begin_fill: Callable[[], BlobFill | None] | None = None,
         through_cdn: bool = False,
+        fallback: RangeReads | None = None,
     ) -> None:
         self.key = key
         #: *store* is a CDN in front of S3 (CloudFront): whole reads are
-        #: checked against *cache_digest* as with -o verify.
+        #: checked against *cache_digest* as with -o verify, and once a
+        #: checked read-ahead failed, the rest of this handle reads from
+        #: *fallback* (S3): a read restarted mid-blob could not be checked.
         self.through_cdn = through_cdn
+        self._fallback = fallback
         # -o cache: read-ahead from offset 0 hashes what it delivers and
         # writes it to a cache fill, kept only when the whole hash matched.
         self._begin_fill = begin_fill
@@ -262,6 +266,8 @@ class ObjectReader:
                     and self._buf_start <= offset <= self._stream_pos + self._max_window
                 ):
                     error, self._error = self._error, None
+                    if self._verifying and self.through_cdn and self._fallback is not None:
+                        self._store = self._fallback
                     await self._stop_stream()
                     raise error
                 # The kernel's own read-ahead sends reads ahead of the reader:
@@ -710,8 +716,10 @@ class ObjectReader:
             async with receive:
                 try:
                     async for data in receive:
-                        await trio.to_thread.run_sync(hasher.update, data)
-                        self._budget.give(len(data))
+                        try:
+                            await trio.to_thread.run_sync(hasher.update, data)
+                        finally:
+                            self._budget.give(len(data))  # hashed, or never will be
                 finally:
                     while True:
                         try:
@@ -726,6 +734,17 @@ class ObjectReader:
                 await self._deliver_chunks(generation, (hasher, send, hashed))
             finally:
                 send.close()  # the hasher drains what it has, then ends
+
+    async def _commit_fill(self, fill: BlobFill) -> None:
+        """Put a fill whose hash matched into the cache, beside the reader.
+        Shielded (an unmount waits for it rather than leave a half-done
+        fill); any failure is this fill's, logged, never the mount's."""
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.to_thread.run_sync(fill.commit)
+            except Exception:
+                log.exception("adding %r to the blob cache failed", self.key)
+                await trio.to_thread.run_sync(fill.abort)
 
     async def _deliver_chunks(
         self,
@@ -745,18 +764,20 @@ class ObjectReader:
                             try:
                                 send.send_nowait(data)
                             except trio.WouldBlock:
-                                began = trio.current_time()
+                                began, waiting = trio.current_time(), self._waiting
                                 await send.send(data)
-                                self._hasher_waited += trio.current_time() - began
+                                if waiting:  # the reader waited for the hasher, not the network
+                                    self._hasher_waited += trio.current_time() - began
                         except BaseException:
                             self._budget.give(len(data))  # never queued
                             raise
                         if self._stream_pos + len(data) == self.size:
                             # Decided before the last chunk is handed out.
                             send.close()
-                            began = trio.current_time()
+                            began, waiting = trio.current_time(), self._waiting
                             await hashed.wait()
-                            self._hasher_waited += trio.current_time() - began
+                            if waiting:
+                                self._hasher_waited += trio.current_time() - began
                             if generation != self._generation:
                                 return
                             if hasher.hasher.hexdigest() != self._expected:
@@ -769,7 +790,7 @@ class ObjectReader:
                                 # fill's fsync and rename (tens of ms) happen
                                 # beside the reader, not before its last read.
                                 fill, hasher.fill = hasher.fill, None
-                                self._nursery.start_soon(partial(trio.to_thread.run_sync, fill.commit))
+                                self._nursery.start_soon(self._commit_fill, fill)
                         if generation != self._generation:
                             return
                     head.held -= len(data)

@@ -382,8 +382,9 @@ def settled_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
-        if stats.get("blob_cache", {}).get("filling", 0) == 0 or time.monotonic() > deadline:
+        if stats.get("blob_cache", {}).get("filling", 0) == 0:
             return stats
+        assert time.monotonic() < deadline, f"blob cache fills still in progress after {timeout} s: {stats}"
         time.sleep(0.05)
 
 
@@ -403,3 +404,29 @@ def put_random_blobs(
         s3.put_object(Bucket=bucket, Key=key, Body=data)
         found[key] = data
     return found
+
+
+def blob_data_gets(moto: MotoServer, seen: int, bucket: str) -> int:
+    """GETs of blob data files (``.../data``) in *bucket* in moto's log since line *seen*."""
+    return sum(
+        1 for line in moto.request_lines()[seen:] if "/data HTTP" in line and f"GET /{bucket}/" in line
+    )
+
+
+def idle_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
+    """The mount's stats once every file is closed and nothing is held:
+    read-ahead budget, connections, cache fills (the kernel's RELEASE comes
+    after close() returns, and a reader winds down after it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
+        held = (
+            stats["open_files"],
+            stats["readahead_bytes"],
+            stats["connections_in_use"],
+            stats.get("blob_cache", {}).get("filling", 0),
+        )
+        if not any(held):
+            return stats
+        assert time.monotonic() < deadline, f"still held after {timeout} s: {stats}"
+        time.sleep(0.05)

@@ -113,7 +113,7 @@ class BlobReads(RangeReads, Protocol):
         """Whether reads of *key* go through the CDN now."""
         ...
 
-    def distrust(self, key: str) -> bool:
+    def distrust(self, key: str) -> None:
         """Bytes of *key* read through the CDN failed their digest: read it from S3 for a while."""
         ...
 

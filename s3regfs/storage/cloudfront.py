@@ -35,7 +35,6 @@ as the middleware does.
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime
 import ipaddress
 import json
@@ -74,6 +73,7 @@ FAILURES_BEFORE_PAUSE = 3
 PAUSE_SECONDS = 30.0
 #: The ip-ranges.json fetch: its timeout, and its retry after a failure.
 IP_RANGES_TIMEOUT = 30.0
+IP_RANGES_FIRST_TIMEOUT = 5.0
 IP_RANGES_RETRY = 300.0
 
 
@@ -138,10 +138,17 @@ class AwsRanges:
         self.fetched = 0
 
     def _networks(self, document: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The document's networks (of the listed regions); ValueError if it
+        is not shaped as ip-ranges.json is."""
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
         regions = set(self._params.awsregions) if self._params.ipfilteredby == "awsregion" else None
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for listing, field in (("prefixes", "ip_prefix"), ("ipv6_prefixes", "ipv6_prefix")):
-            for entry in document.get(listing) or []:
+            entries = document.get(listing) or []
+            if not isinstance(entries, list):
+                raise ValueError(f"{listing} is not a list")
+            for entry in entries:
                 if not isinstance(entry, dict):
                     continue
                 if regions is not None and str(entry.get("region", "")).lower() not in regions:
@@ -152,23 +159,17 @@ class AwsRanges:
                     log.warning("ip-ranges: unparseable prefix %r left out", entry.get(field))
         return networks
 
-    def refresh(self) -> None:
-        """Fetch the ranges and decide again (blocking: on a worker thread).
-        A failure keeps the last decision (CloudFront before the first
-        fetch) and is logged."""
+    def refresh(self, timeout: float = IP_RANGES_TIMEOUT) -> bool:
+        """Fetch the ranges and decide again (blocking: on a worker thread);
+        False if they could not be fetched or read (logged: the last decision
+        stands, CloudFront before the first fetch)."""
         try:
             response = self._http.request(
-                "GET",
-                self._params.iprangesurl,
-                timeout=IP_RANGES_TIMEOUT,
-                retries=False,
-                preload_content=True,
+                "GET", self._params.iprangesurl, timeout=timeout, retries=False, preload_content=True
             )
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
-            document = json.loads(response.data)
-            if not isinstance(document, dict):
-                raise ValueError("not a JSON object")
+            networks = self._networks(json.loads(response.data))
         except (urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
             log.warning(
                 "cannot fetch AWS's IP ranges from %s (%s): blob data %s",
@@ -176,8 +177,7 @@ class AwsRanges:
                 exc,
                 "still read straight from S3" if self.direct else "read through CloudFront",
             )
-            raise
-        networks = self._networks(document)
+            return False
         self.address = local_address(*self._endpoint)
         self.direct = self.address is not None and any(self.address in network for network in networks)
         self.fetched += 1
@@ -188,16 +188,15 @@ class AwsRanges:
             "in the ranges" if self.direct else "not in the ranges",
             "straight from S3" if self.direct else "through CloudFront",
         )
+        return True
 
     async def keep_fresh(self) -> None:
         """Fetch the ranges again every ``updatefrequency`` (sooner after a failure)."""
         while True:
-            try:
-                await trio.to_thread.run_sync(self.refresh, abandon_on_cancel=True)
-            except (urllib3.exceptions.HTTPError, ValueError, OSError):
+            if await trio.to_thread.run_sync(self.refresh, abandon_on_cancel=True):
+                await trio.sleep(self._params.updatefrequency)
+            else:
                 await trio.sleep(min(IP_RANGES_RETRY, self._params.updatefrequency))
-                continue
-            await trio.sleep(self._params.updatefrequency)
 
 
 def local_address(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -279,18 +278,18 @@ class CloudFrontReads:
             del self._distrusted[key]
         return True
 
-    def distrust(self, key: str) -> bool:
-        """Bytes of *key* failed their digest: if CloudFront served them, read
-        *key* from S3 for a while and return True (the S3 copy is not known
-        bad); False if they came from S3."""
-        if not self.routes(key):
-            return False
+    def distrust(self, key: str) -> None:
+        """Bytes of *key* read through CloudFront (or S3 behind it) failed
+        their digest: read *key* from S3 for a while (if S3's copy is bad
+        too, that read finds it)."""
+        until = self._distrusted.get(key)
+        if until is not None and time.monotonic() < until:
+            return  # the same read failing again (the kernel retries)
         log.error("%r: bytes from CloudFront did not match the digest; read from S3 for now", key)
         self.counters["digest_failures"] += 1
         self._distrusted[key] = time.monotonic() + DISTRUST_SECONDS
         while len(self._distrusted) > DISTRUSTED_KEPT:
             self._distrusted.popitem(last=False)
-        return True
 
     def fell_back(self, key: str, exc: Exception) -> None:
         """Count a read that went on from S3, and say so at most once a minute."""
@@ -323,9 +322,10 @@ class CloudFrontReads:
     async def start(self) -> None:
         """The first fetch of the IP ranges (with ipfilteredby), before the mount serves."""
         if self.ranges is not None:
-            # A failure is logged; keep_fresh tries again.
-            with contextlib.suppress(urllib3.exceptions.HTTPError, ValueError, OSError):
-                await trio.to_thread.run_sync(self.ranges.refresh, abandon_on_cancel=True)
+            # Short: the mount waits for it.  A failure is logged; keep_fresh tries again.
+            await trio.to_thread.run_sync(
+                self.ranges.refresh, IP_RANGES_FIRST_TIMEOUT, abandon_on_cancel=True
+            )
 
     async def keep_fresh(self) -> None:
         """Keep the IP ranges fresh (a task for the mount's nursery)."""

@@ -676,6 +676,8 @@ class S3Store:
             "bytes_out": self.counters["bytes_out"],
             "retries": self.counters["retries"],
             "errors": self.counters["errors"],
+            #: Connection tokens held now (requests running, streams' slots).
+            "connections_in_use": self._connections.in_use,
             "outcomes": {f"{op} {outcome}": n for (op, outcome), n in sorted(self.outcomes.items())},
         }
 
