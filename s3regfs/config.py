@@ -20,6 +20,7 @@ Nothing else in s3regfs reads the environment or argv.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -593,6 +594,11 @@ class CloudFrontParams:
     awsregions: tuple[str, ...] = ()
     updatefrequency: float = IP_RANGES_UPDATE_FREQUENCY
     iprangesurl: str = DEFAULT_IP_RANGES_URL
+    #: From the environment, as boto3 reads it: (scheme, proxy URL) pairs of
+    #: HTTP(S)_PROXY, NO_PROXY, AWS_CA_BUNDLE.
+    proxies: tuple[tuple[str, str], ...] = ()
+    no_proxy: str = ""
+    ca_bundle: str = ""
 
 
 def _cloudfront_duration(name: str, value: Any, default: float) -> float:
@@ -993,6 +999,21 @@ def _cloudfront_of(from_file: Mapping[str, Any] | None, fs_opts: dict[str, Any])
     return build_cloudfront(merged)
 
 
+def _http_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The proxy and CA settings of the environment that boto3 honours, for
+    the requests s3regfs makes itself (CloudFront, ip-ranges.json)."""
+    proxies = []
+    for scheme in ("http", "https"):
+        value = environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY")
+        if value:
+            proxies.append((scheme, value))
+    return {
+        "proxies": tuple(proxies),
+        "no_proxy": environ.get("no_proxy") or environ.get("NO_PROXY") or "",
+        "ca_bundle": environ.get("AWS_CA_BUNDLE", ""),
+    }
+
+
 def default_statedir(environ: Mapping[str, str]) -> str:
     """Where s3regfs keeps state (its upload journal) unless ``-o statedir`` says:
     systemd's ``$STATE_DIRECTORY``, /var/lib/s3regfs for root, else the XDG state home."""
@@ -1071,6 +1092,8 @@ def build(
         file_fs_opts[key] = None if value is True else ("false" if value is False else value)
     file_fs_opts.update(fs_opts)
     cloudfront = _cloudfront_of(settings.cloudfront, file_fs_opts)
+    if cloudfront is not None:
+        cloudfront = dataclasses.replace(cloudfront, **_http_environment(environ))
     default_source = (
         f"{driver.bucket}:/{driver.key_prefix.rstrip('/')}" if driver.key_prefix else driver.bucket
     )

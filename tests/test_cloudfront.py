@@ -561,3 +561,45 @@ def test_ip_ranges_of_the_wrong_shape_are_a_failed_fetch_not_a_crash(
         ranges.close()
     assert set(cloudfront.served()) == set(blobs)
     assert "cannot fetch AWS's IP ranges" in mount.stderr and "Traceback" not in mount.stderr
+
+
+def test_cloudfront_requests_take_the_proxy_and_ca_bundle_boto3_would(
+    tmp_path: Path, key_pair: tuple[Any, str]
+) -> None:
+    import urllib3
+
+    from s3regfs.config import build_options
+    from s3regfs.storage.cloudfront import http_pool
+
+    middleware = [
+        {
+            "name": "cloudfront",
+            "options": {"baseurl": "d.cloudfront.net", "privatekey": key_pair[1], "keypairid": "K"},
+        }
+    ]
+    environ = {
+        "HTTPS_PROXY": "http://proxy.example:3128",
+        "NO_PROXY": "localhost,.internal",
+        "AWS_CA_BUNDLE": "/etc/ca.pem",
+    }
+    params = build(
+        source=None, mountpoint="/mnt", config_file=_config_file(tmp_path, middleware), environ=environ
+    ).cloudfront
+    assert params is not None
+    options = build_options({}, source="b")
+    through = http_pool(params.baseurl, params, options)
+    assert isinstance(through, urllib3.ProxyManager) and through.proxy is not None
+    assert through.proxy.host == "proxy.example" and through.proxy.port == 3128
+    assert through.connection_pool_kw["ca_certs"] == "/etc/ca.pem"
+    for bypassed in (
+        "https://ranges.internal/ip-ranges.json",
+        "https://localhost/x",
+        "http://d.cloudfront.net/",
+    ):
+        assert not isinstance(http_pool(bypassed, params, options), urllib3.ProxyManager), bypassed
+    plain = build(
+        source=None, mountpoint="/mnt", config_file=_config_file(tmp_path, middleware), environ={}
+    ).cloudfront
+    assert plain is not None and not isinstance(
+        http_pool(plain.baseurl, plain, options), urllib3.ProxyManager
+    )

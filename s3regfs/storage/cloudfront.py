@@ -199,6 +199,38 @@ class AwsRanges:
                 await trio.sleep(min(IP_RANGES_RETRY, self._params.updatefrequency))
 
 
+def http_pool(url: str, params: CloudFrontParams, options: MountOptions) -> urllib3.PoolManager:
+    """The connection pool for requests to *url*, as boto3 would make them:
+    through the environment's ``HTTPS_PROXY``/``HTTP_PROXY`` unless
+    ``NO_PROXY`` names the host, TLS checked against ``AWS_CA_BUNDLE`` when
+    it is set (else the system's certificates); config.py read them."""
+    parts = urllib.parse.urlsplit(url)
+    settings: dict[str, Any] = {
+        "maxsize": options.max_connections,
+        "block": False,
+        "timeout": urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout),
+        "retries": False,
+    }
+    if params.ca_bundle:
+        settings["ca_certs"] = params.ca_bundle
+    proxy = dict(params.proxies).get(parts.scheme.lower())
+    if proxy and not _bypassed(parts.hostname or "", params.no_proxy):
+        return urllib3.ProxyManager(proxy, **settings)
+    return urllib3.PoolManager(**settings)
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` (comma-separated hosts and domain suffixes, ``*``
+    for all) names *host*, as curl and botocore read it."""
+    for entry in (item.strip().lower() for item in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        entry = entry.lstrip(".")
+        if entry and (host.lower() == entry or host.lower().endswith("." + entry)):
+            return True
+    return False
+
+
 def local_address(host: str, port: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The local address this host uses toward *host*:*port* (a UDP socket's
     connect picks the route; nothing is sent), None if it cannot be found."""
@@ -245,12 +277,7 @@ class CloudFrontReads:
         self._s3 = s3
         self._params = params
         self._urls = SignedUrls(params)
-        self._http = urllib3.PoolManager(
-            maxsize=options.max_connections,
-            block=False,
-            timeout=urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout),
-            retries=False,
-        )
+        self._http = http_pool(params.baseurl, params, options)
         self._connections: Connections = s3.connections
         self.counters: collections.Counter[str] = collections.Counter()
         # CloudFront failures are never retried there: the read goes on from S3.
@@ -261,7 +288,9 @@ class CloudFrontReads:
         self._paused_until = 0.0
         self.ranges: AwsRanges | None = None
         if params.ipfilteredby != "none":
-            self.ranges = AwsRanges(params, s3.endpoint_address(), self._http)
+            self.ranges = AwsRanges(
+                params, s3.endpoint_address(), http_pool(params.iprangesurl, params, options)
+            )
 
     # -- routing --------------------------------------------------------------
 
