@@ -48,6 +48,8 @@ class CacheStats:
     discarded: int = 0
     evictions: int = 0
     bytes_filled: int = 0
+    #: Bytes read by the mount's users from cached files.
+    bytes_served: int = 0
     size: int = 0
     #: Fills begun and not yet committed (their eviction included) or given up.
     filling: int = 0
@@ -204,9 +206,13 @@ class BlobCache:
     def miss(self) -> None:
         self._count("misses")
 
-    def _count(self, what: str) -> None:
+    def served(self, size: int) -> None:
+        """*size* bytes were read from a cached file."""
+        self._count("bytes_served", size)
+
+    def _count(self, what: str, amount: int = 1) -> None:
         with self._lock:
-            setattr(self.stats, what, getattr(self.stats, what) + 1)
+            setattr(self.stats, what, getattr(self.stats, what) + amount)
 
     def verified(self, digest: str, path: str) -> bool:
         """Whether the cached file's bytes hash to *digest* (blocking: -o verify)."""

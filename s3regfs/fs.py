@@ -748,7 +748,10 @@ class Operations(pyfuse3.Operations):
             return handle.data[off : off + size]
         if handle.cached_fd is not None:
             with errors_to_errno(f"read {_quote(node.path)} from the cache at {off}"):
-                return await trio.to_thread.run_sync(os.pread, handle.cached_fd, size, off)
+                data = await trio.to_thread.run_sync(os.pread, handle.cached_fd, size, off)
+                assert self.files.blob_cache is not None  # a cached handle needs it
+                self.files.blob_cache.served(len(data))
+                return data
         if handle.reader is None and self.files.writer_of(node) is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         with errors_to_errno(f"read {_quote(node.path)} at {off}"):

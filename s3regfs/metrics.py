@@ -41,6 +41,7 @@ _BLOB_CACHE_COUNTERS = (
     ("s3regfs_blob_cache_misses", "misses", "blob opens the local cache could not serve"),
     ("s3regfs_blob_cache_fills", "fills", "blobs added to the local cache"),
     ("s3regfs_blob_cache_filled_bytes", "bytes_filled", "bytes added to the local cache"),
+    ("s3regfs_blob_cache_served_bytes", "bytes_served", "bytes read from the local cache"),
     ("s3regfs_blob_cache_fill_failures", "fill_failures", "cache fills the disk refused"),
     (
         "s3regfs_blob_cache_verification_failures",

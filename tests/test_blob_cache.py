@@ -65,7 +65,8 @@ def test_a_cache_shared_by_mounts_and_restarts(
         with mounted(tmp_path / again, options) as mount:
             for path, data in blobs.items():
                 assert (mount.path / path).read_bytes() == data
-            assert _cache_stats(mount.path)["hits"] == 20
+            stats = _cache_stats(mount.path)
+            assert stats["hits"] == 20 and stats["bytes_served"] == sum(map(len, blobs.values())), stats
         assert _blob_gets(moto, seen, bucket) == 0
         assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 0
 
