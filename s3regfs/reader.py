@@ -735,6 +735,14 @@ class ObjectReader:
             finally:
                 send.close()  # the hasher drains what it has, then ends
 
+    async def _wait_for_hasher(self, wait: Callable[[], Awaitable[None]]) -> None:
+        """Await *wait* (room in the hasher's queue, or its verdict); the time
+        a reader spent waiting meanwhile was the hasher's, not the network's."""
+        began, waiting = trio.current_time(), self._waiting
+        await wait()
+        if waiting:
+            self._hasher_waited += trio.current_time() - began
+
     async def _commit_fill(self, fill: BlobFill) -> None:
         """Put a fill whose hash matched into the cache, beside the reader.
         Shielded (an unmount waits for it rather than leave a half-done
@@ -761,23 +769,14 @@ class ObjectReader:
                         hasher, send, hashed = hashing
                         self._budget.try_take(len(data), force=True)
                         try:
-                            try:
-                                send.send_nowait(data)
-                            except trio.WouldBlock:
-                                began, waiting = trio.current_time(), self._waiting
-                                await send.send(data)
-                                if waiting:  # the reader waited for the hasher, not the network
-                                    self._hasher_waited += trio.current_time() - began
+                            await self._wait_for_hasher(partial(send.send, data))
                         except BaseException:
                             self._budget.give(len(data))  # never queued
                             raise
                         if self._stream_pos + len(data) == self.size:
                             # Decided before the last chunk is handed out.
                             send.close()
-                            began, waiting = trio.current_time(), self._waiting
-                            await hashed.wait()
-                            if waiting:
-                                self._hasher_waited += trio.current_time() - began
+                            await self._wait_for_hasher(hashed.wait)
                             if generation != self._generation:
                                 return
                             if hasher.hasher.hexdigest() != self._expected:
