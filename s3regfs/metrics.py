@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import cast
+from typing import Any, cast
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -112,12 +112,10 @@ class StatsCollector(Collector):
             operation, _, outcome = str(key).partition(" ")
             requests.add_metric([operation, outcome], _number(count))
         yield requests
-        for name, key, text in _COUNTERS:
-            yield CounterMetricFamily(name, text, value=_number(figures.get(key)))
+        yield from _counters(_COUNTERS, figures)
         cache = figures.get("cache")
         cache = cache if isinstance(cache, dict) else {}
-        for name, key, text in _CACHE_COUNTERS:
-            yield CounterMetricFamily(name, text, value=_number(cache.get(key)))
+        yield from _counters(_CACHE_COUNTERS, cache)
         yield GaugeMetricFamily(
             "s3regfs_metadata_cache_nodes",
             "names and directories cached now",
@@ -127,8 +125,7 @@ class StatsCollector(Collector):
             yield GaugeMetricFamily(name, text, value=_number(figures.get(key)))
         blob_cache = figures.get("blob_cache")
         if isinstance(blob_cache, dict):
-            for name, key, text in _BLOB_CACHE_COUNTERS:
-                yield CounterMetricFamily(name, text, value=_number(blob_cache.get(key)))
+            yield from _counters(_BLOB_CACHE_COUNTERS, blob_cache)
             yield GaugeMetricFamily(
                 "s3regfs_blob_cache_bytes",
                 "bytes in the local blob cache",
@@ -136,13 +133,18 @@ class StatsCollector(Collector):
             )
         cloudfront = figures.get("cloudfront")
         if isinstance(cloudfront, dict):
-            for name, key, text in _CLOUDFRONT_COUNTERS:
-                yield CounterMetricFamily(name, text, value=_number(cloudfront.get(key)))
+            yield from _counters(_CLOUDFRONT_COUNTERS, cloudfront)
         reports = figures.get("reports")
         manifests = reports.get("manifests") if isinstance(reports, dict) else None
         if isinstance(manifests, dict):
-            for name, key, text in _MANIFEST_COUNTERS:
-                yield CounterMetricFamily(name, text, value=_number(manifests.get(key)))
+            yield from _counters(_MANIFEST_COUNTERS, manifests)
+
+
+def _counters(
+    table: tuple[tuple[str, str, str], ...], figures: Mapping[Any, object]
+) -> list[CounterMetricFamily]:
+    """One counter per (name, key in *figures*, help) row of *table*."""
+    return [CounterMetricFamily(name, text, value=_number(figures.get(key))) for name, key, text in table]
 
 
 def render(stats: Stats) -> bytes:
