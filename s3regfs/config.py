@@ -330,6 +330,7 @@ class MountOptions:
     umask: int = int_default("umask")
     metadata_ttl: float = float_default("metadata_ttl")
     metadata_cache: int = int_default("metadata_cache")
+    dircache: bool = bool_default("dircache")
     connect_timeout: float = float_default("connect_timeout")
     read_timeout: float = float_default("read_timeout")
     fsname: str = str_default("fsname")

@@ -72,6 +72,15 @@ DIR_BLOCK_SIZE = 32 * 1024
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
+#: Readers of directories whose snapshots are kept between READDIR requests
+#: without OPENDIR (a reader that stops early leaves its own until then), and
+#: the entries they may hold together (about 100 bytes each).
+CURSORS_KEPT = 256
+CURSOR_ENTRIES_KEPT = 200_000
+#: A readdir offset is cursor id x _CURSOR_SPAN + position in the directory.
+_CURSOR_SPAN = 2**32
+_CURSOR_IDS = 2**31 - 1
+
 
 #: Names at the root that are the mount's own, whatever S3 holds.
 _RESERVED_NAMES = frozenset(name.encode() for name in (VIEW_NAME, REGISTRY_VIEW_NAME, CONTROL_NAME))
@@ -210,6 +219,15 @@ class Operations(pyfuse3.Operations):
         self.registry = registry
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_dir_fh = 1
+        #: Directories are read without OPENDIR (-o dircache, and a pyfuse3
+        #: that passes the inode to readdir then: see docs/design.md).
+        self.dircache = options.dircache and getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False)
+        #: Readers' snapshots by cursor id (the -o dircache way), oldest
+        #: first, with the entries each held when kept.
+        self._cursors: dict[int, tuple[DirHandle, int]] = {}
+        self._cursor_entries = 0
+        self._next_cursor = 0
+        self._readdir_requests = 0
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
         self.scanned_usage: tuple[int, int] | None = None
         #: The largest (bytes, objects) the cache has held.
@@ -239,6 +257,10 @@ class Operations(pyfuse3.Operations):
         attrs.entry_timeout = self._options.metadata_ttl
         # A view file's size changes with its content (index.json): never cached.
         attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
+        if node.is_dir and self.dircache:
+            # The kernel checks its copy of a directory's contents when the
+            # attributes expire: make that when the copy does.
+            attrs.attr_timeout = self.namespace.kernel_copy_life(node)
         if node.is_dir:
             mode = (self._dir_mode & 0o555) if view else (self._dir_mode if node.mode is None else node.mode)
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
@@ -282,6 +304,13 @@ class Operations(pyfuse3.Operations):
     def _virtual(self, node: Node) -> bool:
         return self.images.owns(node) or self._control.owns(node) or self.registry.owns(node)
 
+    def drop_caches(self) -> None:
+        """Make every listing and attribute stale (SIGHUP); with -o dircache
+        the kernel rechecks the directories it cached on their next read."""
+        self.namespace.invalidate_all()
+        if self.dircache:
+            self.files.kernel.forget_attributes_soon(self.namespace.expire_kernel_copies())
+
     def stats(self) -> dict[str, object]:
         """What the stats file shows (and SIGUSR1 logs)."""
         figures = self.store.stats()
@@ -293,6 +322,11 @@ class Operations(pyfuse3.Operations):
             "max_nodes": namespace.max_nodes,
             "evicted": namespace.evicted,
             "trims": namespace.trims,
+        }
+        figures["directories"] = {
+            "kernel_cache": self.dircache,
+            "readers": len(self._cursors),
+            "read_requests": self._readdir_requests,
         }
         figures.update(self.files.stats())
         figures["reports"] = self.registry.reports.stats()
@@ -481,42 +515,102 @@ class Operations(pyfuse3.Operations):
     # -- directories ------------------------------------------------------------------
 
     async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
-        node = self._node(inode)
-        if not node.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        handle: DirHandle
-        with errors_to_errno(f"listing {_quote(node.path or '/')}"):
-            if node is self._control.directory:
-                handle = DirHandle(node, sorted(self._control.files().items()))
-            elif self.images.owns(node):
-                handle = DirHandle(node, await self.images.children(node))
-            elif self.registry.owns(node):
-                handle = DirHandle(node, self.registry.children(node))
-            else:
-                await self.namespace.ensure_listed(node)
-                if node.wide and not self.namespace.is_fresh(node) and node is not self.namespace.root:
-                    handle = DirHandle(node, [], self.namespace.stream(node))
-                else:
-                    entries = [(child.name, child) for child in await self.namespace.list_children(node)]
-                    if node is self.namespace.root and self._options.views:
-                        views = [(VIEW_NAME, self.images.root), (REGISTRY_VIEW_NAME, self.registry.root)]
-                        entries = sorted([*entries, *views], key=lambda e: e[0])
-                    handle = DirHandle(node, entries, holds=True)
-                    self.namespace.hold(node)  # the snapshot's children stay in the inode table
+        if self.dircache:
+            # The kernel takes ENOSYS as "no OPENDIR needed": from now on it
+            # sends READDIR with the inode and caches directory contents.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        handle = await self._open_directory(self._node(inode))
         fh = self._new_dir_fh()
         self._dir_handles[fh] = handle
         return pyfuse3.FileHandleT(fh)
 
+    async def _open_directory(self, node: Node) -> DirHandle:
+        """A snapshot (or, for a wide directory, a stream) of *node*'s entries."""
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        with errors_to_errno(f"listing {_quote(node.path or '/')}"):
+            if node is self._control.directory:
+                return DirHandle(node, sorted(self._control.files().items()))
+            if self.images.owns(node):
+                return DirHandle(node, await self.images.children(node))
+            if self.registry.owns(node):
+                return DirHandle(node, self.registry.children(node))
+            await self.namespace.ensure_listed(node)
+            if node.wide and not self.namespace.is_fresh(node) and node is not self.namespace.root:
+                return DirHandle(node, [], self.namespace.stream(node))
+            entries = [(child.name, child) for child in await self.namespace.list_children(node)]
+            if node is self.namespace.root and self._options.views:
+                views = [(VIEW_NAME, self.images.root), (REGISTRY_VIEW_NAME, self.registry.root)]
+                entries = sorted([*entries, *views], key=lambda e: e[0])
+            self.namespace.hold(node)  # the snapshot's children stay in the inode table
+            return DirHandle(node, entries, holds=True)
+
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._dir_handles[fh]
+        self._readdir_requests += 1
+        if not self.dircache:
+            await self._read_directory(self._dir_handles[fh], start_id, 0, token)
+            return
+        # Without OPENDIR, *fh* is the directory's inode and nothing says when
+        # a reader is done: a reader's snapshot is a cursor, named in the high
+        # bits of the offsets handed out, dropped at the end of the directory
+        # (or, for readers that stop early, as the least recently used).
+        cursor_id, position = divmod(start_id, _CURSOR_SPAN)
+        handle = self._take_cursor(cursor_id) if position else None
+        if handle is None or handle.node.ino != fh:
+            if handle is not None:
+                self._drop_cursor(handle)
+            # A reader whose cursor is gone goes on in a new snapshot at the
+            # same position (as after seekdir in a directory that changed).
+            handle = await self._open_directory(self._node(fh))
+            cursor_id = self._new_cursor_id()
+            if not position:
+                self.namespace.kernel_copies(handle.node)
+        try:
+            more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
+        except BaseException:
+            self._drop_cursor(handle)
+            raise
+        if not more:
+            self._drop_cursor(handle)  # the end: the reader is done
+            return
+        size = len(handle.entries)
+        self._cursors[cursor_id] = (handle, size)
+        self._cursor_entries += size
+        while len(self._cursors) > CURSORS_KEPT or (
+            self._cursor_entries > CURSOR_ENTRIES_KEPT and len(self._cursors) > 1
+        ):
+            oldest = self._take_cursor(next(iter(self._cursors)))
+            assert oldest is not None
+            self._drop_cursor(oldest)
+
+    def _take_cursor(self, cursor_id: int) -> DirHandle | None:
+        kept = self._cursors.pop(cursor_id, None)
+        if kept is None:
+            return None
+        self._cursor_entries -= kept[1]
+        return kept[0]
+
+    def _new_cursor_id(self) -> int:
+        self._next_cursor = self._next_cursor % _CURSOR_IDS + 1
+        return self._next_cursor
+
+    def _drop_cursor(self, handle: DirHandle) -> None:
+        if handle.holds:
+            self.namespace.release(handle.node)
+
+    async def _read_directory(
+        self, handle: DirHandle, position: int, cookie: int, token: pyfuse3.ReaddirToken
+    ) -> bool:
+        """Reply *handle*'s entries from *position* on, each with offset
+        *cookie* + its successor's position; whether any was given."""
         if handle.stream is not None:
             with errors_to_errno(f"listing {_quote(handle.node.path)}"):
-                await self._readdir_stream(handle, start_id, token)
-            return
-        for index in range(start_id, len(handle.entries)):
+                return await self._read_stream(handle, position, cookie, token)
+        for index in range(position, len(handle.entries)):
             name, node = handle.entries[index]
-            if not self._reply_entry(token, name, node, index + 1):
-                return
+            if not self._reply_entry(token, name, node, cookie + index + 1):
+                break
+        return position < len(handle.entries)
 
     def _reply_entry(self, token: pyfuse3.ReaddirToken, name: str, node: Node, next_id: int) -> bool:
         """Add one entry to a readdir reply; False when the reply is full."""
@@ -528,27 +622,29 @@ class Operations(pyfuse3.Operations):
         self.namespace.remember(node)
         return True
 
-    async def _readdir_stream(self, handle: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Offsets count entries from the start of the stream; going back
+    async def _read_stream(
+        self, handle: DirHandle, position: int, cookie: int, token: pyfuse3.ReaddirToken
+    ) -> bool:
+        """Positions count entries from the start of the stream; going back
         (rewinddir, seekdir) starts the stream again."""
-        if start_id < handle.base:
+        if position < handle.base:
             handle.stream = self.namespace.stream(handle.node)
             handle.entries = []
             handle.base = 0
         assert handle.stream is not None
-        offset = start_id
+        offset = position
         while True:
             for name, node in handle.entries[max(0, offset - handle.base) :]:
-                if not self._reply_entry(token, name, self.namespace.revive(node), offset + 1):
-                    return
+                if not self._reply_entry(token, name, self.namespace.revive(node), cookie + offset + 1):
+                    return True
                 offset += 1
-            if offset > start_id:
+            if offset > position:
                 # What one page gave, at once, even if the reader's buffer
                 # (up to 1 MiB) has room for more: `ls -f` starts after a page.
-                return
+                return True
             page = await handle.stream.next_page()
             if page is None:
-                return
+                return False
             handle.base += len(handle.entries)
             handle.entries = [(child.name, child) for child in page]
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
@@ -129,6 +130,7 @@ class Node:
         "held",
         "doomed",
         "wide",
+        "kernel_copy_at",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -178,6 +180,9 @@ class Node:
         self.doomed = False
         #: Directories: too many children to list whole (see WIDE_PAGES).
         self.wide = False
+        #: Directories (-o dircache): since when the names the kernel may have
+        #: cached were fresh (None: it cached none since the last change).
+        self.kernel_copy_at: float | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -202,6 +207,10 @@ class EntryForgetter(Protocol):
     def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
         """Ask the kernel, in the background, to drop each (parent, name) entry
         of *entries* (and everything it cached below it); never blocks."""
+
+    def forget_pages_soon(self, node: Node) -> None:
+        """Ask the kernel, in the background, to drop *node*'s cached pages
+        (for a directory: its cached contents); never blocks."""
 
 
 class Namespace:
@@ -333,6 +342,50 @@ class Namespace:
 
     def is_fresh(self, node: Node) -> bool:
         return node.fresh_at is not None and self._now() - node.fresh_at < self.ttl
+
+    # -- the kernel's copies of directory contents (-o dircache) -------------------
+
+    def kernel_copies(self, directory: Node) -> None:
+        """The kernel reads *directory* from the start: it may keep what it
+        gets, names as fresh as the listing they come from."""
+        fresh = directory.fresh_at is not None and directory.ino not in self._virtual
+        directory.kernel_copy_at = directory.fresh_at if fresh else self._now()
+
+    def kernel_copy_life(self, directory: Node) -> float:
+        """Seconds the kernel may keep *directory*'s attributes, and with them
+        its copy of the contents: what is left of the copy's metadata_ttl.
+        Once none is, the directory counts as changed (see changed): the
+        kernel drops its copy when it gets these attributes."""
+        if directory.kernel_copy_at is None:
+            return self.ttl
+        left = self.ttl - (self._now() - directory.kernel_copy_at)
+        if left > 0:
+            return left
+        self.changed(directory)
+        return self.ttl
+
+    def changed(self, directory: Node) -> None:
+        """*directory*'s names changed as this mount sees them (or may have):
+        it gets a new mtime, which makes the kernel drop a copy of its
+        contents (it compares the mtime before it reads one); an mtime set by
+        utimens is kept and the kernel told to drop the copy instead."""
+        if directory.mtime_fixed:
+            if directory.kernel_copy_at is not None and self._kernel is not None:
+                self._kernel.forget_pages_soon(directory)
+        else:
+            directory.mtime_ns = time.time_ns()
+        directory.kernel_copy_at = None
+
+    def expire_kernel_copies(self) -> list[Node]:
+        """Make every copy the kernel may hold count as expired; the
+        directories the kernel holds, whose attributes it should forget."""
+        known = []
+        for node in self._inodes.values():
+            if node.children is not None and node.nlookup:
+                if node.kernel_copy_at is not None:
+                    node.kernel_copy_at = -math.inf
+                known.append(node)
+        return known
 
     def invalidate_all(self) -> None:
         """Make every listing and attribute stale (SIGHUP)."""
@@ -497,6 +550,7 @@ class Namespace:
         old = parent.children.get(name)
         if old is not None:
             self._detach(old)
+            self.changed(parent)
         node = self._new_node(name, parent, is_dir)
         node.local = True
         node.made_here = is_dir
@@ -525,6 +579,7 @@ class Namespace:
         parent = node.parent
         if parent is not None and parent.children is not None and parent.children.get(node.name) is node:
             del parent.children[node.name]
+            self.changed(parent)
             if not parent.children and parent.parent is not None:
                 parent.local = True
         self._detach(node)
@@ -536,6 +591,7 @@ class Namespace:
         assert old_parent is not None and old_parent.children is not None
         if old_parent.children.get(node.name) is node:
             del old_parent.children[node.name]
+            self.changed(old_parent)
             if not old_parent.children and old_parent.parent is not None:
                 old_parent.local = True
         replaced = new_parent.children.get(new_name)
@@ -544,6 +600,7 @@ class Namespace:
         node.parent = new_parent
         node.name = new_name
         new_parent.children[new_name] = node
+        self.changed(new_parent)
         node.seen_gen = max(node.seen_gen, next(self._gens))
 
     async def exists(self, path: str) -> bool:
@@ -834,11 +891,14 @@ class Namespace:
             if child.seen_gen < gen and not _pinned(child):
                 del directory.children[name]
                 self._detach(child)
+                self.changed(directory)
         directory.fresh_at = when
         directory.made_here = False  # its names now come from S3
         self._stale_checks.pop(directory.ino, None)
 
     def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
+        """A new child of *parent* (which the caller adds to its children)."""
+        self.changed(parent)
         node = Node(next(self._inos), name, parent, is_dir)
         node.used = self._tick
         self._inodes[node.ino] = node

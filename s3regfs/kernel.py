@@ -74,6 +74,19 @@ class KernelNotifier:
         with suppress(OSError):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
 
+    def forget_attributes_soon(self, nodes: Sequence[Node]) -> None:
+        inodes = [node.ino for node in nodes]
+        self._nursery.start_soon(self._forget_attributes, inodes)
+
+    @staticmethod
+    async def _forget_attributes(inodes: list[int]) -> None:
+        def forget_all() -> None:
+            for ino in inodes:
+                with suppress(OSError):  # the kernel did not know it
+                    pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), True)
+
+        await trio.to_thread.run_sync(forget_all)  # one thread for the lot
+
     def forget_pages_soon(self, node: Node) -> None:
         self._nursery.start_soon(self._forget_pages, node.ino)
 

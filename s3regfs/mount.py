@@ -522,7 +522,7 @@ async def _handle_signals(signals: AsyncIterator[int], operations: Operations, m
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("SIGHUP: dropping metadata caches")
-            operations.namespace.invalidate_all()
+            operations.drop_caches()
             continue
         if signum == signal.SIGUSR1:
             log.info("stats: %s", json.dumps(operations.stats(), sort_keys=True))

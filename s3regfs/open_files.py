@@ -71,6 +71,10 @@ class KernelCache(Protocol):
         """The kernel forgets *node*'s attributes before this returns."""
         ...
 
+    def forget_attributes_soon(self, nodes: Sequence[Node]) -> None:
+        """The kernel forgets the attributes of each of *nodes* soon (never awaited)."""
+        ...
+
     def forget_pages_soon(self, node: Node) -> None:
         """The kernel forgets *node*'s cached pages soon (never awaited: a read
         or write of the inode in progress holds page locks until answered)."""
@@ -508,6 +512,11 @@ class OpenFiles:
             writer.close()
         self._writers.clear()
         self._handles.clear()
+
+    @property
+    def kernel(self) -> KernelCache:
+        """How the mount makes the kernel forget what it cached."""
+        return self._kernel
 
     def stats(self) -> dict[str, object]:
         """The open files' figures of the stats file."""

@@ -10,7 +10,7 @@ repo=$(pwd)
 python=${PYTHON:-python3}
 
 export DEBIAN_FRONTEND=noninteractive
-packages=(fuse3 libfuse3-dev pkg-config gcc attr docker-registry skopeo umoci findutils rsync util-linux ca-certificates python3-minimal passwd)
+packages=(fuse3 libfuse3-dev pkg-config gcc patch attr docker-registry skopeo umoci findutils rsync util-linux ca-certificates python3-minimal passwd)
 if ! "$python" -c 'import venv, ensurepip, sysconfig, os; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null; then
     packages+=(python3-venv python3-dev)
 fi
@@ -23,6 +23,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# pyfuse3 rebuilt from its PyPI source with scripts/patches/ applied: readdir
+# without opendir (the kernel then caches directory contents; docs/design.md,
+# "Directory reads").  s3regfs runs on an unpatched pyfuse3 too, slower.
+pyfuse3_version=3.5.0
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(not getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False))' 2>/dev/null; then
+    build=$(mktemp -d)
+    .venv/bin/python -m pip download -q --no-deps --no-binary :all: "pyfuse3==$pyfuse3_version" -d "$build"
+    tar -xzf "$build/pyfuse3-$pyfuse3_version.tar.gz" -C "$build"
+    patch -s -d "$build/pyfuse3-$pyfuse3_version" -p0 < "scripts/patches/pyfuse3-$pyfuse3_version-readdir-inode.patch"
+    .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/pyfuse3-$pyfuse3_version"
+    rm -rf "$build"
+fi
 
 launcher=/usr/local/bin/s3regfs
 cat > "$launcher.tmp" <<LAUNCHER

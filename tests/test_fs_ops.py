@@ -54,6 +54,9 @@ class RecordingKernel:
     async def forget_attributes(self, node: Node) -> None:
         self.attributes.append(node.ino)
 
+    def forget_attributes_soon(self, nodes: Sequence[Node]) -> None:
+        self.attributes += [node.ino for node in nodes]
+
     def forget_pages_soon(self, node: Node) -> None:
         self.pages.append(node.ino)
 

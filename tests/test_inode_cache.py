@@ -126,9 +126,13 @@ class _RecordingKernel:
 
     def __init__(self) -> None:
         self.asked: list[tuple[int, str]] = []
+        self.pages: list[int] = []
 
     def forget_entries_soon(self, entries: Sequence[tuple[Any, str]]) -> None:
         self.asked += [(parent.ino, name) for parent, name in entries]
+
+    def forget_pages_soon(self, node: Any) -> None:
+        self.pages.append(node.ino)
 
 
 async def test_trim_keeps_the_cache_bounded_and_what_the_kernel_holds(
@@ -306,3 +310,43 @@ async def test_a_walk_past_a_cut_flat_listing_goes_on_in_flat_pages(
     # root, ns (one flat page, one delimited), then about a page per 1,000
     # keys from there (and the repository the cut fell in): not one per repository.
     assert store.request_counts["list_objects_v2"] <= 8, store.request_counts
+
+
+async def test_a_directory_s_mtime_tells_when_its_names_changed(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    # The kernel's copy of a directory's contents (-o dircache) is dropped
+    # when the mtime it is given differs from the one it copied with.
+    for name in ("a", "b"):
+        s3.put_object(Bucket=bucket, Key=f"d/{name}", Body=b"x")
+    store = make_store(moto.url, bucket)
+    kernel = _RecordingKernel()
+    namespace = Namespace(store, "", metadata_ttl=0.2, kernel=kernel)
+    directory = await namespace.lookup(namespace.root, "d")
+    await namespace.ensure_listed(directory)
+    listed = directory.mtime_ns
+    namespace.kernel_copies(directory)
+    assert 0 < namespace.kernel_copy_life(directory) <= 0.2
+    await trio.sleep(0.3)
+    await namespace.ensure_listed(directory)  # listed again, the same names
+    assert directory.mtime_ns == listed
+    s3.put_object(Bucket=bucket, Key="d/c", Body=b"x")
+    await trio.sleep(0.3)
+    await namespace.ensure_listed(directory)  # a new name
+    assert directory.mtime_ns > listed
+    assert directory.kernel_copy_at is None  # the kernel's copy counts as gone
+    changed = directory.mtime_ns
+
+    namespace.kernel_copies(directory)
+    await trio.sleep(0.3)
+    assert directory.mtime_ns == changed
+    assert namespace.kernel_copy_life(directory) == 0.2  # outlived the TTL: a new mtime
+    assert directory.mtime_ns > changed
+
+    directory.mtime_fixed = True  # utimens: the mtime stays, the pages go
+    namespace.kernel_copies(directory)
+    s3.delete_object(Bucket=bucket, Key="d/a")
+    await trio.sleep(0.3)
+    fixed = directory.mtime_ns
+    await namespace.ensure_listed(directory)
+    assert directory.mtime_ns == fixed and kernel.pages == [directory.ino]
