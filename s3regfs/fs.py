@@ -26,6 +26,7 @@ import errno
 import logging
 import mmap
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -84,6 +85,13 @@ _CURSOR_IDS = 2**31 - 1
 
 #: Names at the root that are the mount's own, whatever S3 holds.
 _RESERVED_NAMES = frozenset(name.encode() for name in (VIEW_NAME, REGISTRY_VIEW_NAME, CONTROL_NAME))
+
+
+def kernel_skips_opendir(release: str) -> bool:
+    """Whether a Linux kernel of *release* (``uname -r``) takes ENOSYS from
+    OPENDIR as "no OPENDIR needed" (5.1 and later); older ones fail the open."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    return match is not None and (int(match[1]), int(match[2])) >= (5, 1)
 
 
 def _map(path: str) -> bytes | mmap.mmap:
@@ -219,9 +227,15 @@ class Operations(pyfuse3.Operations):
         self.registry = registry
         self._dir_handles: dict[int, DirHandle] = {}
         self._next_dir_fh = 1
-        #: Directories are read without OPENDIR (-o dircache, and a pyfuse3
-        #: that passes the inode to readdir then: see docs/design.md).
-        self.dircache = options.dircache and getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False)
+        #: Directories are read without OPENDIR (see docs/design.md): -o
+        #: dircache, a pyfuse3 that passes the inode to readdir then, a kernel
+        #: that takes ENOSYS for it, and a TTL the kernel's copies can live.
+        self.dircache = (
+            options.dircache
+            and getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False)
+            and kernel_skips_opendir(os.uname().release)
+            and options.metadata_ttl > 0
+        )
         #: Readers' snapshots by cursor id (the -o dircache way), oldest
         #: first, with the entries each held when kept.
         self._cursors: dict[int, tuple[DirHandle, int]] = {}
@@ -426,6 +440,12 @@ class Operations(pyfuse3.Operations):
 
     async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if node.is_dir and self.dircache and self.namespace.kernel_copy_expired(node):
+            # The kernel asks before it reads its copy of the directory (the
+            # attributes expire with the copy): it drops the copy first, and
+            # reads the directory from us; the mtime stays (tar, rsync).
+            self.namespace.forget_kernel_copy(node)
+            await self.files.kernel.forget_pages(node)
         await self._prepare_view_file(node)
         return self._attrs(node)
 
@@ -564,7 +584,7 @@ class Operations(pyfuse3.Operations):
             handle = await self._open_directory(self._node(fh))
             cursor_id = self._new_cursor_id()
             if not position:
-                self.namespace.kernel_copies(handle.node)
+                self.namespace.kernel_copies(handle.node, live=handle.stream is not None)
         try:
             more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
         except BaseException:

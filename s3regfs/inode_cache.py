@@ -345,30 +345,40 @@ class Namespace:
 
     # -- the kernel's copies of directory contents (-o dircache) -------------------
 
-    def kernel_copies(self, directory: Node) -> None:
+    def kernel_copies(self, directory: Node, *, live: bool = False) -> None:
         """The kernel reads *directory* from the start: it may keep what it
-        gets, names as fresh as the listing they come from."""
-        fresh = directory.fresh_at is not None and directory.ino not in self._virtual
-        directory.kernel_copy_at = directory.fresh_at if fresh else self._now()
+        gets, names as fresh as the listing they come from (now, if *live*:
+        a stream of S3's pages)."""
+        listed = directory.fresh_at is not None and directory.ino not in self._virtual and not live
+        directory.kernel_copy_at = directory.fresh_at if listed else self._now()
 
     def kernel_copy_life(self, directory: Node) -> float:
-        """Seconds the kernel may keep *directory*'s attributes, and with them
-        its copy of the contents: what is left of the copy's metadata_ttl.
-        Once none is, the directory counts as changed (see changed): the
-        kernel drops its copy when it gets these attributes."""
-        if directory.kernel_copy_at is None:
-            return self.ttl
-        left = self.ttl - (self._now() - directory.kernel_copy_at)
-        if left > 0:
-            return left
-        self.changed(directory)
-        return self.ttl
+        """Seconds the kernel may keep *directory*'s attributes: what is left
+        of its copy's metadata_ttl (or, before it copies, of the listing's it
+        would copy), so that it asks for them again, and we can drop an
+        expired copy (see kernel_copy_expired), before it reads the copy."""
+        made = directory.kernel_copy_at
+        if made is None:
+            if not self.is_fresh(directory):
+                return self.ttl  # its next read lists it again: a copy born then
+            made = directory.fresh_at
+            assert made is not None
+        return max(0.0, self.ttl - (self._now() - made))
+
+    def kernel_copy_expired(self, directory: Node) -> bool:
+        """Whether the kernel may hold a copy of *directory*'s names older than metadata_ttl."""
+        made = directory.kernel_copy_at
+        return made is not None and self._now() - made >= self.ttl
+
+    def forget_kernel_copy(self, directory: Node) -> None:
+        """The kernel is told to drop its copy of *directory*'s names."""
+        directory.kernel_copy_at = None
 
     def changed(self, directory: Node) -> None:
-        """*directory*'s names changed as this mount sees them (or may have):
-        it gets a new mtime, which makes the kernel drop a copy of its
-        contents (it compares the mtime before it reads one); an mtime set by
-        utimens is kept and the kernel told to drop the copy instead."""
+        """*directory*'s names changed as this mount sees them: it gets a new
+        mtime (as on a local disk), which also makes the kernel drop a copy
+        of its names (it compares the mtime before it reads one); an mtime
+        set by utimens is kept and the kernel told to drop the copy instead."""
         if directory.mtime_fixed:
             if directory.kernel_copy_at is not None and self._kernel is not None:
                 self._kernel.forget_pages_soon(directory)
@@ -381,7 +391,7 @@ class Namespace:
         directories the kernel holds, whose attributes it should forget."""
         known = []
         for node in self._inodes.values():
-            if node.children is not None and node.nlookup:
+            if node.children is not None and (node.nlookup or node is self.root):
                 if node.kernel_copy_at is not None:
                     node.kernel_copy_at = -math.inf
                 known.append(node)
@@ -510,15 +520,13 @@ class Namespace:
         if info is not None:
             if child is None or child.is_dir:
                 if child is not None:
-                    del parent.children[name]
-                    self._detach(child)
+                    self._remove_child(parent, name, child)
                 child = self._new_node(name, parent, False)
                 parent.children[name] = child
             self._set_file(child, info)
             return child
         if child is not None:
-            del parent.children[name]
-            self._detach(child)
+            self._remove_child(parent, name, child)
         raise NotFound(f"{path}: no such file or directory")
 
     async def list_children(self, directory: Node) -> list[Node]:
@@ -537,8 +545,7 @@ class Namespace:
         except NotFound:
             parent = node.parent
             if parent is not None and parent.children and parent.children.get(node.name) is node:
-                del parent.children[node.name]
-                self._detach(node)
+                self._remove_child(parent, node.name, node)
             raise
         self._set_file(node, info)
 
@@ -889,9 +896,7 @@ class Namespace:
             # "<": a newer listing (of an ancestor, at the same time) that saw
             # the child wins over this one.
             if child.seen_gen < gen and not _pinned(child):
-                del directory.children[name]
-                self._detach(child)
-                self.changed(directory)
+                self._remove_child(directory, name, child)
         directory.fresh_at = when
         directory.made_here = False  # its names now come from S3
         self._stale_checks.pop(directory.ino, None)
@@ -1062,6 +1067,13 @@ class Namespace:
             or node.mtime_fixed
             or node.ino in self._virtual
         )
+
+    def _remove_child(self, directory: Node, name: str, child: Node) -> None:
+        """*child*, *directory*'s entry *name*, is gone from S3."""
+        assert directory.children is not None
+        del directory.children[name]
+        self._detach(child)
+        self.changed(directory)
 
     def _detach(self, node: Node) -> None:
         for each in _walk(node):

@@ -87,6 +87,9 @@ class KernelNotifier:
 
         await trio.to_thread.run_sync(forget_all)  # one thread for the lot
 
+    async def forget_pages(self, node: Node) -> None:
+        await self._forget_pages(node.ino)
+
     def forget_pages_soon(self, node: Node) -> None:
         self._nursery.start_soon(self._forget_pages, node.ino)
 

@@ -75,6 +75,11 @@ class KernelCache(Protocol):
         """The kernel forgets the attributes of each of *nodes* soon (never awaited)."""
         ...
 
+    async def forget_pages(self, node: Node) -> None:
+        """The kernel forgets *node*'s cached pages before this returns: only
+        where no request holds their locks (a directory's, in GETATTR)."""
+        ...
+
     def forget_pages_soon(self, node: Node) -> None:
         """The kernel forgets *node*'s cached pages soon (never awaited: a read
         or write of the inode in progress holds page locks until answered)."""

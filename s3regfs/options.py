@@ -294,9 +294,10 @@ FS_OPTIONS: tuple[Option, ...] = (
         "flag",
         True,
         "on",
-        "directories read without OPENDIR, their contents cached by the kernel up to metadata_ttl",
-        doc="directories read without OPENDIR and their contents cached by the kernel, at most "
-        "`metadata_ttl` old (needs the pyfuse3 that scripts/install.sh builds; see docs/design.md)",
+        "directories read without OPENDIR, their contents cached by the kernel (checked after metadata_ttl)",
+        doc="directories read without OPENDIR and their contents cached by the kernel, checked again "
+        "after `metadata_ttl` (needs the pyfuse3 that scripts/install.sh builds and Linux 5.1; "
+        "see docs/design.md)",
     ),
     Option("connect_timeout", "seconds", 10.0, "10", "seconds to wait for a connection, per attempt"),
     Option("read_timeout", "seconds", 60.0, "60", "seconds to wait for data on a connection, per attempt"),

@@ -30,11 +30,13 @@ fi
 pyfuse3_version=3.5.0
 if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(not getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False))' 2>/dev/null; then
     build=$(mktemp -d)
-    .venv/bin/python -m pip download -q --no-deps --no-binary :all: "pyfuse3==$pyfuse3_version" -d "$build"
+    trap 'rm -rf "$build"' EXIT
+    .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$pyfuse3_version" -d "$build"
     tar -xzf "$build/pyfuse3-$pyfuse3_version.tar.gz" -C "$build"
-    patch -s -d "$build/pyfuse3-$pyfuse3_version" -p0 < "scripts/patches/pyfuse3-$pyfuse3_version-readdir-inode.patch"
+    patch --batch --forward --silent -p0 -d "$build/pyfuse3-$pyfuse3_version" \
+        -i "$repo/scripts/patches/pyfuse3-$pyfuse3_version-readdir-inode.patch"
     .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/pyfuse3-$pyfuse3_version"
-    rm -rf "$build"
+    .venv/bin/python -c 'import pyfuse3; assert pyfuse3.READDIR_INODE_WITHOUT_OPENDIR'
 fi
 
 launcher=/usr/local/bin/s3regfs

@@ -57,6 +57,9 @@ class RecordingKernel:
     def forget_attributes_soon(self, nodes: Sequence[Node]) -> None:
         self.attributes += [node.ino for node in nodes]
 
+    async def forget_pages(self, node: Node) -> None:
+        self.pages.append(node.ino)
+
     def forget_pages_soon(self, node: Node) -> None:
         self.pages.append(node.ino)
 
