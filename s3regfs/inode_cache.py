@@ -131,6 +131,7 @@ class Node:
         "doomed",
         "wide",
         "kernel_copy_at",
+        "names_hash",
     )
 
     def __init__(self, ino: int, name: str, parent: Node | None, is_dir: bool) -> None:
@@ -183,6 +184,10 @@ class Node:
         #: Directories (-o dircache): since when the names the kernel may have
         #: cached were fresh (None: it cached none since the last change).
         self.kernel_copy_at: float | None = None
+        #: Directories: a hash of the names its last whole listing found (None:
+        #: never listed whole); kept when a trim drops the children, so that a
+        #: listing again tells a change of names from a return of the same.
+        self.names_hash: int | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -557,7 +562,7 @@ class Namespace:
         old = parent.children.get(name)
         if old is not None:
             self._detach(old)
-            self.changed(parent)
+        self.changed(parent)
         node = self._new_node(name, parent, is_dir)
         node.local = True
         node.made_here = is_dir
@@ -897,13 +902,17 @@ class Namespace:
             # the child wins over this one.
             if child.seen_gen < gen and not _pinned(child):
                 self._remove_child(directory, name, child)
+        # New names (or ones gone) since the last whole listing: a change.
+        # Not the names a trim dropped and this listing brought back.
+        names_hash = hash(frozenset(directory.children))
+        if directory.names_hash is not None and names_hash != directory.names_hash:
+            self.changed(directory)
+        directory.names_hash = names_hash
         directory.fresh_at = when
         directory.made_here = False  # its names now come from S3
         self._stale_checks.pop(directory.ino, None)
 
     def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
-        """A new child of *parent* (which the caller adds to its children)."""
-        self.changed(parent)
         node = Node(next(self._inos), name, parent, is_dir)
         node.used = self._tick
         self._inodes[node.ino] = node

@@ -352,3 +352,28 @@ async def test_a_directory_s_mtime_tells_when_its_names_changed(
     fixed = directory.mtime_ns
     await namespace.ensure_listed(directory)
     assert directory.mtime_ns == fixed and kernel.pages == [directory.ino]
+
+
+async def test_a_directory_trimmed_and_listed_again_keeps_its_mtime(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    # A trim drops names from memory, not from S3: listed again, the same
+    # names are no change (tar and rsync would see one in a new mtime).
+    for d in ("sub", "t1", "t2"):
+        for i in range(40):
+            s3.put_object(Bucket=bucket, Key=f"a/{d}/f{i:02d}", Body=b"x")
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60, max_nodes=60, kernel=_RecordingKernel())
+    sub = await namespace.resolve("a/sub")
+    await namespace.list_children(sub)
+    mtime = sub.mtime_ns
+    for d in ("t1", "t2"):  # under the same parent, used later: a/sub is the coldest
+        await namespace.list_children(await namespace.resolve(f"a/{d}"))
+    namespace.trim()  # over the bound since the first listing (of all of a/)
+    assert namespace.knows(sub) and not sub.children, "a/sub was not trimmed to its root"
+    assert len(await namespace.list_children(sub)) == 40
+    assert sub.mtime_ns == mtime
+    s3.put_object(Bucket=bucket, Key="a/sub/new", Body=b"x")
+    sub.fresh_at = None  # as after metadata_ttl
+    assert len(await namespace.list_children(sub)) == 41
+    assert sub.mtime_ns > mtime
