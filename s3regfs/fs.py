@@ -240,6 +240,8 @@ class Operations(pyfuse3.Operations):
         #: first, with the entries each held when kept.
         self._cursors: dict[int, tuple[DirHandle, int]] = {}
         self._cursor_entries = 0
+        #: Directory inode -> the cursor of the last reader that started it.
+        self._latest_cursor: dict[int, int] = {}
         self._next_cursor = 0
         self._readdir_requests = 0
         #: (bytes, objects) under the root as the last -o statfs=scan counted them.
@@ -578,20 +580,22 @@ class Operations(pyfuse3.Operations):
         handle = self._take_cursor(cursor_id) if position else None
         if handle is None or handle.node.ino != fh:
             if handle is not None:
-                self._drop_cursor(handle)
+                self._end_cursor(cursor_id, handle)
             # A reader whose cursor is gone goes on in a new snapshot at the
             # same position (as after seekdir in a directory that changed).
             handle = await self._open_directory(self._node(fh))
-            cursor_id = self._new_cursor_id()
+            cursor_id, handle = (
+                self._share_cursor(handle) if not position else (self._new_cursor_id(), handle)
+            )
             if not position:
                 self.namespace.kernel_copies(handle.node, live=handle.stream is not None)
         try:
             more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
         except BaseException:
-            self._drop_cursor(handle)
+            self._end_cursor(cursor_id, handle)
             raise
         if not more:
-            self._drop_cursor(handle)  # the end: the reader is done
+            self._end_cursor(cursor_id, handle)  # the end: the reader is done
             return
         size = len(handle.entries)
         self._cursors[cursor_id] = (handle, size)
@@ -599,9 +603,41 @@ class Operations(pyfuse3.Operations):
         while len(self._cursors) > CURSORS_KEPT or (
             self._cursor_entries > CURSOR_ENTRIES_KEPT and len(self._cursors) > 1
         ):
-            oldest = self._take_cursor(next(iter(self._cursors)))
+            oldest_id = next(iter(self._cursors))
+            oldest = self._take_cursor(oldest_id)
             assert oldest is not None
-            self._drop_cursor(oldest)
+            self._end_cursor(oldest_id, oldest)
+
+    def _share_cursor(self, handle: DirHandle) -> tuple[int, DirHandle]:
+        """The cursor for a reader starting *handle*'s directory: the one of
+        the last reader that started it, if that one (still kept: it stopped
+        early) holds the same entries, so that their offsets agree and the
+        kernel can complete the copy the first began; else a new one."""
+        ino = handle.node.ino
+        latest = self._latest_cursor.get(ino)
+        kept = self._cursors.get(latest) if latest is not None else None
+        if (
+            latest is not None
+            and kept is not None
+            and handle.stream is None
+            and kept[0].stream is None
+            and kept[0].node is handle.node
+            and kept[0].entries == handle.entries
+        ):
+            self._drop_cursor(handle)
+            shared = self._take_cursor(latest)
+            assert shared is not None
+            return latest, shared
+        cursor_id = self._new_cursor_id()
+        if len(self._latest_cursor) >= 4 * CURSORS_KEPT:
+            self._latest_cursor.clear()  # entries of cursors long gone
+        self._latest_cursor[ino] = cursor_id
+        return cursor_id, handle
+
+    def _end_cursor(self, cursor_id: int, handle: DirHandle) -> None:
+        if self._latest_cursor.get(handle.node.ino) == cursor_id:
+            del self._latest_cursor[handle.node.ino]
+        self._drop_cursor(handle)
 
     def _take_cursor(self, cursor_id: int) -> DirHandle | None:
         kept = self._cursors.pop(cursor_id, None)

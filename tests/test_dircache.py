@@ -171,3 +171,21 @@ def test_interleaved_and_abandoned_readers_see_every_name_once(
         if dircache == "true":
             # Readers that stopped early keep a cursor each, at most 256.
             assert stats(mount.path)["directories"]["readers"] <= 256
+
+
+def test_a_copy_begun_by_a_reader_that_stopped_is_completed_by_the_next(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    # `ls | head` reads the first entries and stops: the kernel keeps a
+    # partial copy, which the next reader completes only if its offsets are
+    # the first one's (both read the same snapshot's cursor).
+    names = put_tags(s3, bucket, 600)
+    with mounted(tmp_path / "mnt", [*endpoint_opts, "-o", "metadata_ttl=60", bucket]) as mount:
+        tags = mount.path / TAGS
+        with os.scandir(tags) as entries:
+            next(entries)
+        assert stats(mount.path)["directories"]["readers"] == 1
+        assert sorted(os.listdir(tags)) == names  # from the daemon, completing the copy
+        before = read_requests(mount.path)
+        assert sorted(os.listdir(tags)) == names
+        assert read_requests(mount.path) == before  # the kernel's copy, whole
