@@ -584,10 +584,10 @@ class Operations(pyfuse3.Operations):
             # A reader whose cursor is gone goes on in a new snapshot at the
             # same position (as after seekdir in a directory that changed).
             handle = await self._open_directory(self._node(fh))
-            cursor_id, handle = (
-                self._share_cursor(handle) if not position else (self._new_cursor_id(), handle)
-            )
-            if not position:
+            if position:
+                cursor_id = self._new_cursor_id()
+            else:
+                cursor_id, handle = self._share_cursor(handle)
                 self.namespace.kernel_copies(handle.node, live=handle.stream is not None)
         try:
             more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
@@ -617,17 +617,16 @@ class Operations(pyfuse3.Operations):
         latest = self._latest_cursor.get(ino)
         kept = self._cursors.get(latest) if latest is not None else None
         if (
-            latest is not None
-            and kept is not None
+            kept is not None
             and handle.stream is None
             and kept[0].stream is None
             and kept[0].node is handle.node
             and kept[0].entries == handle.entries
         ):
             self._drop_cursor(handle)
-            shared = self._take_cursor(latest)
-            assert shared is not None
-            return latest, shared
+            assert latest is not None
+            self._take_cursor(latest)
+            return latest, kept[0]
         cursor_id = self._new_cursor_id()
         if len(self._latest_cursor) >= 4 * CURSORS_KEPT:
             self._latest_cursor.clear()  # entries of cursors long gone

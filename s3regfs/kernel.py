@@ -8,7 +8,7 @@ Besides fs.py, the only module that talks to the kernel: it implements
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 
 import pyfuse3
@@ -53,16 +53,7 @@ class KernelNotifier:
 
     def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
         pairs = [(parent.ino, name.encode("utf-8")) for parent, name in entries]
-        self._nursery.start_soon(self._forget_entries, pairs)
-
-    @staticmethod
-    async def _forget_entries(pairs: list[tuple[int, bytes]]) -> None:
-        def forget_all() -> None:
-            for parent_ino, name in pairs:
-                with suppress(OSError):  # the kernel did not know it
-                    pyfuse3.invalidate_entry(parent_ino, name)
-
-        await trio.to_thread.run_sync(forget_all)  # one thread for the lot
+        self._nursery.start_soon(_notify_each, pyfuse3.invalidate_entry, pairs)
 
     async def forget_entry(self, parent: Node, name: str) -> None:
         # Not with deleted=: that takes the file's own inode lock, which a
@@ -75,17 +66,7 @@ class KernelNotifier:
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino, True)
 
     def forget_attributes_soon(self, nodes: Sequence[Node]) -> None:
-        inodes = [node.ino for node in nodes]
-        self._nursery.start_soon(self._forget_attributes, inodes)
-
-    @staticmethod
-    async def _forget_attributes(inodes: list[int]) -> None:
-        def forget_all() -> None:
-            for ino in inodes:
-                with suppress(OSError):  # the kernel did not know it
-                    pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), True)
-
-        await trio.to_thread.run_sync(forget_all)  # one thread for the lot
+        self._nursery.start_soon(_notify_each, pyfuse3.invalidate_inode, [(node.ino, True) for node in nodes])
 
     async def forget_pages(self, node: Node) -> None:
         await self._forget_pages(node.ino)
@@ -97,3 +78,15 @@ class KernelNotifier:
     async def _forget_pages(ino: int) -> None:
         with suppress(OSError):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+
+
+async def _notify_each(notify: Callable[..., None], arguments: Sequence[tuple[object, ...]]) -> None:
+    """``notify(*each)`` for each of *arguments*, all on one worker thread; a
+    notification the kernel refuses (it did not know the entry) is skipped."""
+
+    def notify_all() -> None:
+        for each in arguments:
+            with suppress(OSError):
+                notify(*each)
+
+    await trio.to_thread.run_sync(notify_all)
