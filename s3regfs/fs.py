@@ -338,6 +338,9 @@ class Operations(pyfuse3.Operations):
             "max_nodes": namespace.max_nodes,
             "evicted": namespace.evicted,
             "trims": namespace.trims,
+            "early_pages": namespace.early_pages,
+            "early_pages_used": namespace.early_pages_used,
+            "list_ranges": namespace.list_ranges,
         }
         figures["directories"] = {
             "kernel_cache": self.dircache,

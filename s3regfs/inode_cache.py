@@ -60,8 +60,8 @@ from typing import Protocol
 import trio
 
 from s3regfs import layout
-from s3regfs.errors import NotFound
-from s3regfs.storage.base import ObjectInfo, ObjectStore
+from s3regfs.errors import NotFound, StorageError, collapse_exception_groups
+from s3regfs.storage.base import ListPage, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,14 @@ class Namespace:
         self.negative_ttl = min(NEGATIVE_TTL, metadata_ttl)
         #: Directory inode -> the last key its cut flat listing read.
         self._flat_cursors: dict[int, str] = {}
+        #: Prefix of a SPINE directory -> when its first delimited page was
+        #: asked for ahead of its listing, and the page (see _list).
+        self._early_pages: dict[str, tuple[float, ListPage]] = {}
+        #: Early pages asked for, and those a listing used.
+        self.early_pages = 0
+        self.early_pages_used = 0
+        #: Key ranges read at once by split listings.
+        self.list_ranges = 0
         #: Directory inode -> requests spent checking names one by one since
         #: its listing went stale (see lookup).
         self._stale_checks: dict[int, int] = {}
@@ -698,6 +706,63 @@ class Namespace:
         return node
 
     async def _list(self, directory: Node, *, whole: bool = True) -> None:
+        below = self._spine_to_fetch(directory)
+        if not below:
+            await self._list_now(directory, whole=whole)
+            return
+        # A walk from the root lists these next, one after another: ask for
+        # their first pages now, in the same round trip as this listing.
+        with collapse_exception_groups():  # this listing's own error, as itself
+            async with trio.open_nursery() as nursery:
+                for path in below:
+                    nursery.start_soon(self._fetch_early, layout.dir_prefix(self.key_prefix, path))
+                await self._list_now(directory, whole=whole)
+
+    def _spine_to_fetch(self, directory: Node) -> list[str]:
+        """The SPINE directories below *directory* whose first page is worth
+        asking for now: not fresh, not asked for lately, and not missing from
+        a listing of a directory on the way (a bucket that is no registry
+        pays for this once)."""
+        paths = []
+        for path in layout.spine_below(directory.path):
+            prefix = layout.dir_prefix(self.key_prefix, path)
+            early = self._early_pages.get(prefix)
+            if early is not None and self._now() - early[0] < self.ttl:
+                continue
+            known: Node | None = directory
+            missing = False
+            for name in path[len(directory.path) :].strip("/").split("/"):
+                assert known is not None
+                child = known.children.get(name) if known.children is not None else None
+                if child is None:
+                    # A file there, or listed whole without it: no registry.
+                    missing = known.children is None or known.names_hash is not None
+                    known = None
+                    break
+                known = child
+            if not missing and (known is None or not self.is_fresh(known)):
+                paths.append(path)
+        return paths
+
+    async def _fetch_early(self, prefix: str) -> None:
+        asked = self._now()
+        try:
+            page = await self._store.list_page(prefix, delimiter="/")
+        except StorageError as error:
+            log.debug("early page of %r: %s", prefix, error)  # its listing asks again
+            return
+        self.early_pages += 1
+        self._early_pages[prefix] = (asked, page)
+
+    def _take_early_page(self, prefix: str) -> tuple[float, ListPage] | None:
+        """The first delimited page of *prefix* asked for ahead, if young enough."""
+        early = self._early_pages.pop(prefix, None)
+        if early is None or self._now() - early[0] >= self.ttl:
+            return None
+        self.early_pages_used += 1
+        return early
+
+    async def _list_now(self, directory: Node, *, whole: bool) -> None:
         parent = directory.parent
         if (
             parent is not None
@@ -734,8 +799,13 @@ class Namespace:
         # The rest of D's own children, one level only.
         token = None
         pages = 0
+        early = self._take_early_page(prefix) if cursor is None else None
         while True:
-            page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
+            if early is not None:
+                started = min(started, early[0])
+                page, early = early[1], None
+            else:
+                page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
             cost += 1
             pages += 1
             for info in page.objects:
@@ -793,21 +863,75 @@ class Namespace:
         touched: dict[int, Node],
         start_after: str | None = None,
     ) -> tuple[str | None, bool, int]:
-        """Up to *pages* delimiter-less pages of *prefix* (after
-        *start_after*) ingested below *directory*: the last key read, whether
-        the subtree ended, and the requests made."""
-        cursor: str | None = None
-        token: str | None = None
-        for cost in range(1, pages + 1):
-            page = await self._store.list_page(prefix, start_after=start_after, token=token)
-            for info in page.objects:
-                self._ingest(directory, prefix, info, gen, touched)
-            if page.objects:
-                cursor = page.objects[-1].key
-            token = page.next_token
-            if token is None:
-                return cursor, True, cost
-        return cursor, False, pages
+        """About *pages* pages' worth of keys (1,000 each) of the
+        delimiter-less listing of *prefix* (after *start_after*), ingested
+        below *directory*: how far every key was read (None: none), whether
+        the subtree ended, and the requests made.
+
+        The first page is read alone.  When more follow and its keys vary in
+        a digest run, the rest is read as up to SPLIT_RANGES key ranges at
+        once (:func:`s3regfs.layout.split_listing`), so a subtree of a few
+        thousand link files costs two round trips, not one per page.  A range
+        whose end is open (what follows the run) may split again the same
+        way.  The ranges are contiguous: the keys read without a gap from the
+        start are the listing's cursor; keys a range read past a gap are
+        ingested too (a later listing reads them again)."""
+        budget = pages * 1000  # keys
+        cost = 0
+
+        async def read(span: layout.KeyRange) -> tuple[str, bool]:
+            """Read *span*: how far it was read without a gap, and whether whole."""
+            nonlocal budget, cost
+            reached = span.after
+            token: str | None = None
+            max_keys = 1000 if span.through is None else min(1000, 2 * span.expected + 100)
+            while budget > 0:
+                page = await self._store.list_page(
+                    span.prefix, start_after=span.after or None, token=token, max_keys=max_keys
+                )
+                cost += 1
+                budget -= len(page.objects)
+                past = False
+                for info in page.objects:
+                    if not span.holds(info.key):
+                        past = True  # the next range's
+                        break
+                    self._ingest(directory, prefix, info, gen, touched)
+                    reached = info.key
+                token = page.next_token
+                if past or token is None:
+                    return span.through or reached, True
+                max_keys = 1000
+                if span.through is None and budget > 0:
+                    ranges = layout.split_listing(span.prefix, [info.key for info in page.objects], budget)
+                    if ranges:
+                        return await read_all(ranges)
+            return reached, False
+
+        async def read_all(ranges: list[layout.KeyRange]) -> tuple[str, bool]:
+            self.list_ranges += len(ranges)
+            results: list[tuple[str, bool] | None] = [None] * len(ranges)
+
+            async def one(index: int) -> None:
+                results[index] = await read(ranges[index])
+
+            # A range's error fails the listing, as a page's did.
+            with collapse_exception_groups():
+                async with trio.open_nursery() as nursery:
+                    for index in range(len(ranges)):
+                        nursery.start_soon(one, index)
+            reached = ranges[0].after
+            for result in results:
+                assert result is not None
+                reached, whole = result
+                if not whole:
+                    return reached, False
+            # A last range with no end read to the end; else the budget
+            # stopped the split at its last bound.
+            return reached, ranges[-1].through is None
+
+        reached, ended = await read(layout.KeyRange(prefix, start_after or "", None, 0))
+        return (reached or None), ended, cost
 
     def _warn_once(
         self, key: str, problem: str, message: str = "skipping key %r: %s cannot be a file name"

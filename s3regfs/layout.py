@@ -17,6 +17,10 @@ its direct children.
 from __future__ import annotations
 
 import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 REGISTRY_ROOT = "docker/registry/v2"
 
@@ -34,9 +38,39 @@ _WIDE_DIRECTORIES = frozenset(
     }
 )
 
+#: The registry's fixed directories, from the root down.  Each is listed one
+#: level at a time (above), and a walk from the root needs each before the
+#: next: so the first listing of one of them also asks for the first pages
+#: of those below it, all at once (see Namespace._list).
+SPINE = (
+    "",
+    "docker",
+    "docker/registry",
+    REGISTRY_ROOT,
+    f"{REGISTRY_ROOT}/repositories",
+    f"{REGISTRY_ROOT}/blobs",
+)
+
 #: Pages a flat listing may take below any other directory: a repository of a
 #: few thousand link files, or blobs/sha256 of a small registry, in one go.
 FLAT_LISTING_PAGES = 8
+
+#: Keys a range of a split listing is sized for (about half a page: most
+#: ranges take one request even when the estimate is off by half).
+SPLIT_RANGE_KEYS = 500
+#: Ranges of one split at most, read at once.
+SPLIT_RANGES = 16
+#: Keys of the digest run a page must hold to estimate the density from.
+SPLIT_MIN_SAMPLE = 32
+#: Above every character of every key (S3 orders keys by their UTF-8 bytes,
+#: that is by code point): ``x + KEY_MAX`` sorts after every key that starts
+#: with ``x`` and does not go on with KEY_MAX itself.
+KEY_MAX = "\U0010ffff"
+_HEX = frozenset("0123456789abcdef")
+#: Hex digits a component needs to count as a digest (sha256 has 64).
+DIGEST_MIN_HEX = 32
+#: Hex digits of a range's bounds (65,536 cells over a digest run).
+_BOUND_DIGITS = 4
 
 NAME_MAX = 255
 
@@ -65,6 +99,149 @@ def digest_problem(text: str) -> str | None:
 def flat_listing_pages(path: str) -> int:
     """Delimiter-less pages to spend on listing directory *path* (0: none)."""
     return 0 if path in _WIDE_DIRECTORIES else FLAT_LISTING_PAGES
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """The keys *k* with ``after < k <= through`` (no upper bound when
+    *through* is None), all of which start with *prefix*: listed with
+    ``Prefix=prefix, StartAfter=after``, a page's keys past *through* belong
+    to the next range."""
+
+    prefix: str
+    after: str
+    through: str | None
+    expected: int
+
+    def holds(self, key: str) -> bool:
+        return self.through is None or key <= self.through
+
+
+@dataclass(frozen=True)
+class _DigestRun:
+    """Keys that go on from *stem* with a hex digest: ``<stem><hex>...``, or
+    with *fanout* ``<stem><hh>/<hh><hex>...`` (blobs' fan-out directories).
+    The digests lie in [*low*, *high*) of the hex range (a fan-out directory
+    holds 1/256 of it)."""
+
+    stem: str
+    fanout: bool
+    low: float = 0.0
+    high: float = 1.0
+
+    def fraction(self, key: str) -> float | None:
+        """Where *key*'s digest falls in [0, 1); None if *key* has no digest there."""
+        if not key.startswith(self.stem):
+            return None
+        component = key[len(self.stem) + (3 if self.fanout else 0) :].partition("/")[0]
+        if len(component) < DIGEST_MIN_HEX or not _HEX.issuperset(component):
+            return None
+        return int(component[:8], 16) / 16**8
+
+    def bound(self, fraction: float) -> str:
+        """A string after the keys of every digest up to *fraction* (its
+        _BOUND_DIGITS-digit cell included) and before all others."""
+        cell = format(min(16**_BOUND_DIGITS - 1, int(fraction * 16**_BOUND_DIGITS)), f"0{_BOUND_DIGITS}x")
+        return self.stem + (cell[:2] + "/" if self.fanout else "") + cell + KEY_MAX
+
+
+def _digest_run(first: str, last: str, start: int) -> _DigestRun | None:
+    """The digest run in which *first* and *last* (keys of one page, both
+    past *start*) first differ: a component of hex digits from where they
+    differ back to its start (a digest, or a fan-out directory), else None."""
+    common = len(os.path.commonprefix([first, last]))
+    if common >= len(last) or last[common] not in _HEX or common >= len(first) or first[common] not in _HEX:
+        return None
+    begin = common
+    while begin > start and last[begin - 1] in _HEX:
+        begin -= 1
+    if begin > start and last[begin - 1] != "/":
+        return None  # hex in the middle of a name (a tag "v1a"): no digest
+    end = begin
+    while end < len(last) and last[end] in _HEX:
+        end += 1
+    if end < len(last) and last[end] != "/":
+        return None
+    component = last[begin:end]
+    stem = last[:begin]
+    if len(component) == 2 and last[end + 1 : end + 3] == component:
+        following = last[end + 1 :].partition("/")[0]
+        if len(following) >= DIGEST_MIN_HEX and all(c in _HEX for c in following):
+            return _DigestRun(stem, fanout=True)
+        return None
+    if len(component) < DIGEST_MIN_HEX:
+        return None  # a short name that happens to be hex ("f0999", "cafe")
+    parent = stem[:-1].rpartition("/")[2]
+    if (
+        begin - 3 >= start
+        and len(parent) == 2
+        and all(c in _HEX for c in parent)
+        and component.startswith(parent)
+    ):
+        low = int(parent, 16) / 256  # inside one fan-out directory
+        return _DigestRun(stem, fanout=False, low=low, high=low + 1 / 256)
+    return _DigestRun(stem, fanout=False)
+
+
+def split_listing(prefix: str, keys: Sequence[str], budget: int) -> list[KeyRange] | None:
+    """How to read the rest of a delimiter-less listing of *prefix* at once.
+
+    *keys* are the keys of the page just read (sorted; more follow).  When
+    they vary in a run of hex digests (``<hex>/link`` of ``_layers/sha256``,
+    the fan-out directories of ``blobs/sha256``), digests are uniform, so the
+    page tells how many keys the rest of the run holds.  The result is
+    contiguous ranges from the page's last key on, each expected to hold
+    about SPLIT_RANGE_KEYS keys (at most SPLIT_RANGES of them): up to the end
+    of the listing when the run's estimated rest fits *budget* keys (the last
+    range then has no upper bound: it holds whatever follows the run too),
+    else up to where *budget* keys are expected.  None when the page shows no
+    such run, or too few keys of it to estimate from, or the rest is about a
+    page anyway: then the listing goes on a page at a time."""
+    if len(keys) < SPLIT_MIN_SAMPLE:
+        return None
+    last = keys[-1]
+    # The middle key, not the first: a page may start with names that are
+    # no digests (":x", "-") before the run.
+    run = _digest_run(keys[len(keys) // 2], last, len(prefix))
+    if run is None:
+        return None
+    sample = [f for f in map(run.fraction, keys) if f is not None]
+    high = run.fraction(last)
+    if len(sample) < SPLIT_MIN_SAMPLE or high is None:
+        return None
+    low = sample[0]
+    if high <= low or not run.low <= high < run.high:
+        return None
+    density = (len(sample) - 1) / (high - low)  # keys per unit of the hex range
+    rest = density * (run.high - high)
+    if rest <= 1.5 * SPLIT_RANGE_KEYS:
+        return None  # about a page: the next page ends it
+    whole = rest <= budget
+    span = (run.high - high) if whole else budget / density
+    count = min(SPLIT_RANGES, math.ceil(density * span / SPLIT_RANGE_KEYS))
+    bounds: list[str] = []
+    for index in range(1, count + (0 if whole else 1)):
+        bound = run.bound(high + span * index / count)
+        if bound > last and (not bounds or bound > bounds[-1]):
+            bounds.append(bound)
+    if not bounds and not whole:
+        return None
+    ranges: list[KeyRange] = []
+    after = last
+    expected = round(density * span / count)
+    for bound in bounds:
+        ranges.append(KeyRange(os.path.commonprefix([after, bound]), after, bound, expected))
+        after = bound
+    if whole:
+        ranges.append(KeyRange(prefix, after, None, expected))
+    return ranges
+
+
+def spine_below(path: str) -> list[str]:
+    """The SPINE directories below directory *path* (none if it is not one)."""
+    if path not in SPINE:
+        return []
+    return [each for each in SPINE if each != path and (not path or each.startswith(path + "/"))]
 
 
 def join(path: str, name: str) -> str:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
@@ -157,3 +159,109 @@ def test_newlines_are_ordinary_characters(relative: str) -> None:
     parts = relative.rstrip("/").split("/")
     assert layout.split_key(relative) == (parts, relative.endswith("/"))
     assert layout.key_of("r/", relative.rstrip("/")) == "r/" + relative.rstrip("/")
+
+
+# -- split listings ---------------------------------------------------------------
+
+
+def _digest(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def _read(keys: list[str], ranges: list[layout.KeyRange]) -> list[str]:
+    """What reading *ranges* as the listing does returns: per range, the keys
+    under its prefix after its start, up to its end."""
+    read: list[str] = []
+    for span in ranges:
+        assert span.after.startswith(span.prefix)
+        assert span.through is None or span.through.startswith(span.prefix)
+        read += [k for k in keys if k.startswith(span.prefix) and k > span.after and span.holds(k)]
+    return read
+
+
+LINKS = "r/repositories/app/"
+BLOBS = "r/blobs/sha256/"
+ODD_NAMES = [":colon", "zz", "g", "0", "A", "f" + layout.KEY_MAX + "x", "\u00e9t\u00e9", "~"]
+
+
+def _layer_keys(count: int, odd: list[str]) -> list[str]:
+    keys = [f"{LINKS}_layers/sha256/{_digest(i)}/link" for i in range(count)]
+    keys += [f"{LINKS}_layers/sha256/{name}/link" for name in odd]
+    keys += [f"{LINKS}_manifests/revisions/sha256/{_digest(-i)}/link" for i in range(1, 300)]
+    keys += [f"{LINKS}_manifests/tags/v{i}/current/link" for i in range(50)]
+    return sorted(keys)
+
+
+def test_split_listing_covers_the_rest_exactly_once() -> None:
+    keys = _layer_keys(3000, ODD_NAMES)
+    page = keys[:1000]
+    ranges = layout.split_listing(LINKS, page, 7000)
+    assert ranges is not None and 3 <= len(ranges) <= layout.SPLIT_RANGES
+    assert ranges[-1].through is None  # the rest fits the budget: to the end
+    for before, after in zip(ranges, ranges[1:], strict=False):
+        assert before.through == after.after  # contiguous
+    assert _read(keys, ranges) == keys[1000:]  # nothing missed, nothing twice, in order
+    assert all(r.expected < 1000 for r in ranges)
+
+
+def test_split_listing_stops_where_the_budget_ends() -> None:
+    keys = _layer_keys(20000, [])
+    ranges = layout.split_listing(LINKS, keys[:1000], 4000)
+    assert ranges is not None and ranges[-1].through is not None
+    read = _read(keys, ranges)
+    assert read == [k for k in keys[1000:] if k <= ranges[-1].through]
+    assert 3000 <= len(read) <= 5000  # about the budget
+
+
+def test_split_listing_of_fanout_directories() -> None:
+    keys = sorted(f"{BLOBS}{_digest(i)[:2]}/{_digest(i)}/data" for i in range(60000))
+    ranges = layout.split_listing(BLOBS, keys[:1000], 7000)
+    assert ranges is not None and ranges[-1].through is not None
+    read = _read(keys, ranges)
+    assert read == [k for k in keys[1000:] if k <= ranges[-1].through]
+    # Bounds fall inside fan-out directories, so ranges stay about even.
+    sizes = [len(_read(keys, [r])) for r in ranges]
+    assert max(sizes) < 2 * layout.SPLIT_RANGE_KEYS
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        [f"{LINKS}_manifests/tags/v{i:04d}/current/link" for i in range(1000)],  # names, no digests
+        [f"{LINKS}_layers/sha256/{_digest(i)}/link" for i in range(10)],  # too few to estimate
+        sorted(f"{LINKS}_layers/sha256/{_digest(i)}/link" for i in range(4000))[-1000:],  # the rest is small
+        [f"{LINKS}x{i:x}" for i in range(1000)],  # hex inside a name
+    ],
+)
+def test_split_listing_declines(page: list[str]) -> None:
+    assert layout.split_listing(LINKS, sorted(page), 7000) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(1200, 6000),
+    odd=st.lists(st.text(min_size=1, max_size=6).filter(lambda s: "/" not in s), max_size=8),
+    budget=st.integers(1000, 9000),
+)
+def test_split_listing_never_misses_a_key(count: int, odd: list[str], budget: int) -> None:
+    keys = sorted(set(_layer_keys(count, odd)))
+    ranges = layout.split_listing(LINKS, keys[:1000], budget)
+    assume(ranges is not None)
+    assert ranges is not None
+    end = ranges[-1].through
+    assert _read(keys, ranges) == [k for k in keys[1000:] if end is None or k <= end]
+
+
+def test_split_listing_needs_digests_not_hex_looking_names() -> None:
+    page = [f"big/f{i:04d}" for i in range(1000)]  # "f0999" is hex, but no digest
+    assert layout.split_listing("big/", page, 7000) is None
+    page = sorted(f"b/{i:02x}/{i:02x}{'0' * 6}" for i in range(200))  # a fan-out of short names
+    assert layout.split_listing("b/", page, 7000) is None
+
+
+def test_split_listing_after_names_that_are_no_digests() -> None:
+    keys = _layer_keys(3000, ["-", "--", "+"])  # sort before every digest
+    assert keys[0].endswith("/+/link")
+    ranges = layout.split_listing(LINKS, keys[:1000], 7000)
+    assert ranges is not None
+    assert _read(keys, ranges) == keys[1000:]

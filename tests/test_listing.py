@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: MIT
+"""Listings through the real mount: a repository of thousands of links read as
+key ranges at once, names no digest run foresees, changes made beside the
+mount, and the registry's fixed directories asked for together."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.util import fuse_test_marker, mounted
+
+pytestmark = fuse_test_marker()
+
+REPO = "docker/registry/v2/repositories/app"
+#: Names between, before and after the digests of _layers/sha256.
+ODD = [":x", "g0", "zz", "0", "\u00e9t\u00e9", "f\U0010ffffz", "-"]
+
+
+def _digest(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest()
+
+
+def _put(s3: Any, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=key.encode()[-20:]), keys))
+
+
+def _bucket_files(s3: Any, bucket: str) -> list[str]:
+    files = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        files += [f"{item['Key']} {item['Size']}" for item in page.get("Contents", [])]
+    return sorted(files)
+
+
+def _mount_files(mount: Path) -> list[str]:
+    found = subprocess.run(
+        [
+            "find",
+            str(mount),
+            "-path",
+            str(mount / ".s3regfs"),
+            "-prune",
+            "-o",
+            "-type",
+            "f",
+            "-printf",
+            "%P %s\n",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert found.returncode == 0 and not found.stderr, found.stderr[:2000]
+    return sorted(found.stdout.decode("utf-8", "surrogateescape").splitlines())
+
+
+def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(2600)]
+    keys += [f"{REPO}/_layers/sha256/{name}/link" for name in ODD]
+    keys += [f"{REPO}/_manifests/revisions/sha256/{_digest(-i)}/link" for i in range(1, 40)]
+    keys += [f"{REPO}/_manifests/tags/v{i}/current/link" for i in range(20)]
+    keys += ["docker/registry/v2/blobs/sha256/ab/ab01/data"]
+    _put(s3, bucket, keys)
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=2", bucket]) as mount:
+        assert _mount_files(mount.path) == _bucket_files(s3, bucket)
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        # The root's listing asked for the five directories below it at once,
+        # and the walk used each.
+        assert stats["cache"]["early_pages"] == stats["cache"]["early_pages_used"] == 5
+        assert stats["cache"]["list_ranges"] >= 3  # the repository's rest, at once
+        lists = stats["operations"]["list_objects_v2"]
+        # 6 fixed directories, the repository's first page and its ranges.
+        assert lists <= 6 + 1 + 16 + 4, lists
+        # Another writer adds a link in the middle of the digests, and one
+        # after everything, and deletes one: seen after metadata_ttl.
+        middle = f"{REPO}/_layers/sha256/{'8' + '0' * 63}/link"
+        _put(s3, bucket, [middle, f"{REPO}/_uploads/u1/startedat"])
+        s3.delete_object(Bucket=bucket, Key=keys[100])
+        time.sleep(2.2)
+        files = _mount_files(mount.path)
+        assert files == _bucket_files(s3, bucket)
+        assert f"{middle} 20" in files and not any(line.startswith(keys[100]) for line in files)
+        assert os.path.getsize(mount.path / f"{REPO}/_layers/sha256/f\U0010ffffz/link") == 20
