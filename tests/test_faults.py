@@ -384,6 +384,35 @@ def test_a_listing_that_fails_part_way_is_an_error_not_a_short_directory(
         assert len(os.listdir(mount.path)) == len(wide) + 1
 
 
+def test_a_split_listing_whose_ranges_fail_is_an_error_or_whole(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    repo = "docker/registry/v2/repositories/app/_layers/sha256"
+    digests = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(2600))
+    fill(s3, bucket, [f"{repo}/{d}/link" for d in digests])
+    # The ranges of the split listing: a StartAfter inside the digest run.
+    ranges = Rule(lambda m, p: list_objects(m, p) and "start-after=" in p, status=503, code="SlowDown")
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=2"), bucket], check_clean=False) as mount:
+        proxy.rules = [ranges]
+        with pytest.raises(OSError) as info:
+            os.listdir(mount.path / repo)
+        assert info.value.errno == errno.EIO
+        assert ranges.hits >= 3
+        # Two ranges' requests fail, within the retry budget: the listing is whole.
+        proxy.rules = [
+            Rule(
+                lambda m, p: list_objects(m, p) and "start-after=" in p, status=503, code="SlowDown", count=2
+            )
+        ]
+        assert sorted(os.listdir(mount.path / repo)) == digests
+        assert proxy.rules[0].hits == 2
+        proxy.rules = []
+        found = subprocess.run(
+            ["find", str(mount.path / repo), "-name", "link"], capture_output=True, text=True
+        )
+        assert found.returncode == 0 and len(found.stdout.splitlines()) == len(digests)
+
+
 # -- writes -------------------------------------------------------------------------
 
 

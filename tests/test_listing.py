@@ -89,3 +89,38 @@ def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
         assert files == _bucket_files(s3, bucket)
         assert f"{middle} 20" in files and not any(line.startswith(keys[100]) for line in files)
         assert os.path.getsize(mount.path / f"{REPO}/_layers/sha256/f\U0010ffffz/link") == 20
+
+
+def test_a_walk_while_a_registry_pushes_and_deletes(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    import threading
+
+    keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(2400)]
+    _put(s3, bucket, keys)
+    stop = threading.Event()
+
+    def push() -> None:
+        i = 10_000
+        while not stop.is_set():
+            s3.put_object(Bucket=bucket, Key=f"{REPO}/_layers/sha256/{_digest(i)}/link", Body=b"new")
+            s3.delete_object(Bucket=bucket, Key=keys[i % len(keys)])
+            i += 1
+
+    pusher = threading.Thread(target=push)
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
+        pusher.start()
+        try:
+            for _ in range(3):
+                # Each walk sees some state of a moving bucket: a name may be
+                # gone by the time find reaches it (as on any disk), nothing worse.
+                walk = subprocess.run(["find", str(mount.path), "-type", "f"], capture_output=True, text=True)
+                problems = [
+                    line for line in walk.stderr.splitlines() if "No such file or directory" not in line
+                ]
+                assert not problems and len(walk.stdout.splitlines()) > 2000, problems[:5]
+        finally:
+            stop.set()
+            pusher.join()
+        time.sleep(1.2)
+        assert _mount_files(mount.path) == _bucket_files(s3, bucket)
