@@ -482,12 +482,18 @@ async def test_the_registry_s_fixed_directories_are_listed_in_one_round_trip(
     assert len(store.listed) == 6 and namespace.early_pages_used == 5
 
 
-async def test_an_early_page_older_than_the_ttl_is_not_used(moto: MotoServer, s3: Any, bucket: str) -> None:
-    s3.put_object(Bucket=bucket, Key="docker/registry/v2/repositories/app/_layers/x/link", Body=b"l")
+def _on_a_clock(moto: MotoServer, bucket: str) -> tuple[_Watched, Namespace, list[float]]:
+    """A namespace (metadata_ttl 60) whose clock the test moves: clock[0]."""
     store = _Watched(make_store(moto.url, bucket))
     namespace = Namespace(store, "", metadata_ttl=60)
     clock = [1000.0]
     namespace._now = lambda: clock[0]  # type: ignore[method-assign]
+    return store, namespace, clock
+
+
+async def test_an_early_page_older_than_the_ttl_is_not_used(moto: MotoServer, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="docker/registry/v2/repositories/app/_layers/x/link", Body=b"l")
+    _, namespace, clock = _on_a_clock(moto, bucket)
     await namespace.ensure_listed(namespace.root)
     assert namespace.early_pages == 5
     clock[0] += 61  # all stale, the early pages too
@@ -500,10 +506,7 @@ async def test_a_bucket_that_is_no_registry_pays_for_early_pages_once(
     moto: MotoServer, s3: Any, bucket: str
 ) -> None:
     s3.put_object(Bucket=bucket, Key="data/file", Body=b"f")
-    store = _Watched(make_store(moto.url, bucket))
-    namespace = Namespace(store, "", metadata_ttl=60)
-    clock = [1000.0]
-    namespace._now = lambda: clock[0]  # type: ignore[method-assign]
+    store, namespace, clock = _on_a_clock(moto, bucket)
     await namespace.ensure_listed(namespace.root)
     assert len(store.listed) == 6  # the root, and the registry's directories it might hold
     clock[0] += 61
