@@ -252,8 +252,11 @@ class Namespace:
         #: Directory inode -> the last key its cut flat listing read.
         self._flat_cursors: dict[int, str] = {}
         #: Prefix of a SPINE directory -> when its first delimited page was
-        #: asked for ahead of its listing, and the page (see _list).
-        self._early_pages: dict[str, tuple[float, ListPage]] = {}
+        #: asked for ahead of its listing, the page, and _changes then (see _list).
+        self._early_pages: dict[str, tuple[float, ListPage, int]] = {}
+        #: Calls of changed() so far: an early page asked for before a change
+        #: is not used (it may not show a name made here, or show one removed).
+        self._changes = 0
         #: Early pages asked for, and those a listing used.
         self.early_pages = 0
         self.early_pages_used = 0
@@ -392,6 +395,7 @@ class Namespace:
         mtime (as on a local disk), which also makes the kernel drop a copy
         of its names (it compares the mtime before it reads one); an mtime
         set by utimens is kept and the kernel told to drop the copy instead."""
+        self._changes += 1
         if directory.mtime_fixed:
             if directory.kernel_copy_at is not None and self._kernel is not None:
                 self._kernel.forget_pages_soon(directory)
@@ -414,6 +418,7 @@ class Namespace:
         """Make every listing and attribute stale (SIGHUP)."""
         for node in self._inodes.values():
             node.fresh_at = None
+        self._early_pages.clear()
 
     # -- queries ----------------------------------------------------------------
 
@@ -715,7 +720,7 @@ class Namespace:
         with collapse_exception_groups():  # this listing's own error, as itself
             async with trio.open_nursery() as nursery:
                 for path in below:
-                    nursery.start_soon(self._fetch_early, layout.dir_prefix(self.key_prefix, path))
+                    nursery.start_soon(self._fetch_early, path)
                 await self._list_now(directory, whole=whole)
 
     def _spine_to_fetch(self, directory: Node) -> list[str]:
@@ -744,23 +749,43 @@ class Namespace:
                 paths.append(path)
         return paths
 
-    async def _fetch_early(self, prefix: str) -> None:
-        asked = self._now()
+    async def _fetch_early(self, path: str) -> None:
+        """Ask for the first delimited page of directory *path* ahead of its listing."""
+        prefix = layout.dir_prefix(self.key_prefix, path)
+        asked, changes = self._now(), self._changes
         try:
             page = await self._store.list_page(prefix, delimiter="/")
         except StorageError as error:
             log.debug("early page of %r: %s", prefix, error)  # its listing asks again
             return
         self.early_pages += 1
-        self._early_pages[prefix] = (asked, page)
+        node = self._known(path)
+        if changes != self._changes or (
+            node is not None and node.fresh_at is not None and node.fresh_at >= asked
+        ):
+            return  # older than what this mount knows now
+        self._early_pages[prefix] = (asked, page, changes)
 
     def _take_early_page(self, prefix: str) -> tuple[float, ListPage] | None:
-        """The first delimited page of *prefix* asked for ahead, if young enough."""
+        """The first delimited page of *prefix* asked for ahead, if younger than
+        metadata_ttl and than every change this mount made or saw since."""
         early = self._early_pages.pop(prefix, None)
-        if early is None or self._now() - early[0] >= self.ttl:
+        if early is None:
+            return None
+        asked, page, changes = early
+        if self._now() - asked >= self.ttl or changes != self._changes:
             return None
         self.early_pages_used += 1
-        return early
+        return asked, page
+
+    def _known(self, path: str) -> Node | None:
+        """The node of *path* if the cache holds it (no request)."""
+        node: Node | None = self.root
+        for name in path.split("/") if path else ():
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(name)
+        return node
 
     async def _list_now(self, directory: Node, *, whole: bool) -> None:
         parent = directory.parent

@@ -482,7 +482,10 @@ class FileWriter:
             data: bytes | None = None
             reserved = 0
             if self._tail is not None and self._tail_start == start and len(self._tail) >= end - start:
-                data = bytes(self._tail[: end - start])
+                # One copy (a slice of the bytearray would be a second), on
+                # the event loop: 10 MiB a part.
+                with memoryview(self._tail) as view:
+                    data = bytes(view[: end - start])
                 del self._tail[: end - start]
                 self._tail_start = end
                 if self._tail_reserved:

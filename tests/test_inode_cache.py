@@ -424,7 +424,11 @@ async def test_a_repository_of_thousands_of_links_is_read_as_ranges_at_once(
     _put_all(s3, bucket, keys)
     store = _Watched(make_store(moto.url, bucket))
     namespace = Namespace(store, "", metadata_ttl=60)
-    sha = await namespace.resolve(f"{repo}/_layers/sha256")
+    app = await namespace.resolve(repo)
+    store.most_in_flight = 0  # the root's early pages went out at once too
+    listed = len(store.listed)
+    sha = await namespace.lookup(await namespace.lookup(app, "_layers"), "sha256")
+    assert store.most_in_flight >= 4, store.listed[listed:]  # the ranges went out together
     before = len(store.listed)
     names = [child.name for child in await namespace.list_children(sha)]
     assert names == sorted(digests + odd)
@@ -435,7 +439,6 @@ async def test_a_repository_of_thousands_of_links_is_read_as_ranges_at_once(
     tags = await namespace.resolve(f"{repo}/_manifests/tags")
     assert len(await namespace.list_children(tags)) == 30
     assert len(store.listed) == before
-    assert store.most_in_flight >= 4, store.listed  # the ranges went out together
     assert sum(1 for prefix, _ in store.listed if prefix.startswith(repo)) <= 12
 
 
@@ -450,6 +453,7 @@ async def test_a_split_listing_cut_by_its_budget_goes_on_where_it_stopped(
     store = _Watched(make_store(moto.url, bucket))
     namespace = Namespace(store, "", metadata_ttl=60)
     sha = await namespace.resolve("b/sha256")
+    store.most_in_flight = 0
     fanouts = await namespace.list_children(sha)
     assert [f.name for f in fanouts] == sorted({d[:2] for d in digests})
     found = []
@@ -491,15 +495,40 @@ def _on_a_clock(moto: MotoServer, bucket: str) -> tuple[_Watched, Namespace, lis
     return store, namespace, clock
 
 
-async def test_an_early_page_older_than_the_ttl_is_not_used(moto: MotoServer, s3: Any, bucket: str) -> None:
+async def test_an_early_page_older_than_the_ttl_or_a_change_is_not_used(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
     s3.put_object(Bucket=bucket, Key="docker/registry/v2/repositories/app/_layers/x/link", Body=b"l")
-    _, namespace, clock = _on_a_clock(moto, bucket)
+    store, namespace, clock = _on_a_clock(moto, bucket)
     await namespace.ensure_listed(namespace.root)
     assert namespace.early_pages == 5
-    clock[0] += 61  # all stale, the early pages too
-    s3.put_object(Bucket=bucket, Key="docker/registry/v2/repositories/new/_layers/x/link", Body=b"l")
-    repositories = await namespace.resolve("docker/registry/v2/repositories")
-    assert [c.name for c in await namespace.list_children(repositories)] == ["app", "new"]
+    prefix = "docker/registry/v2/repositories/"
+    early = namespace._early_pages[prefix]
+    clock[0] += 59.9
+    assert namespace._take_early_page(prefix) is not None
+    namespace._early_pages[prefix] = early
+    clock[0] += 0.2  # older than metadata_ttl
+    assert namespace._take_early_page(prefix) is None
+    # SIGHUP drops every early page.
+    await namespace.ensure_listed(namespace.root)
+    assert namespace._early_pages
+    namespace.invalidate_all()
+    assert not namespace._early_pages
+
+
+async def test_an_early_page_does_not_undo_a_directory_made_here(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="docker/registry/v2/repositories/app/_layers/x/link", Body=b"l")
+    store, namespace, clock = _on_a_clock(moto, bucket)
+    v2 = await namespace.resolve("docker/registry/v2")  # the early pages of repositories, blobs wait
+    repositories = await namespace.lookup(v2, "repositories")
+    namespace.add_local(repositories, "pushed", is_dir=True)  # mkdir through the mount
+    s3.delete_object(Bucket=bucket, Key="docker/registry/v2/repositories/app/_layers/x/link")
+    names = [c.name for c in await namespace.list_children(repositories)]
+    # Listed anew, not from the page asked before the mkdir: "app" is gone, "pushed" stays.
+    assert names == ["pushed"]
+    assert namespace.early_pages_used == 3
 
 
 async def test_a_bucket_that_is_no_registry_pays_for_early_pages_once(
@@ -513,3 +542,24 @@ async def test_a_bucket_that_is_no_registry_pays_for_early_pages_once(
     await namespace.ensure_listed(namespace.root)
     assert len(store.listed) == 7  # the root only: it has no "docker"
     assert [c.name for c in await namespace.list_children(namespace.root)] == ["data"]
+
+
+async def test_a_range_cut_by_the_budget_before_later_ranges_ended_leaves_no_hole(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 3)  # 3,000 keys a flat listing
+    # Uniform digests, and a dense cluster the first page cannot foresee: the
+    # range that holds it runs out of budget while the ranges after it end.
+    uniform = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1500)]
+    cluster = ["8" + hashlib.sha256(f"c{i}".encode()).hexdigest()[1:] for i in range(2500)]
+    digests = sorted(set(uniform + cluster))
+    _put_all(s3, bucket, [f"repo/_layers/sha256/{d}/link" for d in digests])
+    store = _Watched(make_store(moto.url, bucket))
+    namespace = Namespace(store, "", metadata_ttl=60)
+    sha = await namespace.resolve("repo/_layers/sha256")
+    assert namespace.list_ranges >= 2
+    assert [c.name for c in await namespace.list_children(sha)] == digests
+    for digest in digests[::50] + cluster[:20]:
+        assert (await namespace.resolve(f"repo/_layers/sha256/{digest}/link")).size == 9
