@@ -191,56 +191,62 @@ def write_benchmarks(moto: MotoServer, workdir: Path, args: argparse.Namespace, 
     source = workdir / "upload.bin"
     with open(source, "wb") as f:
         f.write(os.urandom(args.size_mib * MiB))
-    # Same client settings as s3regfs (checksums only when required, as the
-    # registry sends none), same part size and concurrency.
-    client: Any = s3_client(
-        moto.url,
-        botocore.config.Config(
-            request_checksum_calculation="when_required", response_checksum_validation="when_required"
-        ),
-    )
     transfer = TransferConfig(
         multipart_threshold=chunk, multipart_chunksize=chunk, max_concurrency=PARTS_IN_FLIGHT
     )
-    (workdir / "mnt-write").mkdir()
-    running = mount_s3regfs(moto, workdir / "mnt-write", workdir / "write.log")
-    (running.path / "upload").mkdir()
     boto_times: list[float] = []
     cp_times: list[float] = []
 
-    def boto_copy(round_: int) -> float:
-        subprocess.run(["sync"], check=True)
-        started = time.perf_counter()
-        client.upload_file(str(source), BUCKET, f"upload/boto-{round_}", Config=transfer)
-        return time.perf_counter() - started
-
-    def mount_copy(round_: int) -> float:
-        subprocess.run(["sync"], check=True)
-        started = time.perf_counter()
-        subprocess.run(["cp", str(source), str(running.path / f"upload/cp-{round_}")], check=True)
-        elapsed = time.perf_counter() - started
-        head = client.head_object(Bucket=BUCKET, Key=f"upload/cp-{round_}")
-        assert head["ContentLength"] == args.size_mib * MiB
-        return elapsed
-
-    try:
-        # Each round starts from a clean endpoint (both objects deleted, dirty
-        # pages written back), and the sides take turns going first: moto's
-        # CompleteMultipartUpload costs more right after another one (see
-        # benchmarks/README.md).
-        for round_ in range(args.write_rounds):
-            if round_ % 2:
-                cp_times.append(mount_copy(round_))
-                boto_times.append(boto_copy(round_))
-            else:
-                boto_times.append(boto_copy(round_))
-                cp_times.append(mount_copy(round_))
-            client.delete_objects(
-                Bucket=BUCKET,
-                Delete={"Objects": [{"Key": f"upload/boto-{round_}"}, {"Key": f"upload/cp-{round_}"}]},
+    def copy_round(round_: int) -> None:
+        """Both copies against a fresh endpoint, the sides taking turns to go
+        first: moto's CPU per copy grows and spikes as one process takes copy
+        after copy (its RSS grows by about 60 MiB a copy, deleted or not), and
+        the side after a slow one paid for it (see benchmarks/README.md)."""
+        endpoint = start_moto()
+        mountpoint = workdir / f"mnt-write-{round_}"
+        mountpoint.mkdir()
+        try:
+            # Same client settings as s3regfs (checksums only when required, as
+            # the registry sends none), same part size and concurrency.
+            client: Any = s3_client(
+                endpoint.url,
+                botocore.config.Config(
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required"
+                ),
             )
-    finally:
-        running.stop()
+            client.create_bucket(Bucket=BUCKET)
+            running = mount_s3regfs(endpoint, mountpoint, workdir / "write.log")
+            try:
+                (running.path / "upload").mkdir()
+
+                def boto_copy() -> float:
+                    subprocess.run(["sync"], check=True)
+                    started = time.perf_counter()
+                    client.upload_file(str(source), BUCKET, "upload/boto", Config=transfer)
+                    return time.perf_counter() - started
+
+                def mount_copy() -> float:
+                    subprocess.run(["sync"], check=True)
+                    started = time.perf_counter()
+                    subprocess.run(["cp", str(source), str(running.path / "upload/cp")], check=True)
+                    elapsed = time.perf_counter() - started
+                    head = client.head_object(Bucket=BUCKET, Key="upload/cp")
+                    assert head["ContentLength"] == args.size_mib * MiB
+                    return elapsed
+
+                if round_ % 2:
+                    cp_times.append(mount_copy())
+                    boto_times.append(boto_copy())
+                else:
+                    boto_times.append(boto_copy())
+                    cp_times.append(mount_copy())
+            finally:
+                running.stop()
+        finally:
+            endpoint.stop()
+
+    for round_ in range(args.write_rounds):
+        copy_round(round_)
     boto, cp = statistics.median(boto_times), statistics.median(cp_times)
     ratios = sorted(b / c for b, c in zip(boto_times, cp_times, strict=True))
     print(
