@@ -251,6 +251,10 @@ class Namespace:
         self.negative_ttl = min(NEGATIVE_TTL, metadata_ttl)
         #: Directory inode -> the last key its cut flat listing read.
         self._flat_cursors: dict[int, str] = {}
+        #: Directory inode -> how far its cut flat listing read every key,
+        #: that listing's generation and start, and the trims done then (see
+        #: _straddled).
+        self._flat_covered: dict[int, tuple[str, int, float, int]] = {}
         #: Prefix of a SPINE directory -> when its first delimited page was
         #: asked for ahead of its listing, the page, and _changes then (see _list).
         self._early_pages: dict[str, tuple[float, ListPage, int]] = {}
@@ -419,6 +423,7 @@ class Namespace:
         for node in self._inodes.values():
             node.fresh_at = None
         self._early_pages.clear()
+        self._flat_covered.clear()
 
     # -- queries ----------------------------------------------------------------
 
@@ -800,27 +805,41 @@ class Namespace:
         gen = next(self._gens)
         started = self._now()
         touched: dict[int, Node] = {}
+        # Names seen by the listing that counts: this one, or the parent's
+        # that the cut fell in (its keys up to there are not read again).
+        fresh_gen = gen
+        read_before: str | None = None
+        straddled = self._straddled(directory)
+        if straddled is not None:
+            read_before, fresh_gen, started = straddled
         cursor, ended, cost = await self._flat_pages(
-            directory, prefix, layout.flat_listing_pages(path), gen, touched
+            directory, prefix, layout.flat_listing_pages(path), gen, touched, start_after=read_before
         )
+        if read_before is not None:
+            cursor = max(cursor or read_before, read_before)
+            # The directories on the way to the cut: read up to it already.
+            touched.update((node.ino, node) for node in self._directories_on_the_way(directory, read_before))
         if ended:
             for node in itertools.chain(touched.values(), (directory,)):
-                self._mark_fresh(node, gen, started)
+                self._mark_fresh(node, fresh_gen, started)
             directory.list_cost = cost
             directory.wide = False
             self._flat_cursors.pop(directory.ino, None)
+            self._flat_covered.pop(directory.ino, None)
             log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
             return
         if cursor is not None:
             for node in touched.values():
                 node_prefix = layout.dir_prefix(self.key_prefix, node.path)
                 if cursor > node_prefix and not cursor.startswith(node_prefix):
-                    self._mark_fresh(node, gen, started)
+                    self._mark_fresh(node, fresh_gen, started)
             # Its children past the cut are listed in flat pages from there
             # when visited (see _continue_flat), not one by one.
             if len(self._flat_cursors) >= MISSES_KEPT:
                 self._flat_cursors.clear()
+                self._flat_covered.clear()
             self._flat_cursors[directory.ino] = cursor
+            self._flat_covered[directory.ino] = (cursor, fresh_gen, started, self.trims)
         # The rest of D's own children, one level only.
         token = None
         pages = 0
@@ -846,8 +865,36 @@ class Namespace:
                 log.debug("%r is wide: more than %d pages of its own children", path, pages)
                 return
         directory.wide = pages > WIDE_PAGES
-        self._mark_fresh(directory, gen, started)
+        self._mark_fresh(directory, fresh_gen, started)
         directory.list_cost = cost
+
+    def _straddled(self, directory: Node) -> tuple[str, int, float] | None:
+        """Whether *directory* straddles the cut of its parent's flat listing,
+        which read every key of it up to a cursor: that cursor, that
+        listing's generation and start; None if not, or if that listing is
+        stale or a trim may have dropped some of what it read since."""
+        parent = directory.parent
+        covered = self._flat_covered.get(parent.ino) if parent is not None else None
+        if covered is None:
+            return None
+        cursor, gen, started, trims = covered
+        prefix = layout.dir_prefix(self.key_prefix, directory.path)
+        if not cursor.startswith(prefix) or trims != self.trims or self._now() - started >= self.ttl:
+            return None
+        return cursor, gen, started
+
+    def _directories_on_the_way(self, directory: Node, key: str) -> list[Node]:
+        """The cached directories below *directory* that hold *key*."""
+        found: list[Node] = []
+        node = directory
+        relative = key[len(layout.dir_prefix(self.key_prefix, directory.path)) :]
+        for name in relative.split("/")[:-1]:
+            child = node.children.get(name) if node.children is not None else None
+            if child is None or child.children is None:
+                break
+            found.append(child)
+            node = child
+        return found
 
     async def _continue_flat(self, parent: Node, directory: Node) -> bool:
         """List *directory* as part of its parent's flat listing, which was cut

@@ -563,3 +563,32 @@ async def test_a_range_cut_by_the_budget_before_later_ranges_ended_leaves_no_hol
     assert [c.name for c in await namespace.list_children(sha)] == digests
     for digest in digests[::50] + cluster[:20]:
         assert (await namespace.resolve(f"repo/_layers/sha256/{digest}/link")).size == 9
+
+
+async def test_a_directory_the_cut_falls_in_is_read_on_from_the_cut(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 2)  # scaled down: 2,000 keys a flat listing
+    digests = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000))
+    keys = [f"app/_layers/sha256/{d}/link" for d in digests]
+    keys += [f"app/_manifests/tags/v{i}/current/link" for i in range(30)]
+    _put_all(s3, bucket, keys)
+    store = _Watched(make_store(moto.url, bucket))
+    namespace = Namespace(store, "", metadata_ttl=60)
+    app = await namespace.resolve("app")
+    before = len(store.listed)
+    # "app" is cut inside _layers/sha256; _layers and sha256 go on from there.
+    sha = await namespace.resolve("app/_layers/sha256")
+    assert [c.name for c in await namespace.list_children(sha)] == digests
+    for digest in digests:
+        child = await namespace.lookup(sha, digest)
+        assert (await namespace.lookup(child, "link")).size == 9
+    tags = await namespace.resolve("app/_manifests/tags")
+    assert len(await namespace.list_children(tags)) == 30
+    assert namespace.is_fresh(app)
+    # Read once, in about a page per 1,000 keys and the ranges: reading the
+    # 2,000 keys before each cut again (3 times) and the digest directories
+    # one window after another took 20 requests.
+    assert len(store.listed) - before <= 12, store.listed[before:]

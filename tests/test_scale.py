@@ -145,7 +145,10 @@ def test_images_walk_costs_a_listing_per_repository(
 
 
 def test_a_wide_directory_streams_in_bounded_memory(tmp_path: Path) -> None:
-    uploads = 15_000  # _uploads of the first repository: 15 pages of its own children
+    # _uploads of the first repository: 25 pages of its own children, more
+    # than its flat listings (the repository's, then its own from where that
+    # one was cut: 8,000 keys each) and 8 delimited pages take in.
+    uploads = 25_000
     layout = SynthLayout(2_000, wide_uploads=uploads)
     repository = layout.repository_names()[0]
     prefix = f"{ROOT}/repositories/{repository}/_uploads/"
@@ -157,7 +160,7 @@ def test_a_wide_directory_streams_in_bounded_memory(tmp_path: Path) -> None:
     try:
         with mounted(tmp_path / "m", _options(server, "metadata_cache=2M")) as mount:
             wide = mount.path / ROOT / "repositories" / repository / "_uploads"
-            # The first time: found wide after 16 pages, then streamed.
+            # The first time: found wide after its flat and 8 delimited pages, then streamed.
             with os.scandir(wide) as entries:
                 names = [entry.name for entry in entries]
             assert sorted(names) == expected and len(names) == len(set(names))
