@@ -252,14 +252,15 @@ class Namespace:
         #: Directory inode -> the last key its cut flat listing read.
         self._flat_cursors: dict[int, str] = {}
         #: Directory inode -> how far its cut flat listing read every key,
-        #: that listing's generation and start, and the trims done then (see
-        #: _straddled).
-        self._flat_covered: dict[int, tuple[str, int, float, int]] = {}
+        #: that listing's generation and start, and the trims and changes
+        #: done when it began (see _straddled).
+        self._flat_covered: dict[int, tuple[str, int, float, int, int]] = {}
         #: Prefix of a SPINE directory -> when its first delimited page was
         #: asked for ahead of its listing, the page, and _changes then (see _list).
         self._early_pages: dict[str, tuple[float, ListPage, int]] = {}
-        #: Calls of changed() so far: an early page asked for before a change
-        #: is not used (it may not show a name made here, or show one removed).
+        #: Changes to the tree so far (changed(), a node detached, SIGHUP): an
+        #: early page asked for, or a cut listing begun, before a change is
+        #: not used (it may not show a name made here, or show one removed).
         self._changes = 0
         #: Early pages asked for, and those a listing used.
         self.early_pages = 0
@@ -424,6 +425,7 @@ class Namespace:
             node.fresh_at = None
         self._early_pages.clear()
         self._flat_covered.clear()
+        self._changes += 1
 
     # -- queries ----------------------------------------------------------------
 
@@ -524,6 +526,9 @@ class Namespace:
         if len(self._stale_checks) >= MISSES_KEPT:
             self._stale_checks.clear()
         self._stale_checks[parent.ino] = self._stale_checks.get(parent.ino, 0) + 1
+        # What it finds is as new as a listing begun now: a listing begun
+        # before must not drop it.
+        gen = next(self._gens)
         page = await self._store.list_page(key, delimiter="/", max_keys=LOOKUP_PAGE)
         is_dir = key + "/" in page.prefixes
         if not is_dir and page.next_token is not None:
@@ -539,6 +544,7 @@ class Namespace:
                 parent.children[name] = child
             if info is not None:
                 self._warn_once(key, "the directory", _HIDDEN_FILE)
+            child.seen_gen = max(child.seen_gen, gen)
             return child
         if info is not None:
             if child is None or child.is_dir:
@@ -547,6 +553,7 @@ class Namespace:
                 child = self._new_node(name, parent, False)
                 parent.children[name] = child
             self._set_file(child, info)
+            child.seen_gen = max(child.seen_gen, gen)
             return child
         if child is not None:
             self._remove_child(parent, name, child)
@@ -808,6 +815,7 @@ class Namespace:
         # Names seen by the listing that counts: this one, or the parent's
         # that the cut fell in (its keys up to there are not read again).
         fresh_gen = gen
+        changes, trims = self._changes, self.trims
         read_before: str | None = None
         straddled = self._straddled(directory)
         if straddled is not None:
@@ -839,7 +847,7 @@ class Namespace:
                 self._flat_cursors.clear()
                 self._flat_covered.clear()
             self._flat_cursors[directory.ino] = cursor
-            self._flat_covered[directory.ino] = (cursor, fresh_gen, started, self.trims)
+            self._flat_covered[directory.ino] = (cursor, fresh_gen, started, trims, changes)
         # The rest of D's own children, one level only.
         token = None
         pages = 0
@@ -872,14 +880,20 @@ class Namespace:
         """Whether *directory* straddles the cut of its parent's flat listing,
         which read every key of it up to a cursor: that cursor, that
         listing's generation and start; None if not, or if that listing is
-        stale or a trim may have dropped some of what it read since."""
+        stale, or a trim may have dropped some of what it read since, or the
+        tree changed since it began (a node at that path may not be the one
+        it read)."""
         parent = directory.parent
         covered = self._flat_covered.get(parent.ino) if parent is not None else None
         if covered is None:
             return None
-        cursor, gen, started, trims = covered
+        cursor, gen, started, trims, changes = covered
         prefix = layout.dir_prefix(self.key_prefix, directory.path)
-        if not cursor.startswith(prefix) or trims != self.trims or self._now() - started >= self.ttl:
+        if (
+            not cursor.startswith(prefix)
+            or (trims, changes) != (self.trims, self._changes)
+            or self._now() - started >= self.ttl
+        ):
             return None
         return cursor, gen, started
 
@@ -1281,6 +1295,7 @@ class Namespace:
         self.changed(directory)
 
     def _detach(self, node: Node) -> None:
+        self._changes += 1
         for each in _walk(node):
             each.attached = False
             if each.nlookup == 0:
@@ -1298,7 +1313,6 @@ class ChildStream:
         self._namespace = namespace
         self._directory = directory
         self._prefix = layout.dir_prefix(namespace.key_prefix, directory.path)
-        self._gen = next(namespace._gens)
         self._token: str | None = None
         self._state = "s3"  # then "local", then "done"
         #: The names of the last page, for the one duplicate S3 order can give.
@@ -1315,6 +1329,7 @@ class ChildStream:
         if self._state == "done":
             return None
         namespace._maybe_trim()  # before this page: what was handed out is the kernel's
+        gen = next(namespace._gens)  # each page is as new as a listing begun when it was asked
         page = await namespace._store.list_page(self._prefix, delimiter="/", token=self._token)
         self._token = page.next_token
         if self._token is None:
@@ -1332,12 +1347,12 @@ class ChildStream:
         # directory (as listings do), whichever comes first in the page.
         for key, _name, info in items:
             if info is None:
-                namespace._ingest_prefix(directory, self._prefix, key, self._gen)
+                namespace._ingest_prefix(directory, self._prefix, key, gen)
         for _key, name, info in items:
             if info is not None:
                 if not name or "/" in name:
                     continue  # the directory's own marker object
-                namespace._ingest(directory, self._prefix, info, self._gen, touched)
+                namespace._ingest(directory, self._prefix, info, gen, touched)
             child = directory.children.get(name)
             # One name given once (the object and the directory "a" above),
             # also across a page boundary between them.

@@ -592,3 +592,39 @@ async def test_a_directory_the_cut_falls_in_is_read_on_from_the_cut(
     # 2,000 keys before each cut again (3 times) and the digest directories
     # one window after another took 20 requests.
     assert len(store.listed) - before <= 12, store.listed[before:]
+    # Any change to the tree (a rename in app could put another directory at
+    # the path the cut fell in) ends reading on from that cut.
+    assert app.children is not None
+    assert namespace._straddled(app.children["_layers"]) is not None
+    namespace.changed(app)
+    assert namespace._straddled(app.children["_layers"]) is None
+
+
+async def test_a_name_found_after_the_cut_listing_is_kept_by_the_listings_that_go_on_from_it(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 2)
+    digests = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000))
+    _put_all(s3, bucket, [f"r/app/_layers/sha256/{d}/link" for d in digests])
+    store, namespace, clock = _on_a_clock(moto, bucket)
+    sha = await namespace.resolve("r/app/_layers/sha256")
+    assert len(await namespace.list_children(sha)) == 5000
+    clock[0] += 61  # all stale
+    app = await namespace.resolve("r/app")
+    await namespace.ensure_listed(app)  # cut inside _layers/sha256 again
+    assert app.children is not None
+    layers = app.children["_layers"]
+    assert layers.children is not None
+    sha = layers.children["sha256"]
+    # Another registry pushes a layer that sorts before the cut, and a stat
+    # finds it by the one-name check of a stale directory.
+    pushed = "0" * 63 + "1"
+    s3.put_object(Bucket=bucket, Key=f"r/app/_layers/sha256/{pushed}/link", Body=b"123456789")
+    found = await namespace._check_child(sha, pushed)
+    # The listings that go on from the cut must not drop what that check found.
+    await namespace.list_children(layers)
+    names = [c.name for c in await namespace.list_children(sha)]
+    assert pushed in names and len(names) == 5001
+    assert sha.children is not None and sha.children[pushed] is found and found.attached
