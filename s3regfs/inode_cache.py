@@ -15,7 +15,12 @@ Listing directory D (see :func:`s3regfs.layout.flat_listing_pages`):
    visited.
 
 So a registry subtree of deep, narrow digest directories costs about one
-request per 1,000 keys, instead of one per directory.
+request per 1,000 keys, instead of one per directory.  After the first page,
+a digest run's remaining keys are read as key ranges at once
+(:meth:`Namespace._flat_pages`); a directory a cut falls in is listed on from
+the cut (:meth:`Namespace._straddled`); and the first listing of one of the
+registry's fixed directories asks for the first pages of those below it
+(:meth:`Namespace._list`).
 
 A directory whose own children take more than WIDE_PAGES delimited pages
 (an ``_uploads`` of a busy registry, a flat bucket) is *wide*: it is never
