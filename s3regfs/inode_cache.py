@@ -747,9 +747,8 @@ class Namespace:
         pays for this once)."""
         paths = []
         for path in layout.spine_below(directory.path):
-            prefix = layout.dir_prefix(self.key_prefix, path)
-            early = self._early_pages.get(prefix)
-            if early is not None and self._now() - early[0] < self.ttl:
+            early = self._early_pages.get(layout.dir_prefix(self.key_prefix, path))
+            if early is not None and self._usable(early):
                 continue
             known: Node | None = directory
             missing = False
@@ -787,13 +786,15 @@ class Namespace:
         """The first delimited page of *prefix* asked for ahead, if younger than
         metadata_ttl and than every change this mount made or saw since."""
         early = self._early_pages.pop(prefix, None)
-        if early is None:
-            return None
-        asked, page, changes = early
-        if self._now() - asked >= self.ttl or changes != self._changes:
+        if early is None or not self._usable(early):
             return None
         self.early_pages_used += 1
-        return asked, page
+        return early[0], early[1]
+
+    def _usable(self, early: tuple[float, ListPage, int]) -> bool:
+        """Whether an early page is younger than metadata_ttl and than every change since."""
+        asked, _, changes = early
+        return self._now() - asked < self.ttl and changes == self._changes
 
     def _known(self, path: str) -> Node | None:
         """The node of *path* if the cache holds it (no request)."""

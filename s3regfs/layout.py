@@ -134,7 +134,7 @@ class _DigestRun:
         if not key.startswith(self.stem):
             return None
         component = key[len(self.stem) + (3 if self.fanout else 0) :].partition("/")[0]
-        if len(component) < DIGEST_MIN_HEX or not _HEX.issuperset(component):
+        if not _is_digest(component):
             return None
         return int(component[:8], 16) / 16**8
 
@@ -143,6 +143,11 @@ class _DigestRun:
         _BOUND_DIGITS-digit cell included) and before all others."""
         cell = format(min(16**_BOUND_DIGITS - 1, int(fraction * 16**_BOUND_DIGITS)), f"0{_BOUND_DIGITS}x")
         return self.stem + (cell[:2] + "/" if self.fanout else "") + cell + KEY_MAX
+
+
+def _is_digest(component: str) -> bool:
+    """Whether a key component is a hex digest (not a short hex-looking name)."""
+    return len(component) >= DIGEST_MIN_HEX and _HEX.issuperset(component)
 
 
 def _digest_run(first: str, last: str, start: int) -> _DigestRun | None:
@@ -165,19 +170,13 @@ def _digest_run(first: str, last: str, start: int) -> _DigestRun | None:
     component = last[begin:end]
     stem = last[:begin]
     if len(component) == 2 and last[end + 1 : end + 3] == component:
-        following = last[end + 1 :].partition("/")[0]
-        if len(following) >= DIGEST_MIN_HEX and all(c in _HEX for c in following):
+        if _is_digest(last[end + 1 :].partition("/")[0]):
             return _DigestRun(stem, fanout=True)
         return None
-    if len(component) < DIGEST_MIN_HEX:
+    if not _is_digest(component):
         return None  # a short name that happens to be hex ("f0999", "cafe")
     parent = stem[:-1].rpartition("/")[2]
-    if (
-        begin - 3 >= start
-        and len(parent) == 2
-        and all(c in _HEX for c in parent)
-        and component.startswith(parent)
-    ):
+    if begin - 3 >= start and len(parent) == 2 and _HEX.issuperset(parent) and component.startswith(parent):
         low = int(parent, 16) / 256  # inside one fan-out directory
         return _DigestRun(stem, fanout=False, low=low, high=low + 1 / 256)
     return _DigestRun(stem, fanout=False)
