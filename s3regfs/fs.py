@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -81,6 +81,11 @@ CURSOR_ENTRIES_KEPT = 200_000
 #: A readdir offset is cursor id x _CURSOR_SPAN + position in the directory.
 _CURSOR_SPAN = 2**32
 _CURSOR_IDS = 2**31 - 1
+
+#: The request loop's polling (-o busy_poll), in the pyfuse3 that
+#: scripts/install.sh builds; None in a stock pyfuse3.
+_SET_BUSY_POLL: Callable[[int], None] | None = getattr(pyfuse3, "set_busy_poll", None)
+_REQUEST_COUNTS: Callable[[], tuple[int, int]] | None = getattr(pyfuse3, "request_counts", None)
 
 
 #: Names at the root that are the mount's own, whatever S3 holds.
@@ -236,6 +241,9 @@ class Operations(pyfuse3.Operations):
             and kernel_skips_opendir(os.uname().release)
             and options.metadata_ttl > 0
         )
+        #: Microseconds the request loop polls for the next request (-o
+        #: busy_poll), 0 without the pyfuse3 that can (see docs/design.md).
+        self.busy_poll = options.busy_poll if _SET_BUSY_POLL is not None else 0
         #: Readers' snapshots by cursor id (the -o dircache way), oldest
         #: first, with the entries each held when kept.
         self._cursors: dict[int, tuple[DirHandle, int]] = {}
@@ -320,6 +328,12 @@ class Operations(pyfuse3.Operations):
     def _virtual(self, node: Node) -> bool:
         return self.images.owns(node) or self._control.owns(node) or self.registry.owns(node)
 
+    def start_busy_poll(self) -> None:
+        """Make the request loop poll for the next request (-o busy_poll);
+        call after pyfuse3.init()."""
+        if self.busy_poll and _SET_BUSY_POLL is not None:
+            _SET_BUSY_POLL(self.busy_poll * 1000)
+
     def drop_caches(self) -> None:
         """Make every listing and attribute stale (SIGHUP); with -o dircache
         the kernel rechecks the directories it cached on their next read."""
@@ -347,6 +361,13 @@ class Operations(pyfuse3.Operations):
             "readers": len(self._cursors),
             "read_requests": self._readdir_requests,
         }
+        if self.busy_poll and _REQUEST_COUNTS is not None:
+            polled, after_waiting = _REQUEST_COUNTS()
+            figures["request_loop"] = {
+                "busy_poll_us": self.busy_poll,
+                "polled": polled,
+                "after_waiting": after_waiting,
+            }
         figures.update(self.files.stats())
         figures["reports"] = self.registry.reports.stats()
         if self.files.blob_cache is not None:
@@ -360,7 +381,13 @@ class Operations(pyfuse3.Operations):
         """A stored blob data file: content-addressed, so never rewritten in place
         (the registry never does; it renames a finished upload onto the path).
         Deleting it and renaming onto it stay possible (garbage collection, uploads)."""
-        return not node.is_dir and not node.local and layout.blob_digest(node.path) is not None
+        # The name first: a path is built from the node's ancestors.
+        return (
+            node.name == "data"
+            and not node.is_dir
+            and not node.local
+            and layout.blob_digest(node.path) is not None
+        )
 
     def _check_not_view_name(self, parent: Node, name: bytes) -> None:
         """``_images``, ``_registry`` and ``.s3regfs`` at the root are ours, whatever S3 holds."""

@@ -345,6 +345,7 @@ async def _serve(
                     except RuntimeError as exc:
                         raise MountpointError(f"cannot mount on {mountpoint}: {exc}") from None
                     mounted = True
+                    operations.start_busy_poll()
                     log.info(
                         "mounted s3://%s/%s on %s", config.driver.bucket, config.driver.key_prefix, mountpoint
                     )

@@ -299,6 +299,18 @@ FS_OPTIONS: tuple[Option, ...] = (
         "after `metadata_ttl` (needs the pyfuse3 that scripts/install.sh builds and Linux 5.1; "
         "see docs/design.md)",
     ),
+    Option(
+        "busy_poll",
+        "int",
+        50,
+        "50",
+        "microseconds the request loop polls for the next request before it sleeps (0: never)",
+        lo=0,
+        hi=10_000,
+        doc="microseconds the request loop polls for the next FUSE request after answering one, "
+        "before it sleeps; a walk's next request comes sooner than a sleeping thread wakes "
+        "(0: never poll; needs the pyfuse3 that scripts/install.sh builds; see docs/design.md)",
+    ),
     Option("connect_timeout", "seconds", 10.0, "10", "seconds to wait for a connection, per attempt"),
     Option("read_timeout", "seconds", 60.0, "60", "seconds to wait for data on a connection, per attempt"),
     Option("fsname", "special", "", "SOURCE", "file-system name shown by findmnt and mount"),

@@ -26,17 +26,22 @@ fi
 
 # pyfuse3 rebuilt from its PyPI source with scripts/patches/ applied: readdir
 # without opendir (the kernel then caches directory contents; docs/design.md,
-# "Directory reads").  s3regfs runs on an unpatched pyfuse3 too, slower.
+# "Directory reads"), and a request loop that polls for the next request
+# (docs/design.md, "The request loop").  s3regfs runs on an unpatched pyfuse3
+# too, slower.
 pyfuse3_version=3.5.0
-if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(not getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False))' 2>/dev/null; then
+pyfuse3_patches=(readdir-inode busy-poll)
+if ! .venv/bin/python -c 'import pyfuse3, sys; sys.exit(not (getattr(pyfuse3, "READDIR_INODE_WITHOUT_OPENDIR", False) and hasattr(pyfuse3, "set_busy_poll")))' 2>/dev/null; then
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
     .venv/bin/python -m pip download -q --no-deps --no-binary pyfuse3 "pyfuse3==$pyfuse3_version" -d "$build"
     tar -xzf "$build/pyfuse3-$pyfuse3_version.tar.gz" -C "$build"
-    patch --batch --forward --silent -p0 -d "$build/pyfuse3-$pyfuse3_version" \
-        -i "$repo/scripts/patches/pyfuse3-$pyfuse3_version-readdir-inode.patch"
+    for name in "${pyfuse3_patches[@]}"; do
+        patch --batch --forward --silent -p0 -d "$build/pyfuse3-$pyfuse3_version" \
+            -i "$repo/scripts/patches/pyfuse3-$pyfuse3_version-$name.patch"
+    done
     .venv/bin/python -m pip install -q --no-deps --force-reinstall "$build/pyfuse3-$pyfuse3_version"
-    .venv/bin/python -c 'import pyfuse3; assert pyfuse3.READDIR_INODE_WITHOUT_OPENDIR'
+    .venv/bin/python -c 'import pyfuse3; assert pyfuse3.READDIR_INODE_WITHOUT_OPENDIR and pyfuse3.set_busy_poll'
 fi
 
 launcher=/usr/local/bin/s3regfs

@@ -124,3 +124,47 @@ def test_a_walk_while_a_registry_pushes_and_deletes(
             pusher.join()
         time.sleep(1.2)
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
+
+
+def test_the_request_loop_polls_for_a_walks_requests_and_still_runs_uploads(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    """-o busy_poll: a walk's requests are taken by polling (the stats count
+    them), uploads through the mount during walks still finish (trio's loop
+    gets its turns), and with busy_poll=0 every request is waited for."""
+    import threading
+
+    keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(1500)]
+    _put(s3, bucket, keys)
+    blobs = {f"up/{i}": os.urandom(7 * 1024 * 1024 + i) for i in range(3)}
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", "chunksize=5242880", bucket]) as mount:
+        stop = threading.Event()
+        walks: list[int] = []
+
+        def walk_until_stopped() -> None:
+            while not stop.is_set():
+                found = subprocess.run(["find", str(mount.path / REPO)], capture_output=True, check=True)
+                walks.append(len(found.stdout.splitlines()))
+
+        walker = threading.Thread(target=walk_until_stopped)
+        walker.start()
+        try:
+            (mount.path / "up").mkdir()
+            for name, data in blobs.items():
+                (mount.path / name).write_bytes(data)  # close() waits for the multipart upload
+        finally:
+            stop.set()
+            walker.join()
+        assert walks and all(count == walks[0] for count in walks), walks
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        assert stats["request_loop"]["busy_poll_us"] == 50
+        assert stats["request_loop"]["polled"] > 0 and stats["request_loop"]["after_waiting"] > 0, stats[
+            "request_loop"
+        ]
+        assert _mount_files(mount.path) == _bucket_files(s3, bucket)
+    for name, data in blobs.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+    with mounted(tmp_path / "m2", [*endpoint_opts, "-o", "busy_poll=0", bucket]) as mount:
+        assert _mount_files(mount.path) == _bucket_files(s3, bucket)
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        assert "request_loop" not in stats
