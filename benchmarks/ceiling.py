@@ -9,7 +9,8 @@ holding one file each, the shape of a registry's digest directories) with
 two minimal file systems, and walks it with ``find -ls`` on a fresh mount:
 
 - a C file system on libfuse's own loop (compiled here with gcc), with
-  ``find`` free to run on any CPU, then with both pinned to one CPU;
+  ``find`` free to run on any CPU, then with both pinned to one CPU, then
+  on a loop that polls for the next request for 50 us before it sleeps;
 - a pyfuse3 file system on trio, as s3regfs runs (no OPENDIR, readdirplus),
   waiting for every request in trio's loop, then polling for the next
   request for 50 us (the pyfuse3 patch behind ``-o busy_poll``).
@@ -36,9 +37,12 @@ C_SOURCE = r"""
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Inode 1 is the root; 2..DIRS+1 its directories; from BASE on, pairs of
    (leaf directory, its file "link"). */
@@ -128,18 +132,52 @@ static const struct fuse_lowlevel_ops ops = {
     .opendir = do_opendir, .readdirplus = do_readdirplus,
 };
 
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* libfuse's loop, except that after each request it polls for the next one
+   for up to poll_ns before it sleeps in poll(2). */
+static void polling_loop(struct fuse_session *se, long long poll_ns) {
+    struct fuse_buf buf = {0};
+    int fd = fuse_session_fd(se);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    while (!fuse_session_exited(se)) {
+        long long start = now_ns();
+        int res;
+        while ((res = fuse_session_receive_buf(se, &buf)) == -EAGAIN && now_ns() - start < poll_ns)
+            ;
+        if (res == -EAGAIN) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            poll(&p, 1, -1);
+            continue;
+        }
+        if (res <= 0 && res != -EINTR)
+            break;
+        if (res > 0)
+            fuse_session_process_buf(se, &buf);
+    }
+    free(buf.mem);
+}
+
 int main(int argc, char **argv) {
     char *fuse_argv[] = {argv[0]};
     struct fuse_args args = FUSE_ARGS_INIT(1, fuse_argv);
-    if (argc != 4)
+    if (argc != 5)
         return 2;
     DIRS = atol(argv[2]);
     LEAVES = atol(argv[3]);
     BASE = DIRS + 2;
+    long long poll_ns = atoll(argv[4]) * 1000;
     struct fuse_session *se = fuse_session_new(&args, &ops, sizeof ops, NULL);
     if (!se || fuse_session_mount(se, argv[1]))
         return 1;
-    fuse_session_loop(se);
+    if (poll_ns)
+        polling_loop(se, poll_ns);
+    else
+        fuse_session_loop(se);
     fuse_session_unmount(se);
     fuse_session_destroy(se);
     return 0;
@@ -282,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         mountpoint = workdir / "mnt"
         mountpoint.mkdir()
         size = [str(args.dirs), str(args.leaves)]
-        c_tree = [str(program), str(mountpoint), *size]
+        c_tree = [str(program), str(mountpoint), *size, "0"]
         directories = 1 + args.dirs + args.dirs * args.leaves
         walk("C, libfuse's loop, find on any CPU", c_tree, mountpoint, directories, None)
         walk("C, libfuse's loop, both on CPU 0", ["taskset", "-c", "0", *c_tree], mountpoint, directories, 0)
+        c_polling = [*c_tree[:-1], "50"]
+        walk("C, polling 50 us, find on any CPU", c_polling, mountpoint, directories, None)
         python = [
             sys.executable,
             __file__,
