@@ -152,8 +152,10 @@ def _errno_for(exc: StorageError) -> int:
 
 
 @contextmanager
-def errors_to_errno(what: str) -> Iterator[None]:
-    """Translate whatever escapes a handler into FUSEError (see module docstring)."""
+def errors_to_errno(what: str | Callable[[], str]) -> Iterator[None]:
+    """Translate whatever escapes a handler into FUSEError (see module
+    docstring).  *what* names the request in the log line; a function making
+    it is called only then (a path is built from the node's ancestors)."""
     try:
         with collapse_exception_groups():
             yield
@@ -162,30 +164,34 @@ def errors_to_errno(what: str) -> Iterator[None]:
     except StorageError as exc:
         code = _errno_for(exc)
         if code == errno.ENOENT:
-            log.debug("%s: %s", what, exc)
+            log.debug("%s: %s", _described(what), exc)
         else:
-            log.error("%s: %s", what, exc)
+            log.error("%s: %s", _described(what), exc)
         raise pyfuse3.FUSEError(code) from exc
     except WriteLost as exc:
         # The file's one error line was logged when its data was given up.
-        log.debug("%s: %s", what, exc)
+        log.debug("%s: %s", _described(what), exc)
         raise pyfuse3.FUSEError(_lost_errno(exc.cause)) from exc
     except SpoolFull as exc:
-        log.error("%s: %s", what, exc)
+        log.error("%s: %s", _described(what), exc)
         raise pyfuse3.FUSEError(errno.ENOSPC) from exc
     except (StaleHandle, KeyTooLong, Unsupported) as exc:
         # Answers about the request itself, logged where they arise (or not an
         # error of the mount at all).
-        log.debug("%s: %s", what, exc)
+        log.debug("%s: %s", _described(what), exc)
         raise pyfuse3.FUSEError(_ANSWERS[type(exc)]) from exc
     except trio.Cancelled:
         raise
     except OSError as exc:
-        log.error("%s: %s", what, exc)
+        log.error("%s: %s", _described(what), exc)
         raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
     except Exception as exc:
-        log.exception("%s: unexpected error", what)
+        log.exception("%s: unexpected error", _described(what))
         raise pyfuse3.FUSEError(errno.EIO) from exc
+
+
+def _described(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
 
 
 @dataclass
@@ -434,7 +440,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
-        with errors_to_errno(f"lookup {_child(parent, name)}"):
+        with errors_to_errno(lambda: f"lookup {_child(parent, name)}"):
             if name == b".":
                 node = parent
             elif name == b"..":
@@ -580,7 +586,7 @@ class Operations(pyfuse3.Operations):
         """A snapshot (or, for a wide directory, a stream) of *node*'s entries."""
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        with errors_to_errno(f"listing {_quote(node.path or '/')}"):
+        with errors_to_errno(lambda: f"listing {_quote(node.path or '/')}"):
             if node is self._control.directory:
                 return DirHandle(node, sorted(self._control.files().items()))
             if self.images.owns(node):
