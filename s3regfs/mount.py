@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import gc
 import json
 import logging
 import os
@@ -63,10 +62,6 @@ from s3regfs.storage.s3 import S3Store
 from s3regfs.writer import SpoolSpace, WriteMemory
 
 log = logging.getLogger(__name__)
-
-#: Middle collections between two full ones (Python's default: 10); see
-#: spare_full_collections().
-FULL_COLLECTION_THRESHOLD = 100
 
 
 def _stale_message(path: str) -> str:
@@ -201,20 +196,6 @@ def limit_malloc_arenas(environ: Mapping[str, str]) -> bool:
     return done
 
 
-def spare_full_collections() -> None:
-    """Run Python's full garbage collections a tenth as often.
-
-    A full collection visits every object, so every cached name; by default
-    one runs each time ten middle collections saw the long-lived objects grow
-    by a quarter, which a walk that caches and evicts names does all the
-    time: 22 full collections and 1.4 s of 26 s of CPU in a 100,000-key
-    walk.  Young collections, which free what requests leave behind, stay as
-    they are; the peak memory of that walk did not change.
-    """
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
-
-
 def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
     """Mount, serve until unmounted or signalled, unmount; return the exit status.
 
@@ -231,7 +212,6 @@ def run(config: Config, on_ready: Callable[[], None] | None = None) -> int:
             config.driver.rootdirectory,
         )
     limit_malloc_arenas(os.environ)
-    spare_full_collections()
     # Only the process systemd started may notify (NotifyAccess=main): with -f.
     notify_socket = config.notify_socket if config.foreground else ""
 
