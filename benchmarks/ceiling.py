@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import shutil
 import stat
 import subprocess
@@ -32,6 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import Running, cpu_seconds, machine, wait_mounted  # noqa: E402  (benchmarks/bench.py, beside this file)
 
 C_SOURCE = r"""
 #define FUSE_USE_VERSION 34
@@ -258,21 +261,13 @@ def serve_python(mountpoint: str, dirs: int, leaves: int, poll_us: int) -> None:
     trio.run(run)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def walk(
     label: str, daemon_command: list[str], mountpoint: Path, directories: int, find_cpu: int | None
 ) -> None:
     daemon = subprocess.Popen(daemon_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = Running(label, daemon, mountpoint, ["fusermount3", "-u"])
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mountpoint):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{label}: the file system did not mount")
-            time.sleep(0.05)
+        wait_mounted(running)
         find = ["find", str(mountpoint), "-ls"]
         if find_cpu is not None:
             find = ["taskset", "-c", str(find_cpu), *find]
@@ -288,8 +283,7 @@ def walk(
             flush=True,
         )
     finally:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-        daemon.wait(30)
+        running.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_python:
         serve_python(args.serve_python[0], args.dirs, args.leaves, int(args.serve_python[1]))
         return 0
-    from bench import machine  # benchmarks/bench.py, beside this file
-
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"machine: {machine()}")
     print(f"tree: {args.dirs} directories of {args.leaves} directories holding one file each")
@@ -344,5 +336,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import machine, peak_rss_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
+from bench import cpu_seconds, machine, peak_rss_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
 
 from tests.util import mount_env, s3regfs_command, start_synth  # noqa: E402
 
@@ -56,12 +56,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of process *pid* so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _request_loop(mountpoint: Path) -> dict[str, int]:
