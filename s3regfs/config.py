@@ -331,6 +331,7 @@ class MountOptions:
     metadata_ttl: float = float_default("metadata_ttl")
     metadata_cache: int = int_default("metadata_cache")
     dircache: bool = bool_default("dircache")
+    list_ahead: bool = bool_default("list_ahead")
     busy_poll: int = int_default("busy_poll")
     connect_timeout: float = float_default("connect_timeout")
     read_timeout: float = float_default("read_timeout")

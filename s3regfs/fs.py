@@ -361,6 +361,8 @@ class Operations(pyfuse3.Operations):
             "early_pages": namespace.early_pages,
             "early_pages_used": namespace.early_pages_used,
             "list_ranges": namespace.list_ranges,
+            "lists_ahead": namespace.lists_ahead,
+            "lists_ahead_used": namespace.lists_ahead_used,
         }
         figures["directories"] = {
             "kernel_cache": self.dircache,

@@ -22,6 +22,18 @@ the cut (:meth:`Namespace._straddled`); and the first listing of one of the
 registry's fixed directories asks for the first pages of those below it
 (:meth:`Namespace._list`).
 
+A walk visits a directory's subdirectories in name order, and each one it
+finds unlisted costs it a wait for S3 (a namespace of a few thousand keys:
+several pages in a row).  So a directory listed for a reader, or one listed
+ahead that a reader reaches, has its next unlisted sibling(s) listed in the
+background meanwhile (``-o list_ahead``, :meth:`Namespace._read_ahead`), one
+at a time: a walk of a registry waits for S3 at its start only.  What is
+listed ahead and never visited costs requests (one sibling per directory
+listed for a reader at most), never correctness: it is an ordinary listing,
+under the directory's lock.  It is not made when the cache is too small to
+keep the directory a walk is in and a sibling as big through a trim: the
+trim would take what the walk has yet to read.
+
 A directory whose own children take more than WIDE_PAGES delimited pages
 (an ``_uploads`` of a busy registry, a flat bucket) is *wide*: it is never
 held whole for lookups.  Its listing stops there, a lookup in it checks the
@@ -55,6 +67,7 @@ A trim never touches a subtree whose listing is in progress.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -85,6 +98,12 @@ LOOKUP_PAGE = 100
 NEGATIVE_TTL = 1.0
 #: Misses remembered at most (the oldest are dropped first).
 MISSES_KEPT = 4096
+
+#: Siblings a listing ahead looks through for an unlisted one (see
+#: Namespace._read_ahead).
+SIBLINGS_SCANNED = 4096
+#: Directories listed ahead and not reached yet, remembered at most.
+AHEAD_KEPT = 64
 
 #: Delimited pages (1,000 names each) past which a directory is wide (see
 #: the module docstring).
@@ -241,6 +260,8 @@ class Namespace:
         max_nodes: int = 0,
         kernel: EntryForgetter | None = None,
         busy: Callable[[], Iterable[str]] | None = None,
+        nursery: trio.Nursery | None = None,
+        list_ahead: bool = False,
     ) -> None:
         self._store = store
         self.key_prefix = key_prefix
@@ -290,6 +311,21 @@ class Namespace:
         #: Nodes dropped by trims (at once or when the kernel forgot them).
         self.evicted = 0
         self.trims = 0
+        #: Listing ahead of a walk (see _read_ahead): where its task runs,
+        #: whether on, the directory in flight, and the inodes of directories
+        #: listed ahead that no reader reached yet (oldest first).
+        self._nursery = nursery
+        self.list_ahead = list_ahead and nursery is not None
+        self._ahead_in_flight: set[int] = set()
+        self._ahead_listed: dict[int, None] = {}
+        #: (parent inode, its children count, its fresh_at) -> its children's
+        #: names in order: the siblings of the directories a walk visits.
+        self._sibling_order: tuple[tuple[int, int, float | None], list[str]] | None = None
+        #: Nodes the last listing (for a reader or ahead) added to the cache.
+        self._listing_grew = 0
+        #: Listings made ahead, and those a reader then used.
+        self.lists_ahead = 0
+        self.lists_ahead_used = 0
 
     # -- inode table ----------------------------------------------------------
 
@@ -698,6 +734,8 @@ class Namespace:
         self._touch(directory)
         if self.is_fresh(directory):
             self.cache_hits += 1
+            if self._ahead_listed:
+                self._reached(directory)
             return
         if directory.wide and not whole:
             return
@@ -706,8 +744,85 @@ class Namespace:
             directory.lock = trio.Lock()
         async with directory.lock:
             if self.is_fresh(directory) or not directory.attached:
+                self._reached(directory)  # listed meanwhile (maybe ahead)
                 return
+            created = self._created
             await self._list(directory, whole=whole)
+            self._listing_grew = self._created - created
+        self._read_ahead(directory)
+
+    # -- listing ahead of a walk --------------------------------------------------
+
+    def _reached(self, directory: Node) -> None:
+        """A reader reached *directory*: if it was listed ahead, list on ahead of it."""
+        if directory.ino in self._ahead_listed:
+            del self._ahead_listed[directory.ino]
+            self.lists_ahead_used += 1
+            self._read_ahead(directory)
+
+    def _read_ahead(self, directory: Node) -> None:
+        """Start listing, in the background, the first sibling after
+        *directory* (in name order: a walk's order) that is an unlisted
+        directory; not while another listing ahead is in flight."""
+        parent = directory.parent
+        if (
+            not self.list_ahead
+            or self._ahead_in_flight
+            or parent is None
+            or parent.children is None
+            or not directory.attached
+        ):
+            return
+        grew = self._listing_grew
+        if self.max_nodes and len(self._inodes) + grew > self.max_nodes and 2 * grew > TRIM_TO * self.max_nodes:
+            # A trim is due, and what it keeps cannot hold this listing and a
+            # sibling as big: it would take the part of this one the walk has
+            # yet to read (a trim takes what was walked before it first).
+            return
+        names = self._siblings(parent)
+        start = bisect.bisect_right(names, directory.name)
+        # Bounded work per listing: a walk lists ahead again at the next one.
+        for name in itertools.islice(names, start, start + SIBLINGS_SCANNED):
+            sibling = parent.children.get(name)
+            if sibling is None or sibling.children is None or sibling.ino in self._virtual:
+                continue
+            if sibling.wide or _being_listed(sibling):
+                return  # its reader lists (or streams) it
+            if not self.is_fresh(sibling):
+                assert self._nursery is not None
+                self._ahead_in_flight.add(sibling.ino)
+                self._nursery.start_soon(self._list_ahead, sibling)
+                return
+
+    def _siblings(self, parent: Node) -> list[str]:
+        """*parent*'s children's names in order (kept while it is unchanged:
+        a walk asks once per subdirectory it lists)."""
+        assert parent.children is not None
+        key = (parent.ino, len(parent.children), parent.fresh_at)
+        if self._sibling_order is None or self._sibling_order[0] != key:
+            self._sibling_order = (key, sorted(parent.children))
+        return self._sibling_order[1]
+
+    async def _list_ahead(self, directory: Node) -> None:
+        """List *directory* for a walk that will reach it soon; a failure is
+        left to the reader's own listing (which asks again)."""
+        try:
+            if directory.lock is None:
+                directory.lock = trio.Lock()
+            async with directory.lock:
+                if self.is_fresh(directory) or not directory.attached or directory.wide:
+                    return
+                self.lists_ahead += 1
+                created = self._created
+                await self._list(directory, whole=False)
+                self._listing_grew = self._created - created
+            if len(self._ahead_listed) >= AHEAD_KEPT:
+                del self._ahead_listed[next(iter(self._ahead_listed))]
+            self._ahead_listed[directory.ino] = None
+        except StorageError as error:
+            log.debug("listing %r ahead: %s", directory.path, error)
+        finally:
+            self._ahead_in_flight.discard(directory.ino)
 
     def stream(self, directory: Node) -> ChildStream:
         """The children of *directory* a page at a time (see ChildStream)."""

@@ -398,6 +398,8 @@ def build_operations(
         max_nodes=options.metadata_cache // NODE_BYTES,
         kernel=kernel,
         busy=(lambda: working_directories(mountpoint)) if mountpoint else None,
+        nursery=nursery,
+        list_ahead=options.list_ahead,
     )
     blob_cache = build_blob_cache(options.cache, options.cache_size) if options.cache else None
     files = OpenFiles(

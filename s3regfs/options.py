@@ -300,6 +300,16 @@ FS_OPTIONS: tuple[Option, ...] = (
         "see docs/design.md)",
     ),
     Option(
+        "list_ahead",
+        "flag",
+        True,
+        "on",
+        "list the next unlisted sibling directory in the background while a walk reads one",
+        doc="while a walk (find, du, rsync) reads a directory that needed a listing, list its next "
+        "unlisted sibling in the background, so that the walk finds it listed; costs at most one "
+        "listing per directory listed for a reader (see docs/design.md)",
+    ),
+    Option(
         "busy_poll",
         "int",
         50,

@@ -97,6 +97,34 @@ def test_a_walk_stays_within_the_metadata_cache_and_finds_everything(
     assert requests["list_objects_v2"] <= 2 * (2 * WALK_KEYS // 1000 + 20), requests
 
 
+def test_a_walk_lists_ahead_without_costing_more_requests(
+    synth: SynthServer, layout: SynthLayout, tmp_path: Path
+) -> None:
+    """-o list_ahead (the default): a walk finds the directories after the
+    first listed already (every listing made ahead is used), in no more
+    LISTs than without it; a single ``ls`` lists at most one sibling ahead."""
+    expected = sorted(f"{key} {layout.head(key).size}" for key in layout.iter_keys())  # type: ignore[union-attr]
+    spent: dict[str, int] = {}
+    for setting in ("list_ahead=0", "list_ahead"):
+        before = synth.stats()["list_requests"]
+        with mounted(tmp_path / setting, _options(synth, setting)) as mount:
+            assert sorted(_files(mount.path)) == expected
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        spent[setting] = synth.stats()["list_requests"] - before
+        if setting == "list_ahead=0":
+            assert stats["lists_ahead"] == 0
+        else:
+            # One namespace after another (and the blob store's chunks).
+            assert stats["lists_ahead"] >= layout.counts()["namespaces"] - 1, stats
+            assert stats["lists_ahead_used"] == stats["lists_ahead"], stats
+    assert spent["list_ahead"] <= spent["list_ahead=0"], spent
+    with mounted(tmp_path / "ls", _options(synth)) as mount:
+        namespace = sorted(os.listdir(mount.path / ROOT / "repositories"))[0]
+        assert os.listdir(mount.path / ROOT / "repositories" / namespace)
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        assert stats["lists_ahead"] <= 1, stats
+
+
 def test_images_walk_costs_a_listing_per_repository(
     synth: SynthServer, layout: SynthLayout, tmp_path: Path
 ) -> None:
