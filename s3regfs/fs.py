@@ -29,9 +29,10 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, NoReturn
 
 import pyfuse3
 import trio
@@ -151,43 +152,65 @@ def _errno_for(exc: StorageError) -> int:
     return errno.EIO
 
 
-@contextmanager
-def errors_to_errno(what: str | Callable[[], str]) -> Iterator[None]:
+class errors_to_errno:  # noqa: N801  (a context manager, used as a function is)
     """Translate whatever escapes a handler into FUSEError (see module
     docstring).  *what* names the request in the log line; a function making
-    it is called only then (a path is built from the node's ancestors)."""
+    it is called only then (a path is built from the node's ancestors).
+
+    A class, not a generator: every request enters one, and a generator's
+    set-up costs a few microseconds of a walk's round trip."""
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str | Callable[[], str]) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
+        if exc is None or isinstance(exc, pyfuse3.FUSEError):
+            return False
+        _translate(exc, self._what)
+
+
+def _translate(exc: BaseException, what: str | Callable[[], str]) -> NoReturn:
+    """Raise *exc* as errors_to_errno's caller sees it: a FUSEError with its
+    errno, logged; trio.Cancelled and the like as themselves."""
     try:
         with collapse_exception_groups():
-            yield
+            raise exc
     except pyfuse3.FUSEError:
         raise
-    except StorageError as exc:
-        code = _errno_for(exc)
+    except StorageError as error:
+        code = _errno_for(error)
         if code == errno.ENOENT:
-            log.debug("%s: %s", _described(what), exc)
+            log.debug("%s: %s", _described(what), error)
         else:
-            log.error("%s: %s", _described(what), exc)
-        raise pyfuse3.FUSEError(code) from exc
-    except WriteLost as exc:
+            log.error("%s: %s", _described(what), error)
+        raise pyfuse3.FUSEError(code) from error
+    except WriteLost as error:
         # The file's one error line was logged when its data was given up.
-        log.debug("%s: %s", _described(what), exc)
-        raise pyfuse3.FUSEError(_lost_errno(exc.cause)) from exc
-    except SpoolFull as exc:
-        log.error("%s: %s", _described(what), exc)
-        raise pyfuse3.FUSEError(errno.ENOSPC) from exc
-    except (StaleHandle, KeyTooLong, Unsupported) as exc:
+        log.debug("%s: %s", _described(what), error)
+        raise pyfuse3.FUSEError(_lost_errno(error.cause)) from error
+    except SpoolFull as error:
+        log.error("%s: %s", _described(what), error)
+        raise pyfuse3.FUSEError(errno.ENOSPC) from error
+    except (StaleHandle, KeyTooLong, Unsupported) as error:
         # Answers about the request itself, logged where they arise (or not an
         # error of the mount at all).
-        log.debug("%s: %s", _described(what), exc)
-        raise pyfuse3.FUSEError(_ANSWERS[type(exc)]) from exc
+        log.debug("%s: %s", _described(what), error)
+        raise pyfuse3.FUSEError(_ANSWERS[type(error)]) from error
     except trio.Cancelled:
         raise
-    except OSError as exc:
-        log.error("%s: %s", _described(what), exc)
-        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
-    except Exception as exc:
+    except OSError as error:
+        log.error("%s: %s", _described(what), error)
+        raise pyfuse3.FUSEError(error.errno or errno.EIO) from error
+    except Exception as error:
         log.exception("%s: unexpected error", _described(what))
-        raise pyfuse3.FUSEError(errno.EIO) from exc
+        raise pyfuse3.FUSEError(errno.EIO) from error
 
 
 def _described(what: str | Callable[[], str]) -> str:
@@ -276,38 +299,45 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        # Straight-line for the bucket's own names: every entry of a walk
+        # comes through here (a view's node is the rare case).
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = pyfuse3.InodeT(node.ino)
         attrs.generation = 0
-        view = self._virtual(node)
-        if self._control.owns(node) and not node.is_dir:
-            node.size = len(self._control.content(node, self.stats))
-        elif view and not node.is_dir:
-            self.registry.refresh_size(node)
-        attrs.entry_timeout = self._options.metadata_ttl
-        # A view file's size changes with its content (index.json): never cached.
-        attrs.attr_timeout = 0 if view and not node.is_dir else self._options.metadata_ttl
-        if node.is_dir and self.dircache:
+        ttl = self._options.metadata_ttl
+        attrs.entry_timeout = ttl
+        view = self.namespace.is_virtual(node) and self._virtual(node)
+        if node.children is not None:
             # The kernel checks its copy of a directory's contents when the
             # attributes expire: make that when the copy does.
-            attrs.attr_timeout = self.namespace.kernel_copy_life(node)
-        if node.is_dir:
+            attrs.attr_timeout = self.namespace.kernel_copy_life(node) if self.dircache else ttl
             mode = (self._dir_mode & 0o555) if view else (self._dir_mode if node.mode is None else node.mode)
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFDIR | mode)
             attrs.st_nlink = 2
             attrs.st_size = 0
+            attrs.st_blocks = 0
+            attrs.st_blksize = DIR_BLOCK_SIZE
         else:
-            mode = self._file_mode if node.mode is None else node.mode
             if view:
-                mode = self._file_mode & 0o444  # the view's own files never change
-            elif self._immutable(node):
-                mode &= ~0o222  # stored blobs: chmod applies, but never write permission
+                if self._control.owns(node):
+                    node.size = len(self._control.content(node, self.stats))
+                else:
+                    self.registry.refresh_size(node)
+                # A view file's size changes with its content (index.json):
+                # never cached; the view's own files never change.
+                attrs.attr_timeout = 0
+                mode = self._file_mode & 0o444
+            else:
+                attrs.attr_timeout = ttl
+                mode = self._file_mode if node.mode is None else node.mode
+                if self._immutable(node):
+                    mode &= ~0o222  # stored blobs: chmod applies, but never write permission
             attrs.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
             # A blob shown in the images view has those names too (hard links).
-            attrs.st_nlink = 1 + len(node.view_names or ())
+            attrs.st_nlink = 1 + len(node.view_names) if node.view_names else 1
             attrs.st_size = node.size
-        attrs.st_blocks = (attrs.st_size + 511) // 512
-        attrs.st_blksize = DIR_BLOCK_SIZE if node.is_dir else BLOCK_SIZE
+            attrs.st_blocks = (node.size + 511) // 512
+            attrs.st_blksize = BLOCK_SIZE
         attrs.st_uid = self._options.uid if node.uid is None else node.uid
         attrs.st_gid = self._options.gid if node.gid is None else node.gid
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = node.mtime_ns
@@ -586,24 +616,45 @@ class Operations(pyfuse3.Operations):
 
     async def _open_directory(self, node: Node) -> DirHandle:
         """A snapshot (or, for a wide directory, a stream) of *node*'s entries."""
+        handle = self._open_listed(node)
+        if handle is not None:
+            return handle
+        namespace = self.namespace
+        with errors_to_errno(lambda: f"listing {_quote(node.path or '/')}"):
+            if namespace.is_virtual(node):
+                if node is self._control.directory:
+                    return DirHandle(node, sorted(self._control.files().items()))
+                if self.images.owns(node):
+                    return DirHandle(node, await self.images.children(node))
+                if self.registry.owns(node):
+                    return DirHandle(node, self.registry.children(node))
+            await namespace.ensure_listed(node)
+            if node.wide and not namespace.is_fresh(node):
+                if node is not namespace.root:
+                    return DirHandle(node, [], namespace.stream(node))
+                await namespace.ensure_listed(node, whole=True)
+            # Just listed or fresh (or gone meanwhile: what it held).
+            return self._snapshot(node)
+
+    def _open_listed(self, node: Node) -> DirHandle | None:
+        """_open_directory's answer when the cache has it (a fresh directory
+        of the bucket): no await, as for most directories of a walk; None
+        when it needs more."""
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        with errors_to_errno(lambda: f"listing {_quote(node.path or '/')}"):
-            if node is self._control.directory:
-                return DirHandle(node, sorted(self._control.files().items()))
-            if self.images.owns(node):
-                return DirHandle(node, await self.images.children(node))
-            if self.registry.owns(node):
-                return DirHandle(node, self.registry.children(node))
-            await self.namespace.ensure_listed(node)
-            if node.wide and not self.namespace.is_fresh(node) and node is not self.namespace.root:
-                return DirHandle(node, [], self.namespace.stream(node))
-            entries = [(child.name, child) for child in await self.namespace.list_children(node)]
-            if node is self.namespace.root and self._options.views:
-                views = [(VIEW_NAME, self.images.root), (REGISTRY_VIEW_NAME, self.registry.root)]
-                entries = sorted([*entries, *views], key=lambda e: e[0])
-            self.namespace.hold(node)  # the snapshot's children stay in the inode table
-            return DirHandle(node, entries, holds=True)
+        if self.namespace.is_virtual(node):
+            return None
+        with errors_to_errno(lambda: f"listing {_quote(node.path or '/')}"):  # a trim may run
+            return self._snapshot(node) if self.namespace.listed(node) else None
+
+    def _snapshot(self, node: Node) -> DirHandle:
+        assert node.children is not None
+        entries = sorted(node.children.items())
+        if node is self.namespace.root and self._options.views:
+            views = [(VIEW_NAME, self.images.root), (REGISTRY_VIEW_NAME, self.registry.root)]
+            entries = sorted([*entries, *views], key=lambda e: e[0])
+        self.namespace.hold(node)  # the snapshot's children stay in the inode table
+        return DirHandle(node, entries, holds=True)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         self._readdir_requests += 1
@@ -621,14 +672,23 @@ class Operations(pyfuse3.Operations):
                 self._end_cursor(cursor_id, handle)
             # A reader whose cursor is gone goes on in a new snapshot at the
             # same position (as after seekdir in a directory that changed).
-            handle = await self._open_directory(self._node(fh))
+            node = self._node(fh)
+            handle = self._open_listed(node) or await self._open_directory(node)
             if position:
                 cursor_id = self._new_cursor_id()
             else:
                 cursor_id, handle = self._share_cursor(handle)
                 self.namespace.kernel_copies(handle.node, live=handle.stream is not None)
+        if position >= len(handle.entries) and handle.stream is None:
+            # Every directory's last request (the kernel reads until an
+            # empty reply): the reader is done.
+            self._end_cursor(cursor_id, handle)
+            return
         try:
-            more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
+            if handle.stream is None:
+                more = self._reply_entries(handle, position, cursor_id * _CURSOR_SPAN, token)
+            else:
+                more = await self._read_directory(handle, position, cursor_id * _CURSOR_SPAN, token)
         except BaseException:
             self._end_cursor(cursor_id, handle)
             raise
@@ -699,11 +759,16 @@ class Operations(pyfuse3.Operations):
         if handle.stream is not None:
             with errors_to_errno(f"listing {_quote(handle.node.path)}"):
                 return await self._read_stream(handle, position, cookie, token)
-        for index in range(position, len(handle.entries)):
-            name, node = handle.entries[index]
+        return self._reply_entries(handle, position, cookie, token)
+
+    def _reply_entries(self, handle: DirHandle, position: int, cookie: int, token: pyfuse3.ReaddirToken) -> bool:
+        """_read_directory for a snapshot (no await)."""
+        entries = handle.entries
+        for index in range(position, len(entries)):
+            name, node = entries[index]
             if not self._reply_entry(token, name, node, cookie + index + 1):
                 break
-        return position < len(handle.entries)
+        return position < len(entries)
 
     def _reply_entry(self, token: pyfuse3.ReaddirToken, name: str, node: Node, next_id: int) -> bool:
         """Add one entry to a readdir reply; False when the reply is full."""

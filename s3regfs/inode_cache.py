@@ -393,6 +393,10 @@ class Namespace:
         if not self.knows(node):
             self._virtual.discard(node.ino)
 
+    def is_virtual(self, node: Node) -> bool:
+        """Whether *node* is not in the bucket (made by new_virtual)."""
+        return node.ino in self._virtual
+
     def knows(self, node: Node) -> bool:
         """Whether *node* is still in the inode table (not dropped)."""
         return self._inodes.get(node.ino) is node
@@ -729,13 +733,7 @@ class Namespace:
         unless *whole*; one found wide by this listing is left so too.  A trim
         that falls due runs first (unless not *trim*), never between the
         listing and its use."""
-        if trim:
-            self._maybe_trim()
-        self._touch(directory)
-        if self.is_fresh(directory):
-            self.cache_hits += 1
-            if self._ahead_listed:
-                self._reached(directory)
+        if self.listed(directory, trim=trim):
             return
         if directory.wide and not whole:
             return
@@ -750,6 +748,20 @@ class Namespace:
             await self._list(directory, whole=whole)
             self._listing_grew = self._created - created
         self._read_ahead(directory)
+
+    def listed(self, directory: Node, *, trim: bool = True) -> bool:
+        """ensure_listed's answer from the cache, without a wait: whether
+        *directory* is fresh (a cache hit).  Either way, a trim that falls due
+        runs first (unless not *trim*) and the directory counts as in use."""
+        if trim and self.max_nodes and len(self._inodes) > self.max_nodes:
+            self._maybe_trim()
+        self._touch(directory)
+        if self.is_fresh(directory):
+            self.cache_hits += 1
+            if self._ahead_listed:
+                self._reached(directory)
+            return True
+        return False
 
     # -- listing ahead of a walk --------------------------------------------------
 

@@ -227,6 +227,19 @@ def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
     )
 
 
+def _list_page(response: dict[str, Any]) -> tuple[ListPage, bool]:
+    """A ListObjectsV2 response as a page, and whether S3 said it is truncated."""
+    truncated = bool(response.get("IsTruncated"))
+    return (
+        ListPage(
+            objects=[_object_info(item["Key"], item) for item in response.get("Contents", [])],
+            prefixes=[item["Prefix"] for item in response.get("CommonPrefixes", [])],
+            next_token=response.get("NextContinuationToken") if truncated else None,
+        ),
+        truncated,
+    )
+
+
 class Connections:
     """The connection tokens of one client (its pool holds *max_connections*).
 
@@ -699,13 +712,15 @@ class S3Store:
             kwargs["ContinuationToken"] = token
         elif start_after:
             kwargs["StartAfter"] = start_after
-        response = await self._call("list_objects_v2", f"listing s3://{self.bucket}/{prefix}", **kwargs)
-        objects = [_object_info(item["Key"], item) for item in response.get("Contents", [])]
-        prefixes = [item["Prefix"] for item in response.get("CommonPrefixes", [])]
-        next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
-        if response.get("IsTruncated") and not next_token:
+        # The page is made on the worker thread: a walk's request loop has
+        # better things to do than a thousand ObjectInfo.
+        page: ListPage
+        page, truncated = await self._call(
+            "list_objects_v2", f"listing s3://{self.bucket}/{prefix}", consume=_list_page, **kwargs
+        )
+        if truncated and not page.next_token:
             raise TemporaryFailure(f"listing s3://{self.bucket}/{prefix}: truncated page without a token")
-        return ListPage(objects=objects, prefixes=prefixes, next_token=next_token)
+        return page
 
     async def multipart_uploads(self, prefix: str) -> list[MultipartUpload]:
         found: list[tuple[str, str, int]] = []
