@@ -24,14 +24,15 @@ registry's fixed directories asks for the first pages of those below it
 
 A walk visits a directory's subdirectories in name order, and each one it
 finds unlisted costs it a wait for S3 (a namespace of a few thousand keys:
-several pages in a row).  So a directory listed for a reader, or one listed
-ahead that a reader reaches, has its next unlisted sibling(s) listed in the
-background meanwhile (``-o list_ahead``, :meth:`Namespace._read_ahead`), one
-at a time: a walk of a registry waits for S3 at its start only.  What is
-listed ahead and never visited costs requests (one sibling per directory
-listed for a reader at most), never correctness: it is an ordinary listing,
-under the directory's lock.  It is not made when the cache is too small to
-keep the directory a walk is in and a sibling as big through a trim: the
+several pages in a row).  So when a reader's listing ends, or a reader
+reaches a directory listed ahead, the next unlisted directory the walk needs
+(the next sibling, or the child a flat listing's cut fell in) is listed in
+the background meanwhile (``-o list_ahead``, :meth:`Namespace._read_ahead`),
+one at a time: a walk of a registry waits for S3 at its start only.  What is
+listed ahead and never visited costs requests (two listings at most per
+directory listed for a reader), never correctness: it is an ordinary
+listing, under the directory's lock.  It is not made when the cache is too
+small to keep the directory a walk is in and one as big through a trim: the
 trim would take what the walk has yet to read.
 
 A directory whose own children take more than WIDE_PAGES delimited pages
@@ -104,6 +105,10 @@ MISSES_KEPT = 4096
 SIBLINGS_SCANNED = 4096
 #: Directories listed ahead and not reached yet, remembered at most.
 AHEAD_KEPT = 64
+#: New names below which a listing ahead goes on to the next (about a page).
+FEW_NAMES = 1000
+#: Directories whose children's order is kept for listing ahead.
+ORDERS_KEPT = 8
 
 #: Delimited pages (1,000 names each) past which a directory is wide (see
 #: the module docstring).
@@ -318,9 +323,9 @@ class Namespace:
         self.list_ahead = list_ahead and nursery is not None
         self._ahead_in_flight: set[int] = set()
         self._ahead_listed: dict[int, None] = {}
-        #: (parent inode, its children count, its fresh_at) -> its children's
-        #: names in order: the siblings of the directories a walk visits.
-        self._sibling_order: tuple[tuple[int, int, float | None], list[str]] | None = None
+        #: Directory inode -> (its children count and fresh_at, its children's
+        #: names in order), for the few directories a walk is in (see _read_ahead).
+        self._child_order: dict[int, tuple[tuple[int, float | None], list[str]]] = {}
         #: Nodes the last listing (for a reader or ahead) added to the cache.
         self._listing_grew = 0
         #: Listings made ahead, and those a reader then used.
@@ -772,18 +777,14 @@ class Namespace:
             self.lists_ahead_used += 1
             self._read_ahead(directory)
 
-    def _read_ahead(self, directory: Node) -> None:
-        """Start listing, in the background, the first sibling after
-        *directory* (in name order: a walk's order) that is an unlisted
-        directory; not while another listing ahead is in flight."""
-        parent = directory.parent
-        if (
-            not self.list_ahead
-            or self._ahead_in_flight
-            or parent is None
-            or parent.children is None
-            or not directory.attached
-        ):
+    def _read_ahead(self, directory: Node, *, go_on: bool = True) -> None:
+        """Start listing, in the background, the unlisted directory a walk
+        at *directory* needs next: the first sibling after it (in name order:
+        a walk's order) that is not fresh, or, if *directory*'s own flat
+        listing was cut, its first child that is not (the one the cut fell
+        in).  Not while another listing ahead is in flight.  *go_on*: see
+        _list_ahead."""
+        if not self.list_ahead or self._ahead_in_flight or not directory.attached:
             return
         grew = self._listing_grew
         if self.max_nodes and len(self._inodes) + grew > self.max_nodes and 2 * grew > TRIM_TO * self.max_nodes:
@@ -791,33 +792,49 @@ class Namespace:
             # sibling as big: it would take the part of this one the walk has
             # yet to read (a trim takes what was walked before it first).
             return
-        names = self._siblings(parent)
-        start = bisect.bisect_right(names, directory.name)
+        if directory.ino in self._flat_cursors:
+            level, after = directory, ""
+        elif directory.parent is not None:
+            level, after = directory.parent, directory.name
+        else:
+            return
+        assert level.children is not None
+        names = self._children_in_order(level)
+        start = bisect.bisect_right(names, after) if after else 0
         # Bounded work per listing: a walk lists ahead again at the next one.
         for name in itertools.islice(names, start, start + SIBLINGS_SCANNED):
-            sibling = parent.children.get(name)
-            if sibling is None or sibling.children is None or sibling.ino in self._virtual:
+            child = level.children.get(name)
+            if child is None or child.children is None or child.ino in self._virtual:
                 continue
-            if sibling.wide or _being_listed(sibling):
+            if child.wide or _being_listed(child):
                 return  # its reader lists (or streams) it
-            if not self.is_fresh(sibling):
+            if not self.is_fresh(child):
                 assert self._nursery is not None
-                self._ahead_in_flight.add(sibling.ino)
-                self._nursery.start_soon(self._list_ahead, sibling)
+                self._ahead_in_flight.add(child.ino)
+                self._nursery.start_soon(self._list_ahead, child, go_on)
                 return
 
-    def _siblings(self, parent: Node) -> list[str]:
-        """*parent*'s children's names in order (kept while it is unchanged:
-        a walk asks once per subdirectory it lists)."""
-        assert parent.children is not None
-        key = (parent.ino, len(parent.children), parent.fresh_at)
-        if self._sibling_order is None or self._sibling_order[0] != key:
-            self._sibling_order = (key, sorted(parent.children))
-        return self._sibling_order[1]
+    def _children_in_order(self, directory: Node) -> list[str]:
+        """*directory*'s children's names in order, kept while it is unchanged
+        (a walk asks about the same directory once per subdirectory listed)."""
+        assert directory.children is not None
+        state = (len(directory.children), directory.fresh_at)
+        kept = self._child_order.get(directory.ino)
+        if kept is not None and kept[0] == state:
+            return kept[1]
+        names = sorted(directory.children)
+        if len(self._child_order) >= ORDERS_KEPT:
+            del self._child_order[next(iter(self._child_order))]
+        self._child_order[directory.ino] = (state, names)
+        return names
 
-    async def _list_ahead(self, directory: Node) -> None:
-        """List *directory* for a walk that will reach it soon; a failure is
-        left to the reader's own listing (which asks again)."""
+    async def _list_ahead(self, directory: Node, go_on: bool) -> None:
+        """List *directory* for a walk that will reach it soon.  If it held
+        few names (the rest of a directory a cut fell in: the walk is through
+        it at once) and *go_on*, list the next one ahead too (once: that one
+        does not go on).  A failure is left to the reader's own listing
+        (which asks again)."""
+        listed = False
         try:
             if directory.lock is None:
                 directory.lock = trio.Lock()
@@ -828,13 +845,17 @@ class Namespace:
                 created = self._created
                 await self._list(directory, whole=False)
                 self._listing_grew = self._created - created
-            if len(self._ahead_listed) >= AHEAD_KEPT:
-                del self._ahead_listed[next(iter(self._ahead_listed))]
-            self._ahead_listed[directory.ino] = None
+                listed = True
         except StorageError as error:
             log.debug("listing %r ahead: %s", directory.path, error)
         finally:
             self._ahead_in_flight.discard(directory.ino)
+        if listed:
+            if len(self._ahead_listed) >= AHEAD_KEPT:
+                del self._ahead_listed[next(iter(self._ahead_listed))]
+            self._ahead_listed[directory.ino] = None
+            if go_on and self._listing_grew < FEW_NAMES:
+                self._read_ahead(directory, go_on=False)
 
     def stream(self, directory: Node) -> ChildStream:
         """The children of *directory* a page at a time (see ChildStream)."""

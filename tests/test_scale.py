@@ -102,7 +102,7 @@ def test_a_walk_lists_ahead_without_costing_more_requests(
 ) -> None:
     """-o list_ahead (the default): a walk finds the directories after the
     first listed already (every listing made ahead is used), in no more
-    LISTs than without it; a single ``ls`` lists at most one sibling ahead."""
+    LISTs than without it; a single ``ls`` lists at most two directories ahead."""
     expected = sorted(f"{key} {layout.head(key).size}" for key in layout.iter_keys())  # type: ignore[union-attr]
     spent: dict[str, int] = {}
     for setting in ("list_ahead=0", "list_ahead"):
@@ -122,7 +122,7 @@ def test_a_walk_lists_ahead_without_costing_more_requests(
         namespace = sorted(os.listdir(mount.path / ROOT / "repositories"))[0]
         assert os.listdir(mount.path / ROOT / "repositories" / namespace)
         stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
-        assert stats["lists_ahead"] <= 1, stats
+        assert stats["lists_ahead"] <= 2, stats
 
 
 def test_images_walk_costs_a_listing_per_repository(
