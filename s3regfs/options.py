@@ -304,10 +304,10 @@ FS_OPTIONS: tuple[Option, ...] = (
         "flag",
         True,
         "on",
-        "list the next unlisted sibling directory in the background while a walk reads one",
-        doc="while a walk (find, du, rsync) reads a directory that needed a listing, list its next "
-        "unlisted sibling in the background, so that the walk finds it listed; costs at most one "
-        "listing per directory listed for a reader (see docs/design.md)",
+        "list the next unlisted directory a walk needs in the background while it reads one",
+        doc="while a walk (find, du, rsync) reads a directory that needed a listing, list the next "
+        "unlisted directory it will need in the background, so that the walk finds it listed; costs "
+        "at most two listings per directory listed for a reader (see docs/design.md)",
     ),
     Option(
         "busy_poll",
