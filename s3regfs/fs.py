@@ -628,7 +628,7 @@ class Operations(pyfuse3.Operations):
                     return DirHandle(node, await self.images.children(node))
                 if self.registry.owns(node):
                     return DirHandle(node, self.registry.children(node))
-            await namespace.ensure_listed(node)
+            await namespace.ensure_listed(node, reading=True)
             if node.wide and not namespace.is_fresh(node):
                 if node is not namespace.root:
                     return DirHandle(node, [], namespace.stream(node))

@@ -24,8 +24,9 @@ registry's fixed directories asks for the first pages of those below it
 
 A walk visits a directory's subdirectories in name order, and each one it
 finds unlisted costs it a wait for S3 (a namespace of a few thousand keys:
-several pages in a row).  So when a reader's listing ends, or a reader
-reaches a directory listed ahead, the next unlisted directory the walk needs
+several pages in a row).  So when a reader's listing ends (readdir's, not a
+lookup's: a lookup can come from behind the walk), or a reader reaches a
+directory listed ahead, the next unlisted directory the walk needs
 (the next sibling, or the child a flat listing's cut fell in) is listed in
 the background meanwhile (``-o list_ahead``, :meth:`Namespace._read_ahead`),
 one at a time: a walk of a registry waits for S3 at its start only.  What is
@@ -732,12 +733,16 @@ class Namespace:
 
     # -- listing ------------------------------------------------------------------
 
-    async def ensure_listed(self, directory: Node, *, whole: bool = False, trim: bool = True) -> None:
+    async def ensure_listed(
+        self, directory: Node, *, whole: bool = False, trim: bool = True, reading: bool = False
+    ) -> None:
         """Make *directory*'s children known and fresh (lists at most once at a
         time).  A wide directory stays as it is (not fresh, partly known)
         unless *whole*; one found wide by this listing is left so too.  A trim
         that falls due runs first (unless not *trim*), never between the
-        listing and its use."""
+        listing and its use.  *reading*: a reader of its entries asks (a walk
+        may be on its way: see _read_ahead); not a lookup, which can come
+        from behind a walk (an entry that expired)."""
         if self.listed(directory, trim=trim):
             return
         if directory.wide and not whole:
@@ -752,7 +757,8 @@ class Namespace:
             created = self._created
             await self._list(directory, whole=whole)
             self._listing_grew = self._created - created
-        self._read_ahead(directory)
+        if reading:
+            self._read_ahead(directory)
 
     def listed(self, directory: Node, *, trim: bool = True) -> bool:
         """ensure_listed's answer from the cache, without a wait: whether
