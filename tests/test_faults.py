@@ -413,6 +413,36 @@ def test_a_split_listing_whose_ranges_fail_is_an_error_or_whole(
         assert found.returncode == 0 and len(found.stdout.splitlines()) == len(digests)
 
 
+def test_a_listing_ahead_that_fails_is_listed_again_by_its_reader(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """-o list_ahead: reading namespace a/ lists b/ ahead; when that listing
+    fails, b/ is not taken as listed (nor empty): its reader lists it, and
+    gets the error while the endpoint fails, the whole directory after."""
+    top = "docker/registry/v2/repositories"  # listed a level at a time: each namespace on its own
+    names = {d: [f"{top}/{d}/r{i:04}/f" for i in range(1100)] for d in "abc"}
+    fill(s3, bucket, [key for keys in names.values() for key in keys])
+    of_b = Rule(lambda m, p: list_objects(m, p) and f"prefix={top}/b/".replace("/", "%2F") in p, status=503)
+    with mounted(tmp_path / "mnt", [*proxy_opts(proxy, "maxretries=1"), bucket], check_clean=False) as mount:
+        assert sorted(os.listdir(mount.path / top)) == ["a", "b", "c"]
+        proxy.rules = [of_b]
+        assert len(os.listdir(mount.path / top / "a")) == 1100
+        deadline = time.monotonic() + 30
+        while of_b.hits < 2 and time.monotonic() < deadline:  # both attempts of the listing ahead
+            time.sleep(0.05)
+        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        assert of_b.hits >= 2 and stats["lists_ahead"] >= 1, (of_b.hits, stats)
+        with pytest.raises(OSError) as info:
+            os.listdir(mount.path / top / "b")
+        assert info.value.errno == errno.EIO
+        proxy.rules = []
+        found = subprocess.run(["find", str(mount.path / "docker"), "-type", "f"], capture_output=True, text=True)
+        assert found.returncode == 0, found.stderr
+        assert sorted(line[len(str(mount.path)) + 1 :] for line in found.stdout.splitlines()) == sorted(
+            key for keys in names.values() for key in keys
+        )
+
+
 # -- writes -------------------------------------------------------------------------
 
 
