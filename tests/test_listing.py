@@ -91,6 +91,58 @@ def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
         assert os.path.getsize(mount.path / f"{REPO}/_layers/sha256/f\U0010ffffz/link") == 20
 
 
+def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_namespaces(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    """Namespaces are listed ahead of the walk (each on its own, 2 pages)
+    while files are written into them through the mount and objects are put
+    and deleted beside it: every walk finishes without an error other than a
+    name gone meanwhile, what the mount wrote is in S3 whole and shown by
+    every walk after its close, and after metadata_ttl the mount shows the
+    bucket."""
+    import threading
+
+    top = "docker/registry/v2/repositories"
+    keys = [f"{top}/ns{n}/r{i:04}/_layers/link" for n in range(5) for i in range(1100)]
+    _put(s3, bucket, keys)
+    stop = threading.Event()
+
+    def beside() -> None:
+        i = 0
+        while not stop.is_set():
+            s3.put_object(Bucket=bucket, Key=f"{top}/ns{i % 5}/beside{i:04}/link", Body=b"b")
+            s3.delete_object(Bucket=bucket, Key=keys[(i * 97) % len(keys)])
+            i += 1
+
+    written: dict[str, bytes] = {}
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
+        other = threading.Thread(target=beside)
+        other.start()
+        try:
+            for walk_number in range(3):
+                # This mount writes into the namespaces the walk has yet to reach.
+                for n in range(1, 5):
+                    name = f"{top}/ns{n}/mine{walk_number}/data"
+                    data = os.urandom(1000 + n)
+                    (mount.path / name).parent.mkdir(parents=True, exist_ok=True)
+                    (mount.path / name).write_bytes(data)
+                    written[name] = data
+                walk = subprocess.run(["find", str(mount.path / top), "-type", "f"], capture_output=True, text=True)
+                problems = [line for line in walk.stderr.splitlines() if "No such file or directory" not in line]
+                shown = {line[len(str(mount.path)) + 1 :] for line in walk.stdout.splitlines()}
+                assert not problems and len(shown) > 5000, problems[:5]
+                assert set(written) <= shown, sorted(set(written) - shown)
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            assert stats["lists_ahead"] >= 3, stats
+        finally:
+            stop.set()
+            other.join()
+        time.sleep(1.2)
+        assert _mount_files(mount.path) == _bucket_files(s3, bucket)
+    for name, data in written.items():
+        assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+
+
 def test_a_walk_while_a_registry_pushes_and_deletes(
     s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
 ) -> None:
