@@ -839,7 +839,8 @@ class Namespace:
         few names (the rest of a directory a cut fell in: the walk is through
         it at once) and *go_on*, list the next one ahead too (once: that one
         does not go on).  A failure is left to the reader's own listing
-        (which asks again)."""
+        (which asks again): it runs in the mount's nursery, and must not end
+        the mount."""
         listed = False
         try:
             if directory.lock is None:
@@ -854,6 +855,9 @@ class Namespace:
                 listed = True
         except StorageError as error:
             log.debug("listing %r ahead: %s", directory.path, error)
+        except Exception:  # noqa: BLE001 - a task of the mount's nursery: never fail the mount
+            # The reader's own listing meets the same fault and answers EIO.
+            log.exception("listing %r ahead: unexpected error", directory.path)
         finally:
             self._ahead_in_flight.discard(directory.ino)
         if listed:
