@@ -5,11 +5,14 @@ mount, and the registry's fixed directories asked for together."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,39 @@ def _mount_files(mount: Path) -> list[str]:
     return sorted(found.stdout.decode("utf-8", "surrogateescape").splitlines())
 
 
+@contextlib.contextmanager
+def _another_writer(
+    s3: Any, bucket: str, new_key: Callable[[int], str], gone_key: Callable[[int], str]
+) -> Iterator[None]:
+    """While the block runs, another writer beside the mount puts
+    ``new_key(i)`` and deletes ``gone_key(i)`` for i = 0, 1, 2, ..."""
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            s3.put_object(Bucket=bucket, Key=new_key(i), Body=b"new")
+            s3.delete_object(Bucket=bucket, Key=gone_key(i))
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+
+
+def _walk_of_a_moving_bucket(path: Path) -> list[str]:
+    """``find PATH -type f``: a name may be gone by the time find reaches it
+    (as on any disk), nothing worse."""
+    walk = subprocess.run(["find", str(path), "-type", "f"], capture_output=True, text=True)
+    problems = [line for line in walk.stderr.splitlines() if "No such file or directory" not in line]
+    assert not problems, problems[:5]
+    return walk.stdout.splitlines()
+
+
 def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
     s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
 ) -> None:
@@ -100,25 +136,17 @@ def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_name
     name gone meanwhile, what the mount wrote is in S3 whole and shown by
     every walk after its close, and after metadata_ttl the mount shows the
     bucket."""
-    import threading
-
     top = "docker/registry/v2/repositories"
     keys = [f"{top}/ns{n}/r{i:04}/_layers/link" for n in range(5) for i in range(1100)]
     _put(s3, bucket, keys)
-    stop = threading.Event()
-
-    def beside() -> None:
-        i = 0
-        while not stop.is_set():
-            s3.put_object(Bucket=bucket, Key=f"{top}/ns{i % 5}/beside{i:04}/link", Body=b"b")
-            s3.delete_object(Bucket=bucket, Key=keys[(i * 97) % len(keys)])
-            i += 1
-
     written: dict[str, bytes] = {}
     with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
-        other = threading.Thread(target=beside)
-        other.start()
-        try:
+        with _another_writer(
+            s3,
+            bucket,
+            lambda i: f"{top}/ns{i % 5}/beside{i:04}/link",
+            lambda i: keys[(i * 97) % len(keys)],
+        ):
             for walk_number in range(3):
                 # This mount writes into the namespaces the walk has yet to reach.
                 for n in range(1, 5):
@@ -127,16 +155,11 @@ def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_name
                     (mount.path / name).parent.mkdir(parents=True, exist_ok=True)
                     (mount.path / name).write_bytes(data)
                     written[name] = data
-                walk = subprocess.run(["find", str(mount.path / top), "-type", "f"], capture_output=True, text=True)
-                problems = [line for line in walk.stderr.splitlines() if "No such file or directory" not in line]
-                shown = {line[len(str(mount.path)) + 1 :] for line in walk.stdout.splitlines()}
-                assert not problems and len(shown) > 5000, problems[:5]
+                shown = {line[len(str(mount.path)) + 1 :] for line in _walk_of_a_moving_bucket(mount.path / top)}
+                assert len(shown) > 5000
                 assert set(written) <= shown, sorted(set(written) - shown)
             stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
             assert stats["lists_ahead"] >= 3, stats
-        finally:
-            stop.set()
-            other.join()
         time.sleep(1.2)
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
     for name, data in written.items():
@@ -146,34 +169,18 @@ def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_name
 def test_a_walk_while_a_registry_pushes_and_deletes(
     s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
 ) -> None:
-    import threading
-
     keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(2400)]
     _put(s3, bucket, keys)
-    stop = threading.Event()
-
-    def push() -> None:
-        i = 10_000
-        while not stop.is_set():
-            s3.put_object(Bucket=bucket, Key=f"{REPO}/_layers/sha256/{_digest(i)}/link", Body=b"new")
-            s3.delete_object(Bucket=bucket, Key=keys[i % len(keys)])
-            i += 1
-
-    pusher = threading.Thread(target=push)
     with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
-        pusher.start()
-        try:
+        with _another_writer(
+            s3,
+            bucket,
+            lambda i: f"{REPO}/_layers/sha256/{_digest(10_000 + i)}/link",
+            lambda i: keys[(10_000 + i) % len(keys)],
+        ):
             for _ in range(3):
-                # Each walk sees some state of a moving bucket: a name may be
-                # gone by the time find reaches it (as on any disk), nothing worse.
-                walk = subprocess.run(["find", str(mount.path), "-type", "f"], capture_output=True, text=True)
-                problems = [
-                    line for line in walk.stderr.splitlines() if "No such file or directory" not in line
-                ]
-                assert not problems and len(walk.stdout.splitlines()) > 2000, problems[:5]
-        finally:
-            stop.set()
-            pusher.join()
+                # Each walk sees some state of a moving bucket.
+                assert len(_walk_of_a_moving_bucket(mount.path)) > 2000
         time.sleep(1.2)
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
 
@@ -184,7 +191,6 @@ def test_the_request_loop_polls_for_a_walks_requests_and_still_runs_uploads(
     """-o busy_poll: a walk's requests are taken by polling (the stats count
     them), uploads through the mount during walks still finish (trio's loop
     gets its turns), and with busy_poll=0 every request is waited for."""
-    import threading
 
     keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(1500)]
     _put(s3, bucket, keys)
