@@ -1126,62 +1126,12 @@ class Namespace:
         way.  The ranges are contiguous: the keys read without a gap from the
         start are the listing's cursor; keys a range read past a gap are
         ingested too (a later listing reads them again)."""
-        budget = pages * 1000  # keys
-        cost = 0
-
-        async def read(span: layout.KeyRange) -> tuple[str, bool]:
-            """Read *span*: how far it was read without a gap, and whether whole."""
-            nonlocal budget, cost
-            reached = span.after
-            token: str | None = None
-            max_keys = 1000 if span.through is None else min(1000, 2 * span.expected + 100)
-            while budget > 0:
-                page = await self._store.list_page(
-                    span.prefix, start_after=span.after or None, token=token, max_keys=max_keys
-                )
-                cost += 1
-                budget -= len(page.objects)
-                past = False
-                for info in page.objects:
-                    if not span.holds(info.key):
-                        past = True  # the next range's
-                        break
-                    self._ingest(directory, prefix, info, gen, touched)
-                    reached = info.key
-                token = page.next_token
-                if past or token is None:
-                    return span.through or reached, True
-                max_keys = 1000
-                if span.through is None and budget > 0:
-                    ranges = layout.split_listing(span.prefix, [info.key for info in page.objects], budget)
-                    if ranges:
-                        return await read_all(ranges)
-            return reached, False
-
-        async def read_all(ranges: list[layout.KeyRange]) -> tuple[str, bool]:
-            self.list_ranges += len(ranges)
-            results: list[tuple[str, bool] | None] = [None] * len(ranges)
-
-            async def one(index: int) -> None:
-                results[index] = await read(ranges[index])
-
-            # A range's error fails the listing, as a page's did.
-            with collapse_exception_groups():
-                async with trio.open_nursery() as nursery:
-                    for index in range(len(ranges)):
-                        nursery.start_soon(one, index)
-            reached = ranges[0].after
-            for result in results:
-                assert result is not None
-                reached, whole = result
-                if not whole:
-                    return reached, False
-            # A last range with no end read to the end; else the budget
-            # stopped the split at its last bound.
-            return reached, ranges[-1].through is None
-
-        reached, ended = await read(layout.KeyRange(prefix, start_after or "", None, 0))
-        return (reached or None), ended, cost
+        # Not two closures calling each other: they would make a reference
+        # cycle holding *touched* (every node this listing met), so that trimmed
+        # nodes would wait for a full garbage collection to be freed.
+        reading = _FlatReading(self, directory, prefix, gen, touched, pages * 1000)
+        reached, ended = await reading.read(layout.KeyRange(prefix, start_after or "", None, 0))
+        return (reached or None), ended, reading.cost
 
     def _warn_once(
         self, key: str, problem: str, message: str = "skipping key %r: %s cannot be a file name"
@@ -1464,6 +1414,77 @@ class Namespace:
             each.attached = False
             if each.nlookup == 0:
                 self._inodes.pop(each.ino, None)
+
+
+class _FlatReading:
+    """One call of :meth:`Namespace._flat_pages`: its key budget, its request
+    count, and the ranges it reads."""
+
+    def __init__(
+        self, namespace: Namespace, directory: Node, prefix: str, gen: int, touched: dict[int, Node], budget: int
+    ) -> None:
+        self._namespace = namespace
+        self._directory = directory
+        self._prefix = prefix
+        self._gen = gen
+        self._touched = touched
+        #: Keys still to read.
+        self.budget = budget
+        #: Requests made.
+        self.cost = 0
+
+    async def read(self, span: layout.KeyRange) -> tuple[str, bool]:
+        """Read *span*: how far it was read without a gap, and whether whole."""
+        namespace = self._namespace
+        reached = span.after
+        token: str | None = None
+        max_keys = 1000 if span.through is None else min(1000, 2 * span.expected + 100)
+        while self.budget > 0:
+            page = await namespace._store.list_page(
+                span.prefix, start_after=span.after or None, token=token, max_keys=max_keys
+            )
+            self.cost += 1
+            self.budget -= len(page.objects)
+            past = False
+            for info in page.objects:
+                if not span.holds(info.key):
+                    past = True  # the next range's
+                    break
+                namespace._ingest(self._directory, self._prefix, info, self._gen, self._touched)
+                reached = info.key
+            token = page.next_token
+            if past or token is None:
+                return span.through or reached, True
+            max_keys = 1000
+            if span.through is None and self.budget > 0:
+                ranges = layout.split_listing(span.prefix, [info.key for info in page.objects], self.budget)
+                if ranges:
+                    return await self.read_all(ranges)
+        return reached, False
+
+    async def read_all(self, ranges: list[layout.KeyRange]) -> tuple[str, bool]:
+        """Read *ranges* at once: how far they were read without a gap, and
+        whether the subtree ended."""
+        self._namespace.list_ranges += len(ranges)
+        results: list[tuple[str, bool] | None] = [None] * len(ranges)
+
+        async def one(index: int) -> None:
+            results[index] = await self.read(ranges[index])
+
+        # A range's error fails the listing, as a page's did.
+        with collapse_exception_groups():
+            async with trio.open_nursery() as nursery:
+                for index in range(len(ranges)):
+                    nursery.start_soon(one, index)
+        reached = ranges[0].after
+        for result in results:
+            assert result is not None
+            reached, whole = result
+            if not whole:
+                return reached, False
+        # A last range with no end read to the end; else the budget
+        # stopped the split at its last bound.
+        return reached, ranges[-1].through is None
 
 
 class ChildStream:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import trio
 
 from s3regfs.errors import NotFound
-from s3regfs.inode_cache import Namespace
+from s3regfs.inode_cache import Namespace, Node
 from tests.util import MotoServer, make_store
 
 
@@ -188,6 +189,35 @@ async def test_trim_keeps_the_cache_bounded_and_what_the_kernel_holds(
     assert sorted(child.name for child in await namespace.list_children(sha0)) == sorted(
         key.split("/")[7] for key in keys[:60]
     )
+
+
+async def test_trimmed_names_are_freed_at_once_not_by_the_garbage_collector(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    """Listings make no reference cycles: a trimmed node is freed when the
+    tree lets go of it, so memory follows the bound even between Python's
+    full garbage collections (the daemon runs them rarely)."""
+    base = "docker/registry/v2/repositories"
+    keys = [
+        f"{base}/r{r}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
+        for r in range(8)
+        for i in range(60)
+    ]
+    _put_all(s3, bucket, keys)
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60, max_nodes=400)
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(8):
+            sha = await namespace.resolve(f"{base}/r{r}/_layers/sha256")
+            assert len(await namespace.list_children(sha)) == 60
+    finally:
+        alive = sum(1 for each in gc.get_objects() if isinstance(each, Node))
+        gc.enable()
+    assert namespace.evicted > 400
+    # What the cache holds, and what a listing in flight may still hold.
+    assert alive <= len(namespace) + 10, (alive, len(namespace))
 
 
 async def test_trim_leaves_a_directory_being_read_and_local_changes(
