@@ -146,3 +146,61 @@ def test_the_fast_timestamp_parser_agrees_with_botocores(moment: datetime.dateti
 
     text = moment.strftime(style)
     assert parse_timestamp(text) == botocore_parse(text)
+
+
+async def test_pages_read_fast_are_the_pages_botocore_parses(moto: MotoServer, s3: Any, bucket: str) -> None:
+    """parse_list_page reads the bodies S3 sends as botocore's parser (and
+    its URL decoding) does, and the store's listings use it."""
+    from s3regfs.storage.s3 import _list_page, parse_list_page
+    from tests.util import s3_client
+
+    odd = [
+        "a b",
+        "a+b",
+        "a%20b",
+        "100%",
+        "x&y<z>\"'",
+        "\u00fcml/\u00e9t\u00e9",
+        "whale \U0001f433",
+        "tab\there",
+        "end ",
+    ]
+    keys = [f"p/{name}" for name in odd] + [f"p/dir/{i:03d}" for i in range(30)] + ["p/dir/sub/x", "p/zz/"]
+    for key in keys:
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=key.encode(),
+            StorageClass="STANDARD_IA" if "0" in key else "STANDARD",
+        )
+    plain = s3_client(moto.url)  # botocore's parser only
+    bodies: list[bytes] = []
+    plain.meta.events.register(
+        "before-parse.s3.ListObjectsV2", lambda response_dict, **_: bodies.append(response_dict["body"])
+    )
+    store = make_store(moto.url, bucket)
+    asks: list[dict[str, Any]] = [
+        {"Prefix": "p/"},
+        {"Prefix": "p/", "Delimiter": "/"},
+        {"Prefix": "p/", "MaxKeys": 7},
+        {"Prefix": "p/", "Delimiter": "/", "MaxKeys": 3, "StartAfter": "p/a b"},
+        {"Prefix": "p/nothing/"},
+    ]
+    for ask in asks:
+        bodies.clear()
+        expected, truncated = _list_page(plain.list_objects_v2(Bucket=bucket, **ask))
+        assert parse_list_page(bodies[0]) == (expected, truncated)
+        page = await store.list_page(
+            ask["Prefix"],
+            delimiter=ask.get("Delimiter"),
+            start_after=ask.get("StartAfter"),
+            max_keys=ask.get("MaxKeys", 1000),
+        )
+        assert page == expected
+    whole = await store.list_page("p/")
+    assert [info.key for info in whole.objects] == sorted(keys)
+    assert {info.storage_class for info in whole.objects} == {"STANDARD", "STANDARD_IA"}
+    assert all(info.etag == hashlib.md5(info.key.encode()).hexdigest() for info in whole.objects)
+    # What it does not read (an error, another document) is left to botocore.
+    assert parse_list_page(b"<Error><Code>NoSuchBucket</Code></Error>") is None
+    assert parse_list_page(b"not xml") is None

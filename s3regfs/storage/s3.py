@@ -38,10 +38,12 @@ import random
 import ssl
 import urllib.parse
 import warnings
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
 import boto3
+import botocore.compat
 import botocore.config
 import botocore.exceptions
 import botocore.session
@@ -227,8 +229,85 @@ def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
     )
 
 
+#: The entry of a parsed ListObjectsV2 response that holds the page as
+#: :func:`parse_list_page` read it.
+_PAGE_READ_FIRST = "S3regfsPage"
+#: What botocore's own parser reads in place of a page already read.
+_EMPTY_LIST_RESULT = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+
+
+def parse_list_page(body: bytes) -> tuple[ListPage, bool] | None:
+    """A ListObjectsV2 result read with ElementTree (its C parser), as
+    :func:`_list_page` makes it from botocore's parse: the page, and whether
+    it is truncated.  None for anything but a ListBucketResult whose every
+    field reads as expected; botocore's parser then reads the body.
+
+    Why: botocore's generic parser walks each key's elements in Python
+    against the service model, about 13 ms per 1,000-key page, on a worker
+    thread that holds the GIL all that time, while the request loop of a
+    walk waits for it.  This reads the same page in about 5 ms.  Keys and
+    prefixes are decoded as botocore decodes them (``EncodingType=url``).
+    """
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None
+    namespace, _, name = root.tag.rpartition("}")
+    if name != "ListBucketResult":
+        return None
+    namespace = namespace + "}" if namespace else ""
+    key_tag, size_tag, etag_tag = namespace + "Key", namespace + "Size", namespace + "ETag"
+    modified_tag, class_tag = namespace + "LastModified", namespace + "StorageClass"
+    decode: Callable[[str], str] = (
+        botocore.compat.unquote_str if root.findtext(namespace + "EncodingType") == "url" else str
+    )
+    objects: list[ObjectInfo] = []
+    try:
+        for contents in root.iterfind(namespace + "Contents"):
+            key = contents.findtext(key_tag)
+            if key is None:
+                return None
+            modified = contents.findtext(modified_tag)
+            objects.append(
+                ObjectInfo(
+                    key=decode(key),
+                    size=int(contents.findtext(size_tag) or 0),
+                    etag=(contents.findtext(etag_tag) or "").strip('"'),
+                    mtime_ns=int(parse_timestamp(modified).timestamp() * 1e9) if modified else 0,
+                    storage_class=contents.findtext(class_tag) or "",
+                )
+            )
+        prefixes: list[str] = []
+        for common in root.iterfind(namespace + "CommonPrefixes"):
+            prefix = common.findtext(namespace + "Prefix")
+            if prefix is None:
+                return None
+            prefixes.append(decode(prefix))
+    except (ValueError, OverflowError):
+        return None  # a size or a date botocore may read (or fail on) its own way
+    truncated = (root.findtext(namespace + "IsTruncated") or "").strip().lower() == "true"
+    token = root.findtext(namespace + "NextContinuationToken") if truncated else None
+    return ListPage(objects=objects, prefixes=prefixes, next_token=token or None), truncated
+
+
+def _read_list_page_first(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's before-parse hook for ListObjectsV2: a page that
+    :func:`parse_list_page` reads goes into the parsed response as
+    _PAGE_READ_FIRST, and botocore parses an empty result instead of it."""
+    body = response_dict.get("body")
+    if response_dict.get("status_code") != 200 or not isinstance(body, bytes):
+        return
+    page = parse_list_page(body)
+    if page is not None:
+        customized_response_dict[_PAGE_READ_FIRST] = page
+        response_dict["body"] = _EMPTY_LIST_RESULT
+
+
 def _list_page(response: dict[str, Any]) -> tuple[ListPage, bool]:
     """A ListObjectsV2 response as a page, and whether S3 said it is truncated."""
+    read_first: tuple[ListPage, bool] | None = response.get(_PAGE_READ_FIRST)
+    if read_first is not None:
+        return read_first
     truncated = bool(response.get("IsTruncated"))
     return (
         ListPage(
@@ -550,6 +629,7 @@ class S3Store:
         self, client: Any, driver: DriverParams, max_connections: int, journal: UploadJournal | None = None
     ) -> None:
         self._client = client
+        client.meta.events.register("before-parse.s3.ListObjectsV2", _read_list_page_first)
         self._driver = driver
         self._headers = object_headers(driver)
         self.bucket = driver.bucket
@@ -869,8 +949,10 @@ class S3Store:
             Bucket=self.bucket,
             Prefix=prefix,
             MaxKeys=10,
+            consume=_list_page,
         )
-        names = {item["Key"].rsplit("/", 1)[-1] for item in response.get("Contents", [])}
+        page: ListPage = response[0]
+        names = {info.key.rsplit("/", 1)[-1] for info in page.objects}
         return BucketProbe(database_in_use="database-in-use" in names)
 
     # -- writing ------------------------------------------------------------------
