@@ -73,6 +73,7 @@ import bisect
 import itertools
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
@@ -126,6 +127,9 @@ TRIM_TO = 0.75
 #: A key that is both an object and a directory prefix ("a" and "a/b"): the
 #: directory is shown (also by lookups), the object stays hidden until the
 #: directory is gone.
+#: A node's Node.used tick (the sort key of trims).
+_USED = operator.attrgetter("used")
+
 _HIDDEN_FILE = "hiding object %r: it is also a directory prefix, and %s is shown"
 
 
@@ -287,6 +291,9 @@ class Namespace:
         #: that listing's generation and start, and the trims and changes
         #: done when it began (see _straddled).
         self._flat_covered: dict[int, tuple[str, int, float, int, int]] = {}
+        #: Directory inodes whose last flat listing was cut (more keys below
+        #: them than FLAT_LISTING_PAGES hold): a lookup lists them shallow.
+        self._cut_listings: dict[int, None] = {}
         #: Prefix of a SPINE directory -> when its first delimited page was
         #: asked for ahead of its listing, the page, and _changes then (see _list).
         self._early_pages: dict[str, tuple[float, ListPage, int]] = {}
@@ -507,7 +514,12 @@ class Namespace:
         ):
             return self._used(await self._check_child(parent, name))
         listed_before = self.is_fresh(parent)
-        await self.ensure_listed(parent, trim=False)
+        # A directory whose subtree is larger than a flat listing holds
+        # (blobs/sha256, a namespace of thousands of repositories) is listed
+        # again for a lookup one level only: its subtree's first pages would
+        # be read again for nothing (a walk past its TTL is far beyond them),
+        # and a trim would then take what the walk listed ahead instead.
+        await self.ensure_listed(parent, trim=False, shallow=parent.ino in self._cut_listings)
         if parent.wide and not self.is_fresh(parent):
             # Found wide just now: the name may be past the pages read.
             return self._used(await self._check_child(parent, name))
@@ -734,7 +746,13 @@ class Namespace:
     # -- listing ------------------------------------------------------------------
 
     async def ensure_listed(
-        self, directory: Node, *, whole: bool = False, trim: bool = True, reading: bool = False
+        self,
+        directory: Node,
+        *,
+        whole: bool = False,
+        trim: bool = True,
+        reading: bool = False,
+        shallow: bool = False,
     ) -> None:
         """Make *directory*'s children known and fresh (lists at most once at a
         time).  A wide directory stays as it is (not fresh, partly known)
@@ -742,7 +760,8 @@ class Namespace:
         that falls due runs first (unless not *trim*), never between the
         listing and its use.  *reading*: a reader of its entries asks (a walk
         may be on its way: see _read_ahead); not a lookup, which can come
-        from behind a walk (an entry that expired)."""
+        from behind a walk (an entry that expired).  *shallow*: its own
+        children only, no flat pages of its subtree (see lookup)."""
         if self.listed(directory, trim=trim):
             return
         if directory.wide and not whole:
@@ -755,7 +774,7 @@ class Namespace:
                 self._reached(directory)  # listed meanwhile (maybe ahead)
                 return
             created = self._created
-            await self._list(directory, whole=whole)
+            await self._list(directory, whole=whole, shallow=shallow)
             self._listing_grew = self._created - created
         if reading:
             self._read_ahead(directory)
@@ -835,12 +854,17 @@ class Namespace:
         return names
 
     async def _list_ahead(self, directory: Node, go_on: bool) -> None:
-        """List *directory* for a walk that will reach it soon.  If it held
-        few names (the rest of a directory a cut fell in: the walk is through
-        it at once) and *go_on*, list the next one ahead too (once: that one
-        does not go on).  A failure is left to the reader's own listing
-        (which asks again): it runs in the mount's nursery, and must not end
-        the mount."""
+        """List *directory* for a walk that will reach it soon.  If it is the
+        rest of a directory its parent's flat listing cut, or held few names
+        (the walk is through it at once), and *go_on*, list the next one
+        ahead too (once: that one does not go on).  If it was the last part
+        of its parent's flat listing, list the parent's next sibling ahead:
+        the walk goes there after the parent.  A failure is left to the
+        reader's own listing (which asks again): it runs in the mount's
+        nursery, and must not end the mount."""
+        parent = directory.parent
+        cursor = self._flat_cursors.get(parent.ino) if parent is not None else None
+        rest_of_cut = cursor is not None and cursor.startswith(layout.dir_prefix(self.key_prefix, directory.path))
         listed = False
         try:
             if directory.lock is None:
@@ -864,8 +888,12 @@ class Namespace:
             if len(self._ahead_listed) >= AHEAD_KEPT:
                 del self._ahead_listed[next(iter(self._ahead_listed))]
             self._ahead_listed[directory.ino] = None
-            if go_on and self._listing_grew < FEW_NAMES:
+            if go_on and (rest_of_cut or self._listing_grew < FEW_NAMES):
                 self._read_ahead(directory, go_on=False)
+            elif cursor is not None and parent is not None and parent.ino not in self._flat_cursors:
+                # The parent's flat listing ended with this part (a namespace
+                # of thousands of repositories, listed a part at a time).
+                self._read_ahead(parent, go_on=False)
 
     def stream(self, directory: Node) -> ChildStream:
         """The children of *directory* a page at a time (see ChildStream)."""
@@ -885,10 +913,10 @@ class Namespace:
         self._inodes[node.ino] = node
         return node
 
-    async def _list(self, directory: Node, *, whole: bool = True) -> None:
+    async def _list(self, directory: Node, *, whole: bool = True, shallow: bool = False) -> None:
         below = self._spine_to_fetch(directory)
         if not below:
-            await self._list_now(directory, whole=whole)
+            await self._list_now(directory, whole=whole, shallow=shallow)
             return
         # A walk from the root lists these next, one after another: ask for
         # their first pages now, in the same round trip as this listing.
@@ -896,7 +924,7 @@ class Namespace:
             async with trio.open_nursery() as nursery:
                 for path in below:
                     nursery.start_soon(self._fetch_early, path)
-                await self._list_now(directory, whole=whole)
+                await self._list_now(directory, whole=whole, shallow=shallow)
 
     def _spine_to_fetch(self, directory: Node) -> list[str]:
         """The SPINE directories below *directory* whose first page is worth
@@ -963,7 +991,10 @@ class Namespace:
             node = node.children.get(name)
         return node
 
-    async def _list_now(self, directory: Node, *, whole: bool) -> None:
+    async def _list_now(self, directory: Node, *, whole: bool, shallow: bool = False) -> None:
+        """List *directory*: its subtree in flat pages first (see the module
+        docstring), then the rest of its own children.  *shallow*: its own
+        children only (see lookup)."""
         parent = directory.parent
         if (
             parent is not None
@@ -976,6 +1007,9 @@ class Namespace:
         gen = next(self._gens)
         started = self._now()
         touched: dict[int, Node] = {}
+        if shallow:
+            await self._list_own_children(directory, prefix, gen, gen, started, touched, None, 0, whole=whole)
+            return
         # Names seen by the listing that counts: this one, or the parent's
         # that the cut fell in (its keys up to there are not read again).
         fresh_gen = gen
@@ -997,6 +1031,7 @@ class Namespace:
             directory.list_cost = cost
             directory.wide = False
             self._flat_cursors.pop(directory.ino, None)
+            self._cut_listings.pop(directory.ino, None)
             self._flat_covered.pop(directory.ino, None)
             log.debug("listed %r flat: %d directories fresh", path, len(touched) + 1)
             return
@@ -1012,7 +1047,38 @@ class Namespace:
                 self._flat_covered.clear()
             self._flat_cursors[directory.ino] = cursor
             self._flat_covered[directory.ino] = (cursor, fresh_gen, started, trims, changes)
-        # The rest of D's own children, one level only.
+        if len(self._cut_listings) >= MISSES_KEPT:
+            self._cut_listings.clear()
+        self._cut_listings[directory.ino] = None
+        await self._list_own_children(directory, prefix, gen, fresh_gen, started, touched, cursor, cost, whole=whole)
+
+    async def _list_own_children(
+        self,
+        directory: Node,
+        prefix: str,
+        gen: int,
+        fresh_gen: int,
+        started: float,
+        touched: dict[int, Node],
+        cursor: str | None,
+        cost: int,
+        *,
+        whole: bool,
+    ) -> None:
+        """The delimited part of a listing of *directory*: its own children
+        after *cursor* (where its flat pages stopped; None: all), one level;
+        then it is fresh as of *started* (unless found wide first), for the
+        names seen by listing *fresh_gen* (see _mark_fresh); its pages count
+        as listing *gen*.  *cost*: the requests its flat pages made."""
+        path = directory.path
+        # The rest of D's own children, one level only.  From the child the
+        # cursor lies in, not from the cursor: S3-compatible stores disagree
+        # on whether a common prefix that sorts before StartAfter is shown
+        # for its keys after it (moto does not), and a cursor may be a
+        # range's bound before any key of that child was read.
+        start_after = cursor
+        if cursor is not None and "/" in cursor[len(prefix) :]:
+            start_after = prefix + cursor[len(prefix) :].split("/", 1)[0]
         token = None
         pages = 0
         early = self._take_early_page(prefix) if cursor is None else None
@@ -1021,7 +1087,7 @@ class Namespace:
                 started = min(started, early[0])
                 page, early = early[1], None
             else:
-                page = await self._store.list_page(prefix, delimiter="/", start_after=cursor, token=token)
+                page = await self._store.list_page(prefix, delimiter="/", start_after=start_after, token=token)
             cost += 1
             pages += 1
             for info in page.objects:
@@ -1269,17 +1335,36 @@ class Namespace:
         page is half ingested while it runs.  The kernel is asked to forget
         the entries it holds there, in one batch, except on the way to a
         process's working directory (forgetting would unhash it: getcwd
-        fails there)."""
+        fails there).
+
+        It works from the directories sorted by coldness, not by a walk of
+        the tree: its cost follows what it drops, not the cache's size (a
+        walk of a million keys trims some 70 times)."""
         self._created_at_trim = self._created
         self.trims += 1
         before = len(self._inodes)
-        cutoff = self._cold_cutoff(before - int(self.max_nodes * TRIM_TO))
+        cold, wide, cutoff = self._coldest(before - int(self.max_nodes * TRIM_TO))
         busy: set[str] = set()
         for path in self._busy() if self._busy is not None else ():
             parts = path.split("/")
             busy.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         forget: list[tuple[Node, str]] = []
-        self._trim_cold(self.root, cutoff, forget, busy)
+        for directory in cold:
+            parent = directory.parent
+            # The root of a cold subtree: a warm parent (a cold one's own
+            # root, further up, takes this one with it).
+            if parent is None or parent.used <= cutoff or not self._trimmable(directory, cutoff):
+                continue
+            # The subtree's root stays, unlisted: its directory's listing stays
+            # whole (a walk of the siblings lists nothing again) and the
+            # root is listed again when visited.  Dropped with its parent's
+            # subtree, when that turns cold.
+            if not self._trim_below(directory) and directory.path not in busy:
+                forget.append((parent, directory.name))  # something below is held
+        for directory in wide:
+            # A stream reads it without its lock: trimmed while being read.
+            if not directory.held and self._trimmable(directory, cutoff, listing=True):
+                forget += [(directory, held) for held in self._trim_wide(directory)]
         if forget and self._kernel is not None:
             self._kernel.forget_entries_soon(forget)
         log.debug(
@@ -1290,52 +1375,49 @@ class Namespace:
             len(forget),
         )
 
-    def _cold_cutoff(self, excess: int) -> int:
-        """The Node.used tick at or below which directories are cold: the
-        coldest directories whose children add up to *excess*.  What the
-        latest use touched (the listing just made, the directory being looked
-        into) is never cold."""
-        directories = sorted(
-            (
-                node
-                for node in self._inodes.values()
-                if node.children and node.parent is not None and node.used < self._tick
-            ),
-            key=lambda node: node.used,
-        )
+    def _coldest(self, excess: int) -> tuple[list[Node], list[Node], int]:
+        """The coldest directories whose children add up to *excess*, coldest
+        first; the warm wide directories; and the Node.used tick at or below
+        which a directory is cold.  What the latest use touched (the listing
+        just made, the directory being looked into) is never cold."""
+        tick = self._tick
+        known = [node for node in self._inodes.values() if node.children and node.parent is not None]
+        directories = [node for node in known if node.used < tick]
+        directories.sort(key=_USED)
         cutoff = 0
+        cold = 0
         for directory in directories:
             if excess <= 0:
                 break
             assert directory.children is not None
             excess -= len(directory.children)
             cutoff = directory.used
-        return cutoff
+            cold += 1
+        # Ties with the last one taken are cold too (as a walk would find them).
+        while cold < len(directories) and directories[cold].used <= cutoff:
+            cold += 1
+        return directories[:cold], [node for node in known if node.wide and node.used > cutoff], cutoff
 
-    def _trim_cold(
-        self, directory: Node, cutoff: int, forget: list[tuple[Node, str]], busy: set[str]
-    ) -> None:
-        """Trim every maximal cold subtree below *directory* (whose used tick
-        is <= *cutoff*); what the kernel should forget goes to *forget*."""
-        assert directory.children is not None
-        if _being_listed(directory):
-            return  # a listing is filling this subtree
-        for name, child in list(directory.children.items()):
-            if not child.children or child.ino in self._virtual:
-                continue
-            if child.used > cutoff:
-                self._trim_cold(child, cutoff, forget, busy)
-                if child.wide and not child.held:
-                    forget += [(child, held) for held in self._trim_wide(child)]
-                continue
-            if _being_listed(child):
-                continue
-            # The subtree's root stays, unlisted: its directory's listing stays
-            # whole (a walk of the siblings lists nothing again) and the
-            # root is listed again when visited.  Dropped with its parent's
-            # subtree, when that turns cold.
-            if not self._trim_below(child) and child.path not in busy:
-                forget.append((directory, name))  # something below is held
+    def _trimmable(self, directory: Node, cutoff: int, *, listing: bool = False) -> bool:
+        """Whether a trim may work in *directory*: it is in the tree (linked
+        from the root), neither it (unless *listing*) nor a directory above it
+        is being listed, none is a view's, and every directory above it is
+        warm (above *cutoff*)."""
+        if (_being_listed(directory) and not listing) or directory.ino in self._virtual:
+            return False
+        node = directory
+        parent = node.parent
+        while parent is not None:
+            if (
+                parent.children is None
+                or parent.children.get(node.name) is not node
+                or _being_listed(parent)
+                or parent.used <= cutoff
+                or (parent.parent is not None and parent.ino in self._virtual)
+            ):
+                return False
+            node, parent = parent, parent.parent
+        return node is self.root
 
     def _trim_wide(self, directory: Node) -> list[str]:
         """Drop the children of a wide directory in use (a stream reads it)

@@ -658,3 +658,72 @@ async def test_a_name_found_after_the_cut_listing_is_kept_by_the_listings_that_g
     names = [c.name for c in await namespace.list_children(sha)]
     assert pushed in names and len(names) == 5001
     assert sha.children is not None and sha.children[pushed] is found and found.attached
+
+
+async def test_a_lookup_lists_a_stale_directory_too_big_for_a_flat_listing_one_level_only(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk past metadata_ttl looks names up in blobs/sha256: listing it
+    again must not read its subtree's first flat pages (the walk is far past
+    them), only its own children; a reader's listing still reads them."""
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 2)
+    sha256 = "docker/registry/v2/blobs/sha256"  # blobs is listed one level at a time
+    digests = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(2500))
+    pushed = "f" * 64
+    _put_all(s3, bucket, [f"{sha256}/{d[:2]}/{d}/data" for d in digests])
+    store, namespace, clock = _on_a_clock(moto, bucket)
+    sha = await namespace.resolve(sha256)
+    fanout = sorted({d[:2] for d in digests})
+    assert sorted(child.name for child in await namespace.list_children(sha)) == fanout
+    assert any(delimiter is None for prefix, delimiter in store.listed if prefix == sha256 + "/")
+    clock[0] += 61  # stale
+    s3.put_object(Bucket=bucket, Key=f"{sha256}/ff/{pushed}/data", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key=f"{sha256}/{digests[0][:2]}/{digests[0]}/data")
+    gone = digests[0][:2] if sum(d[:2] == digests[0][:2] for d in digests) == 1 else None
+    before = len(store.listed)
+    for name in fanout[-60:]:  # more names than one-name checks are worth
+        assert (await namespace.lookup(sha, name)).is_dir
+    since = store.listed[before:]
+    # One-name checks, then one listing of its own children: no flat page.
+    assert all(delimiter == "/" for _, delimiter in since), since
+    assert sum(1 for prefix, _ in since if prefix == sha256 + "/") == 1
+    assert len(since) <= 40, since
+    # The names are those of S3 now; what was listed below stays as it was.
+    names = {child.name for child in await namespace.list_children(sha)}
+    assert "ff" in names and (gone is None or gone not in names)
+    ff = await namespace.resolve(f"{sha256}/ff")
+    assert pushed in {child.name for child in await namespace.list_children(ff)}
+    # A reader's listing of it, stale again, reads the flat pages as before.
+    clock[0] += 61
+    before = len(store.listed)
+    await namespace.ensure_listed(sha, reading=True)
+    assert any(delimiter is None for prefix, delimiter in store.listed[before:] if prefix == sha256 + "/")
+
+
+async def test_a_child_whose_keys_lie_past_the_bound_a_split_listing_stopped_at_is_listed(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flat listing read as ranges stops at a range's bound, which can lie
+    inside a child before any of its keys ("sha256/c6/c603..." with c6's
+    first key c608...).  The delimited listing of the rest must still show
+    that child: it starts after the child's name, not after the bound (a
+    common prefix sorting before StartAfter is not shown by every store)."""
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 2)
+    sha256 = "docker/registry/v2/blobs/sha256"
+    digests = sorted(hashlib.sha256(str(i).encode()).hexdigest() for i in range(2500))
+    _put_all(s3, bucket, [f"{sha256}/{d[:2]}/{d}/data" for d in digests])
+    store, namespace, _ = _on_a_clock(moto, bucket)
+    sha = await namespace.resolve(sha256)
+    names = [child.name for child in await namespace.list_children(sha)]
+    assert names == sorted({d[:2] for d in digests})
+    # Every blob is found under it, each directory listed once at most.
+    found = []
+    for name in names:
+        fanout = await namespace.lookup(sha, name)
+        for digest in await namespace.list_children(fanout):
+            found += [digest.name for _ in await namespace.list_children(digest)]
+    assert sorted(found) == digests
