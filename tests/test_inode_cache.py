@@ -727,3 +727,45 @@ async def test_a_child_whose_keys_lie_past_the_bound_a_split_listing_stopped_at_
         for digest in await namespace.list_children(fanout):
             found += [digest.name for _ in await namespace.list_children(digest)]
     assert sorted(found) == digests
+
+
+async def test_listing_ahead_goes_to_the_next_namespace_after_the_last_part_of_a_cut_one(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A namespace too big for one flat listing is read a part at a time as
+    a walk goes through it; after its last part, the next namespace is
+    listed ahead while the walk finishes this one."""
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)
+    base = "docker/registry/v2/repositories"
+
+    def links(namespace: str, repository: int, count: int) -> list[str]:
+        return [
+            f"{base}/{namespace}/r{repository:02d}/_layers/sha256/"
+            f"{hashlib.sha256(f'{namespace}{repository}-{i}'.encode()).hexdigest()}/link"
+            for i in range(count)
+        ]
+
+    keys = [key for repository in range(14) for key in links("ns0", repository, 100)] + links("ns1", 0, 10)
+    _put_all(s3, bucket, keys)
+    store = make_store(moto.url, bucket)
+    async with trio.open_nursery() as nursery:
+        namespace = Namespace(store, "", metadata_ttl=60, nursery=nursery, list_ahead=True)
+        repositories = await namespace.resolve(base)
+        await namespace.ensure_listed(repositories, reading=True)
+        assert repositories.children is not None
+        ns0, ns1 = repositories.children["ns0"], repositories.children["ns1"]
+        # The walk: each directory's entries read in name order, as find does.
+        await namespace.ensure_listed(ns0, reading=True)
+        assert ns0.children is not None
+        for name in sorted(ns0.children):
+            await trio.sleep(0.2)  # the walk's own time in the repository before
+            await namespace.ensure_listed(ns0.children[name], reading=True)
+        await trio.sleep(0.5)
+        assert namespace.is_fresh(ns1), "the next namespace was not listed ahead"
+        assert namespace.lists_ahead_used >= 2 and namespace.lists_ahead >= 3
+        lists = store.request_counts["list_objects_v2"]
+        await namespace.ensure_listed(ns1, reading=True)
+        assert store.request_counts["list_objects_v2"] == lists
+        nursery.cancel_scope.cancel()
