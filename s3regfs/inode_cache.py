@@ -124,12 +124,12 @@ NODE_BYTES = 1024
 #: rare (once per a few thousand new names at least).
 TRIM_TO = 0.75
 
-#: A key that is both an object and a directory prefix ("a" and "a/b"): the
-#: directory is shown (also by lookups), the object stays hidden until the
-#: directory is gone.
 #: A node's Node.used tick (the sort key of trims).
 _USED = operator.attrgetter("used")
 
+#: A key that is both an object and a directory prefix ("a" and "a/b"): the
+#: directory is shown (also by lookups), the object stays hidden until the
+#: directory is gone.
 _HIDDEN_FILE = "hiding object %r: it is also a directory prefix, and %s is shown"
 
 

@@ -191,7 +191,6 @@ def test_the_request_loop_polls_for_a_walks_requests_and_still_runs_uploads(
     """-o busy_poll: a walk's requests are taken by polling (the stats count
     them), uploads through the mount during walks still finish (trio's loop
     gets its turns), and with busy_poll=0 every request is waited for."""
-
     keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(1500)]
     _put(s3, bucket, keys)
     blobs = {f"up/{i}": os.urandom(7 * 1024 * 1024 + i) for i in range(3)}
