@@ -27,14 +27,18 @@ finds unlisted costs it a wait for S3 (a namespace of a few thousand keys:
 several pages in a row).  So when a reader's listing ends (readdir's, not a
 lookup's: a lookup can come from behind the walk), or a reader reaches a
 directory listed ahead, the next unlisted directory the walk needs
-(the next sibling, or the child a flat listing's cut fell in) is listed in
-the background meanwhile (``-o list_ahead``, :meth:`Namespace._read_ahead`),
-one at a time: a walk of a registry waits for S3 at its start only.  What is
-listed ahead and never visited costs requests (two listings at most per
-directory listed for a reader), never correctness: it is an ordinary
-listing, under the directory's lock.  It is not made when the cache is too
-small to keep the directory a walk is in and one as big through a trim: the
-trim would take what the walk has yet to read.
+(the next sibling, the child a flat listing's cut fell in, or after the
+last of a level the next one up: the first namespace after the blob store)
+is listed in the background meanwhile (``-o list_ahead``,
+:meth:`Namespace._read_ahead`), one at a time and at most AHEAD_LEAD
+listings ahead of the walk: a walk of a registry waits for S3 at its start
+only.  What is listed ahead and never visited costs requests, never
+correctness: it is an ordinary listing, under the directory's lock.  It is
+not made when the cache is too small to keep the directory a walk is in and
+one as big through a trim.  A trim takes the directories used since they
+were listed before those nothing used yet (UNVISITED): the rest of the
+directory a walk is in and what was listed ahead of it were listed before
+much of what the walk used since, but are what it needs next.
 
 A directory whose own children take more than WIDE_PAGES delimited pages
 (an ``_uploads`` of a busy registry, a flat bucket) is *wide*: it is never
@@ -107,7 +111,13 @@ MISSES_KEPT = 4096
 SIBLINGS_SCANNED = 4096
 #: Directories listed ahead and not reached yet, remembered at most.
 AHEAD_KEPT = 64
-#: New names below which a listing ahead goes on to the next (about a page).
+#: How many listings ahead of a walk at most, counted in listings of
+#: FEW_NAMES new names or more; a smaller one counts its share, at least
+#: AHEAD_SMALLEST (see Namespace._lead).
+AHEAD_LEAD = 2
+AHEAD_SMALLEST = 1 / 8
+#: About a page of names: a listing that adds fewer is small (see
+#: Namespace._lead); a directory with more is not sorted for listing ahead.
 FEW_NAMES = 1000
 #: Directories whose children's order is kept for listing ahead.
 ORDERS_KEPT = 8
@@ -126,6 +136,11 @@ TRIM_TO = 0.75
 
 #: A node's Node.used tick (the sort key of trims).
 _USED = operator.attrgetter("used")
+#: Set in Node.used for a node a listing made or saw and nothing used since
+#: (see Namespace._listed_tick): such nodes sort after every used one.
+UNVISITED = 1 << 62
+#: Node.used without UNVISITED: the tick itself.
+_TICKS = UNVISITED - 1
 
 #: A key that is both an object and a directory prefix ("a" and "a/b"): the
 #: directory is shown (also by lookups), the object stays hidden until the
@@ -330,7 +345,8 @@ class Namespace:
         self._nursery = nursery
         self.list_ahead = list_ahead and nursery is not None
         self._ahead_in_flight: set[int] = set()
-        self._ahead_listed: dict[int, None] = {}
+        #: Listed ahead, not reached yet: inode -> the nodes its listing made.
+        self._ahead_listed: dict[int, int] = {}
         #: Directory inode -> (its children count and fresh_at, its children's
         #: names in order), for the few directories a walk is in (see _read_ahead).
         self._child_order: dict[int, tuple[tuple[int, float | None], list[str]]] = {}
@@ -802,13 +818,11 @@ class Namespace:
             self.lists_ahead_used += 1
             self._read_ahead(directory)
 
-    def _read_ahead(self, directory: Node, *, go_on: bool = True) -> None:
+    def _read_ahead(self, directory: Node) -> None:
         """Start listing, in the background, the unlisted directory a walk
-        at *directory* needs next: the first sibling after it (in name order:
-        a walk's order) that is not fresh, or, if *directory*'s own flat
-        listing was cut, its first child that is not (the one the cut fell
-        in).  Not while another listing ahead is in flight.  *go_on*: see
-        _list_ahead."""
+        at *directory* needs next (see _next_in_walk), unless the walk's lead
+        is AHEAD_LEAD listings already (see _lead) or another listing ahead
+        is in flight."""
         if not self.list_ahead or self._ahead_in_flight or not directory.attached:
             return
         grew = self._listing_grew
@@ -817,27 +831,89 @@ class Namespace:
             # sibling as big: it would take the part of this one the walk has
             # yet to read (a trim takes what was walked before it first).
             return
+        if self._lead() >= AHEAD_LEAD:
+            return
+        target = self._next_in_walk(directory)
+        if target is not None:
+            assert self._nursery is not None
+            self._ahead_in_flight.add(target.ino)
+            self._nursery.start_soon(self._list_ahead, target)
+
+    def _lead(self) -> float:
+        """How far the listings made ahead that the walk has yet to reach
+        take it, counted in listings of FEW_NAMES new names or more (a
+        smaller one counts its share, at least AHEAD_SMALLEST: `repositories`
+        listed from an early page is not a namespace), up to AHEAD_LEAD;
+        AHEAD_LEAD too once they hold an eighth of the cache's bound (trims
+        would take them).  Only fresh ones count: one a walk never reached
+        (it went elsewhere, or stopped) goes stale."""
+        lead = 0.0
+        nodes = 0
+        for ino, grew in reversed(self._ahead_listed.items()):
+            node = self._inodes.get(ino)
+            if node is not None and node.attached and self.is_fresh(node):
+                lead += min(1.0, max(grew / FEW_NAMES, AHEAD_SMALLEST))
+                nodes += grew
+                if self.max_nodes and nodes > self.max_nodes // 8:
+                    return AHEAD_LEAD
+                if lead >= AHEAD_LEAD:
+                    break
+        return lead
+
+    def _next_in_walk(self, directory: Node) -> Node | None:
+        """The directory a depth-first walk (in name order) at *directory*
+        lists next: if *directory*'s own flat listing was cut, its first child
+        that is not fresh (the one the cut fell in); else the first sibling
+        after it that is not fresh.  When its parent has no such sibling, the
+        walk climbs: the parent's next siblings, and so on up to the root; a
+        fresh one found after a climb stands for its first child (the walk
+        enters it at once: `repositories` after the blob store, listed by an
+        early page, and its first namespace not).  None if none is found
+        within SIBLINGS_SCANNED names a level, or the walk's next directory
+        is wide or being listed (its reader lists or streams it)."""
         if directory.ino in self._flat_cursors:
             level, after = directory, ""
         elif directory.parent is not None:
             level, after = directory.parent, directory.name
         else:
-            return
-        assert level.children is not None
-        names = self._children_in_order(level)
-        start = bisect.bisect_right(names, after) if after else 0
-        # Bounded work per listing: a walk lists ahead again at the next one.
-        for name in itertools.islice(names, start, start + SIBLINGS_SCANNED):
-            child = level.children.get(name)
-            if child is None or child.children is None or child.ino in self._virtual:
-                continue
-            if child.wide or _being_listed(child):
-                return  # its reader lists (or streams) it
-            if not self.is_fresh(child):
-                assert self._nursery is not None
-                self._ahead_in_flight.add(child.ino)
-                self._nursery.start_soon(self._list_ahead, child, go_on)
-                return
+            return None
+        climbed = False
+        while True:
+            assert level.children is not None
+            names = self._children_in_order(level)
+            start = bisect.bisect_right(names, after) if after else 0
+            # Bounded work per listing: a walk lists ahead again at the next one.
+            for name in itertools.islice(names, start, start + SIBLINGS_SCANNED):
+                child = level.children.get(name)
+                if child is None or child.children is None or child.ino in self._virtual:
+                    continue
+                if child.wide or _being_listed(child):
+                    return None
+                if not self.is_fresh(child):
+                    return child
+                if climbed:
+                    return self._first_unlisted_child(child)
+            if start + SIBLINGS_SCANNED < len(names) or level.parent is None:
+                return None
+            level, after, climbed = level.parent, level.name, True
+
+    def _first_unlisted_child(self, directory: Node) -> Node | None:
+        """*directory*'s first child (in name order) if it is a directory
+        that is not fresh, not wide and not being listed; else None.  Only
+        for a directory of few names (its children are sorted here)."""
+        assert directory.children is not None
+        if not directory.children or len(directory.children) > FEW_NAMES:
+            return None
+        child = directory.children[min(directory.children)]
+        if (
+            child.children is None
+            or child.ino in self._virtual
+            or child.wide
+            or _being_listed(child)
+            or self.is_fresh(child)
+        ):
+            return None
+        return child
 
     def _children_in_order(self, directory: Node) -> list[str]:
         """*directory*'s children's names in order, kept while it is unchanged
@@ -853,18 +929,11 @@ class Namespace:
         self._child_order[directory.ino] = (state, names)
         return names
 
-    async def _list_ahead(self, directory: Node, go_on: bool) -> None:
-        """List *directory* for a walk that will reach it soon.  If it is the
-        rest of a directory its parent's flat listing cut, or held few names
-        (the walk is through it at once), and *go_on*, list the next one
-        ahead too (once: that one does not go on).  If it was the last part
-        of its parent's flat listing, list the parent's next sibling ahead:
-        the walk goes there after the parent.  A failure is left to the
-        reader's own listing (which asks again): it runs in the mount's
-        nursery, and must not end the mount."""
-        parent = directory.parent
-        cursor = self._flat_cursors.get(parent.ino) if parent is not None else None
-        rest_of_cut = cursor is not None and cursor.startswith(layout.dir_prefix(self.key_prefix, directory.path))
+    async def _list_ahead(self, directory: Node) -> None:
+        """List *directory* for a walk that will reach it soon, then the one
+        after it (while the walk's lead is short: see _read_ahead).  A
+        failure is left to the reader's own listing (which asks again): it
+        runs in the mount's nursery, and must not end the mount."""
         listed = False
         try:
             if directory.lock is None:
@@ -887,13 +956,11 @@ class Namespace:
         if listed:
             if len(self._ahead_listed) >= AHEAD_KEPT:
                 del self._ahead_listed[next(iter(self._ahead_listed))]
-            self._ahead_listed[directory.ino] = None
-            if go_on and (rest_of_cut or self._listing_grew < FEW_NAMES):
-                self._read_ahead(directory, go_on=False)
-            elif cursor is not None and parent is not None and parent.ino not in self._flat_cursors:
-                # The parent's flat listing ended with this part (a namespace
-                # of thousands of repositories, listed a part at a time).
-                self._read_ahead(parent, go_on=False)
+            self._ahead_listed[directory.ino] = self._listing_grew
+            # A walk can be through a directory (the rest of a cut one, a
+            # namespace of 25 repositories) in less time than listing the
+            # next takes.
+            self._read_ahead(directory)
 
     def stream(self, directory: Node) -> ChildStream:
         """The children of *directory* a page at a time (see ChildStream)."""
@@ -1219,7 +1286,7 @@ class Namespace:
             parent.children[name] = child
         child.seen_gen = max(child.seen_gen, gen)
         child.doomed = False
-        child.used = self._tick
+        child.used = self._listed_tick(child)
         return child
 
     def _ingest(
@@ -1261,7 +1328,7 @@ class Namespace:
         self._set_file(leaf, info)
         leaf.seen_gen = max(leaf.seen_gen, gen)
         leaf.doomed = False
-        leaf.used = self._tick
+        leaf.used = self._listed_tick(leaf)
 
     def _ingest_prefix(self, directory: Node, prefix: str, child_prefix: str, gen: int) -> None:
         name = child_prefix[len(prefix) :].rstrip("/")
@@ -1302,9 +1369,18 @@ class Namespace:
         directory.made_here = False  # its names now come from S3
         self._stale_checks.pop(directory.ino, None)
 
+    def _listed_tick(self, node: Node) -> int:
+        """Node.used for *node*, which a listing just made or saw: now, and
+        unvisited if nothing used it since it came (see UNVISITED).  A trim
+        takes the used directories first, coldest first, and only then the
+        unvisited: what a walk has yet to reach (the rest of the directory
+        it is in, what was listed ahead of it) was listed before what the
+        walk used since, but is the last thing to drop."""
+        return self._tick | (node.used & UNVISITED)
+
     def _new_node(self, name: str, parent: Node, is_dir: bool) -> Node:
         node = Node(next(self._inos), name, parent, is_dir)
-        node.used = self._tick
+        node.used = self._tick | UNVISITED
         self._inodes[node.ino] = node
         self._created += 1
         return node
@@ -1343,7 +1419,11 @@ class Namespace:
         self._created_at_trim = self._created
         self.trims += 1
         before = len(self._inodes)
-        cold, wide, cutoff = self._coldest(before - int(self.max_nodes * TRIM_TO))
+        excess = before - int(self.max_nodes * TRIM_TO)
+        cold, wide, cutoff, short = self._coldest(excess, unvisited=False)
+        if short:
+            # What was used does not add up to it: by age alone, then.
+            cold, wide, cutoff, _ = self._coldest(excess, unvisited=True)
         busy: set[str] = set()
         for path in self._busy() if self._busy is not None else ():
             parts = path.split("/")
@@ -1353,7 +1433,7 @@ class Namespace:
             parent = directory.parent
             # The root of a cold subtree: a warm parent (a cold one's own
             # root, further up, takes this one with it).
-            if parent is None or parent.used <= cutoff or not self._trimmable(directory, cutoff):
+            if parent is None or (parent.used & _TICKS) <= cutoff or not self._trimmable(directory, cutoff):
                 continue
             # The subtree's root stays, unlisted: its directory's listing stays
             # whole (a walk of the siblings lists nothing again) and the
@@ -1375,15 +1455,21 @@ class Namespace:
             len(forget),
         )
 
-    def _coldest(self, excess: int) -> tuple[list[Node], list[Node], int]:
+    def _coldest(self, excess: int, *, unvisited: bool) -> tuple[list[Node], list[Node], int, bool]:
         """The coldest directories whose children add up to *excess*, coldest
-        first; the warm wide directories; and the Node.used tick at or below
-        which a directory is cold.  What the latest use touched (the listing
-        just made, the directory being looked into) is never cold."""
+        first; the warm wide directories; the tick (Node.used without
+        UNVISITED) at or below which a directory is cold; and whether they
+        fall short of *excess*.  Only directories used since listed, unless
+        *unvisited* (see _listed_tick).  What the latest use touched (the
+        listing just made, the directory being looked into) is never cold."""
         tick = self._tick
         known = [node for node in self._inodes.values() if node.children and node.parent is not None]
-        directories = [node for node in known if node.used < tick]
-        directories.sort(key=_USED)
+        if unvisited:
+            directories = [node for node in known if (node.used & _TICKS) < tick]
+            directories.sort(key=_tick)
+        else:
+            directories = [node for node in known if node.used < tick]
+            directories.sort(key=_USED)
         cutoff = 0
         cold = 0
         for directory in directories:
@@ -1391,12 +1477,13 @@ class Namespace:
                 break
             assert directory.children is not None
             excess -= len(directory.children)
-            cutoff = directory.used
+            cutoff = directory.used & _TICKS
             cold += 1
         # Ties with the last one taken are cold too (as a walk would find them).
-        while cold < len(directories) and directories[cold].used <= cutoff:
+        while cold < len(directories) and (directories[cold].used & _TICKS) <= cutoff:
             cold += 1
-        return directories[:cold], [node for node in known if node.wide and node.used > cutoff], cutoff
+        wide = [node for node in known if node.wide and (node.used & _TICKS) > cutoff]
+        return directories[:cold], wide, cutoff, excess > 0
 
     def _trimmable(self, directory: Node, cutoff: int, *, listing: bool = False) -> bool:
         """Whether a trim may work in *directory*: it is in the tree (linked
@@ -1412,7 +1499,7 @@ class Namespace:
                 parent.children is None
                 or parent.children.get(node.name) is not node
                 or _being_listed(parent)
-                or parent.used <= cutoff
+                or (parent.used & _TICKS) <= cutoff
                 or (parent.parent is not None and parent.ino in self._virtual)
             ):
                 return False
@@ -1426,7 +1513,7 @@ class Namespace:
         assert directory.children is not None
         held: list[str] = []
         for name, child in list(directory.children.items()):
-            if child.children or child.used >= self._tick:
+            if child.children or (child.used & _TICKS) >= self._tick:
                 continue  # below it: with the cold subtrees; or just handed out
             if not self._droppable(child):
                 if child.nlookup and not child.doomed:
@@ -1628,6 +1715,11 @@ class ChildStream:
                 nodes.append(child)
         self._last_names = [node.name for node in nodes]
         return nodes
+
+
+def _tick(node: Node) -> int:
+    """*node*'s Node.used without UNVISITED (a sort key of trims)."""
+    return node.used & _TICKS
 
 
 def _being_listed(node: Node) -> bool:

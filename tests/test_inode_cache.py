@@ -770,3 +770,119 @@ async def test_listing_ahead_goes_to_the_next_namespace_after_the_last_part_of_a
         await namespace.ensure_listed(ns1, reading=True)
         assert store.request_counts["list_objects_v2"] == lists
         nursery.cancel_scope.cancel()
+
+
+async def test_listing_ahead_climbs_from_the_end_of_the_blob_store_into_the_first_namespace(
+    moto: MotoServer, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the blob store's last part, a walk goes up to `repositories`
+    and at once into its first namespace: that one is listed ahead while
+    the walk finishes the blob store, not when the walk gets there."""
+    import s3regfs.layout as layout
+
+    monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)
+    v2 = "docker/registry/v2"
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1200)]
+    blobs = [f"{v2}/blobs/sha256/{digest[:2]}/{digest}/data" for digest in digests]
+    links = [
+        f"{v2}/repositories/ns{n}/r{r}/_layers/sha256/{hashlib.sha256(f'{n}-{r}-{i}'.encode()).hexdigest()}/link"
+        for n in range(2)
+        for r in range(20)
+        for i in range(50)
+    ]
+    _put_all(s3, bucket, blobs + links)
+    store = make_store(moto.url, bucket)
+    arrived: dict[str, bool] = {}
+    async with trio.open_nursery() as nursery:
+        namespace = Namespace(store, "", metadata_ttl=60, nursery=nursery, list_ahead=True)
+
+        async def walk(directory: Node) -> None:
+            """find's order: a directory's entries, then each subdirectory."""
+            if directory.path == f"{v2}/repositories":
+                ns0 = (directory.children or {}).get("ns0")
+                arrived["ns0 fresh"] = ns0 is not None and namespace.is_fresh(ns0)
+            await namespace.ensure_listed(directory, reading=True)
+            assert directory.children is not None
+            for name in sorted(directory.children):
+                child = directory.children[name]
+                if child.is_dir:
+                    if "/blobs/sha256/" in child.path:
+                        await trio.sleep(0.002)  # the walk's own time per directory
+                    await walk(child)
+
+        await walk(namespace.root)
+        nursery.cancel_scope.cancel()
+    assert arrived == {"ns0 fresh": True}, "the first namespace was not listed ahead"
+
+
+class _ForgettingKernel:
+    """The kernel's side of a walk: it holds every entry handed out, and
+    forgets the entries a trim asked it to (with all below them) when
+    forget_now() is called, as FORGET requests come after a trim."""
+
+    def __init__(self) -> None:
+        self.namespace: Namespace | None = None
+        self.asked: list[tuple[Node, str]] = []
+
+    def forget_entries_soon(self, entries: Sequence[tuple[Node, str]]) -> None:
+        self.asked += entries
+
+    def forget_pages_soon(self, node: Node) -> None:
+        pass
+
+    def forget_now(self) -> None:
+        assert self.namespace is not None
+        asked, self.asked = self.asked, []
+        for parent, name in asked:
+            top = (parent.children or {}).get(name)
+            below = [top] if top is not None else []
+            while below:
+                node = below.pop()
+                below += (node.children or {}).values()
+                if node.nlookup:
+                    self.namespace.forget(node.ino, node.nlookup)
+
+
+async def test_a_trim_takes_what_a_walk_used_before_what_it_has_yet_to_reach(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    """Under the cache's bound a walk holds what it read (the kernel forgets
+    it only when a trim asks), and what is listed ahead of it was listed
+    before much of what it used since: a trim still takes the used names
+    first, so nothing is listed twice."""
+    base = "docker/registry/v2/repositories"
+    keys = [
+        f"{base}/ns{n:02d}/app/_layers/sha256/{hashlib.sha256(f'{n}-{i}'.encode()).hexdigest()}/link"
+        for n in range(24)
+        for i in range(60)
+    ]
+    _put_all(s3, bucket, keys)
+    store = make_store(moto.url, bucket)
+    kernel = _ForgettingKernel()
+    async with trio.open_nursery() as nursery:
+        namespace = Namespace(
+            store, "", metadata_ttl=60, max_nodes=1000, kernel=kernel, nursery=nursery, list_ahead=True
+        )
+        kernel.namespace = namespace
+        repositories = await namespace.resolve(base)
+        await namespace.ensure_listed(repositories, reading=True)
+        lists = store.request_counts["list_objects_v2"]
+
+        async def walk(directory: Node) -> None:
+            await namespace.ensure_listed(directory, reading=True)
+            assert directory.children is not None
+            for name in sorted(directory.children):
+                child = directory.children[name]
+                namespace.remember(child)  # readdirplus: the kernel holds it
+                if child.is_dir:
+                    await walk(child)
+                    await trio.sleep(0.001)
+            kernel.forget_now()
+
+        for name in sorted(repositories.children or {}):
+            await walk((repositories.children or {})[name])
+            await trio.sleep(0.3)  # the listings ahead end
+        nursery.cancel_scope.cancel()
+    assert namespace.trims >= 3
+    # Each namespace listed once (flat: one request), by the walk or ahead of it.
+    assert store.request_counts["list_objects_v2"] - lists == 24, (namespace.lists_ahead, namespace.lists_ahead_used)

@@ -127,6 +127,14 @@ def test_a_walk_lists_ahead_without_costing_more_requests(
         assert stats["lists_ahead"] == 0 and stats["misses"] > 0, stats
         namespace = sorted(os.listdir(mount.path / ROOT / "repositories"))[1]
         assert os.listdir(mount.path / ROOT / "repositories" / namespace)
+        # In the background: it starts when the request loop lets it.
+        deadline = time.monotonic() + 10
+        while True:
+            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            if stats["lists_ahead"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # and what it may go on to
         stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
         assert 1 <= stats["lists_ahead"] <= 2, stats
 
