@@ -145,11 +145,7 @@ async def test_trim_keeps_the_cache_bounded_and_what_the_kernel_holds(
     # 8 repositories of 60 layer links (each repository is listed flat:
     # 60 links + 60 digest directories + 2).
     base = "docker/registry/v2/repositories"
-    keys = [
-        f"{base}/r{r}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
-        for r in range(8)
-        for i in range(60)
-    ]
+    keys = [key for r in range(8) for key in _layer_links(f"{base}/r{r}", 60)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=key[-70:].encode()), keys))
     store = make_store(moto.url, bucket)
@@ -198,11 +194,7 @@ async def test_trimmed_names_are_freed_at_once_not_by_the_garbage_collector(
     tree lets go of it, so memory follows the bound even between Python's
     full garbage collections (the daemon runs them rarely)."""
     base = "docker/registry/v2/repositories"
-    keys = [
-        f"{base}/r{r}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
-        for r in range(8)
-        for i in range(60)
-    ]
+    keys = [key for r in range(8) for key in _layer_links(f"{base}/r{r}", 60)]
     _put_all(s3, bucket, keys)
     store = make_store(moto.url, bucket)
     namespace = Namespace(store, "", metadata_ttl=60, max_nodes=400)
@@ -323,11 +315,7 @@ async def test_a_walk_past_a_cut_flat_listing_goes_on_in_flat_pages(
 
     monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)  # scaled down: 1,000 keys a flat listing
     # A namespace of 40 repositories, 60 links each: 2,400 keys.
-    keys = [
-        f"ns/r{r:02d}/_layers/sha256/{hashlib.sha256(f'{r}-{i}'.encode()).hexdigest()}/link"
-        for r in range(40)
-        for i in range(60)
-    ]
+    keys = [key for r in range(40) for key in _layer_links(f"ns/r{r:02d}", 60)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"l"), keys))
     store = make_store(moto.url, bucket)
@@ -431,6 +419,14 @@ class _Watched:
             return await self._store.list_page(prefix, **kwargs)
         finally:
             self.in_flight -= 1
+
+
+def _layer_links(repository: str, count: int) -> list[str]:
+    """The keys of *count* layer links of *repository* (a path in the bucket)."""
+    return [
+        f"{repository}/_layers/sha256/{hashlib.sha256(f'{repository}-{i}'.encode()).hexdigest()}/link"
+        for i in range(count)
+    ]
 
 
 def _put_all(s3: Any, bucket: str, keys: Sequence[str]) -> None:
@@ -740,15 +736,8 @@ async def test_listing_ahead_goes_to_the_next_namespace_after_the_last_part_of_a
 
     monkeypatch.setattr(layout, "FLAT_LISTING_PAGES", 1)
     base = "docker/registry/v2/repositories"
-
-    def links(namespace: str, repository: int, count: int) -> list[str]:
-        return [
-            f"{base}/{namespace}/r{repository:02d}/_layers/sha256/"
-            f"{hashlib.sha256(f'{namespace}{repository}-{i}'.encode()).hexdigest()}/link"
-            for i in range(count)
-        ]
-
-    keys = [key for repository in range(14) for key in links("ns0", repository, 100)] + links("ns1", 0, 10)
+    keys = [key for r in range(14) for key in _layer_links(f"{base}/ns0/r{r:02d}", 100)]
+    keys += _layer_links(f"{base}/ns1/r00", 10)
     _put_all(s3, bucket, keys)
     store = make_store(moto.url, bucket)
     async with trio.open_nursery() as nursery:
@@ -784,12 +773,7 @@ async def test_listing_ahead_climbs_from_the_end_of_the_blob_store_into_the_firs
     v2 = "docker/registry/v2"
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1200)]
     blobs = [f"{v2}/blobs/sha256/{digest[:2]}/{digest}/data" for digest in digests]
-    links = [
-        f"{v2}/repositories/ns{n}/r{r}/_layers/sha256/{hashlib.sha256(f'{n}-{r}-{i}'.encode()).hexdigest()}/link"
-        for n in range(2)
-        for r in range(20)
-        for i in range(50)
-    ]
+    links = [key for n in range(2) for r in range(20) for key in _layer_links(f"{v2}/repositories/ns{n}/r{r}", 50)]
     _put_all(s3, bucket, blobs + links)
     store = make_store(moto.url, bucket)
     arrived: dict[str, bool] = {}
@@ -851,11 +835,7 @@ async def test_a_trim_takes_what_a_walk_used_before_what_it_has_yet_to_reach(
     before much of what it used since: a trim still takes the used names
     first, so nothing is listed twice."""
     base = "docker/registry/v2/repositories"
-    keys = [
-        f"{base}/ns{n:02d}/app/_layers/sha256/{hashlib.sha256(f'{n}-{i}'.encode()).hexdigest()}/link"
-        for n in range(24)
-        for i in range(60)
-    ]
+    keys = [key for n in range(24) for key in _layer_links(f"{base}/ns{n:02d}/app", 60)]
     _put_all(s3, bucket, keys)
     store = make_store(moto.url, bucket)
     kernel = _ForgettingKernel()
