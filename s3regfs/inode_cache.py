@@ -829,7 +829,8 @@ class Namespace:
         if self.max_nodes and len(self._inodes) + grew > self.max_nodes and 2 * grew > TRIM_TO * self.max_nodes:
             # A trim is due, and what it keeps cannot hold this listing and a
             # sibling as big: it would take the part of this one the walk has
-            # yet to read (a trim takes what was walked before it first).
+            # yet to read (a trim takes the used directories first, then by
+            # age: see _listed_tick).
             return
         if self._lead() >= AHEAD_LEAD:
             return
