@@ -609,16 +609,16 @@ class Operations(pyfuse3.Operations):
             # The kernel takes ENOSYS as "no OPENDIR needed": from now on it
             # sends READDIR with the inode and caches directory contents.
             raise pyfuse3.FUSEError(errno.ENOSYS)
-        handle = await self._open_directory(self._node(inode))
+        node = self._node(inode)
+        handle = self._open_listed(node) or await self._list_and_open(node)
         fh = self._new_dir_fh()
         self._dir_handles[fh] = handle
         return pyfuse3.FileHandleT(fh)
 
-    async def _open_directory(self, node: Node) -> DirHandle:
-        """A snapshot (or, for a wide directory, a stream) of *node*'s entries."""
-        handle = self._open_listed(node)
-        if handle is not None:
-            return handle
+    async def _list_and_open(self, node: Node) -> DirHandle:
+        """A snapshot (or, for a wide directory, a stream) of *node*'s
+        entries, when _open_listed could not answer: a view's directory, or
+        one to list first."""
         namespace = self.namespace
         with errors_to_errno(lambda: f"listing {_quote(node.path or '/')}"):
             if namespace.is_virtual(node):
@@ -637,9 +637,9 @@ class Operations(pyfuse3.Operations):
             return self._snapshot(node)
 
     def _open_listed(self, node: Node) -> DirHandle | None:
-        """_open_directory's answer when the cache has it (a fresh directory
-        of the bucket): no await, as for most directories of a walk; None
-        when it needs more."""
+        """The snapshot of *node*'s entries when the cache has it (a fresh
+        directory of the bucket): no await, as for most directories of a
+        walk; None when it needs more (see _list_and_open)."""
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if self.namespace.is_virtual(node):
@@ -673,7 +673,7 @@ class Operations(pyfuse3.Operations):
             # A reader whose cursor is gone goes on in a new snapshot at the
             # same position (as after seekdir in a directory that changed).
             node = self._node(fh)
-            handle = self._open_listed(node) or await self._open_directory(node)
+            handle = self._open_listed(node) or await self._list_and_open(node)
             if position:
                 cursor_id = self._new_cursor_id()
             else:
