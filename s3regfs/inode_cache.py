@@ -1076,7 +1076,7 @@ class Namespace:
         started = self._now()
         touched: dict[int, Node] = {}
         if shallow:
-            await self._list_own_children(directory, prefix, gen, gen, started, touched, None, 0, whole=whole)
+            await self._list_own_children(directory, gen, gen, started, None, 0, whole=whole)
             return
         # Names seen by the listing that counts: this one, or the parent's
         # that the cut fell in (its keys up to there are not read again).
@@ -1118,16 +1118,14 @@ class Namespace:
         if len(self._cut_listings) >= MISSES_KEPT:
             self._cut_listings.clear()
         self._cut_listings[directory.ino] = None
-        await self._list_own_children(directory, prefix, gen, fresh_gen, started, touched, cursor, cost, whole=whole)
+        await self._list_own_children(directory, gen, fresh_gen, started, cursor, cost, whole=whole)
 
     async def _list_own_children(
         self,
         directory: Node,
-        prefix: str,
         gen: int,
         fresh_gen: int,
         started: float,
-        touched: dict[int, Node],
         cursor: str | None,
         cost: int,
         *,
@@ -1139,6 +1137,10 @@ class Namespace:
         names seen by listing *fresh_gen* (see _mark_fresh); its pages count
         as listing *gen*.  *cost*: the requests its flat pages made."""
         path = directory.path
+        prefix = layout.dir_prefix(self.key_prefix, path)
+        # A delimited page's keys hold no "/" past the prefix: _ingest
+        # passes no directory on the way to them.
+        touched: dict[int, Node] = {}
         # The rest of D's own children, one level only.  From the child the
         # cursor lies in, not from the cursor: S3-compatible stores disagree
         # on whether a common prefix that sorts before StartAfter is shown
@@ -1291,8 +1293,18 @@ class Namespace:
         return child
 
     def _ingest(
-        self, directory: Node, prefix: str, info: ObjectInfo, gen: int, touched: dict[int, Node]
+        self,
+        directory: Node,
+        prefix: str,
+        info: ObjectInfo,
+        gen: int,
+        touched: dict[int, Node],
+        chain: _Chain | None = None,
     ) -> None:
+        """Make *info*'s key known below *directory* (whose key prefix is
+        *prefix*) as seen by listing *gen*, with the directories on the way
+        (added to *touched*).  *chain*: the directories of the key before it
+        in the same page, which the caller keeps unchanged between calls."""
         relative = info.key[len(prefix) :]
         split = layout.split_key(relative)
         if isinstance(split, str):
@@ -1309,11 +1321,26 @@ class Namespace:
                 )
         node = directory
         dirs = parts if marker else parts[:-1]
-        for name in dirs:
+        shared = 0
+        if chain is not None:
+            # A flat page is sorted: most keys share directories with the
+            # one before (blobs/sha256/ab/, repo/_manifests/tags/), which
+            # that one's ingest saw for the same listing already.
+            names, nodes = chain.names, chain.nodes
+            limit = min(len(names), len(dirs))
+            while shared < limit and names[shared] == dirs[shared]:
+                shared += 1
+            if shared:
+                node = nodes[shared - 1]
+            del names[shared:], nodes[shared:]
+        for name in dirs[shared:]:
             child = self._child_dir(node, name, gen)
             assert child is not None
             node = child
             touched[node.ino] = node
+            if chain is not None:
+                chain.names.append(name)
+                chain.nodes.append(node)
         if marker:
             return
         assert node.children is not None
@@ -1586,6 +1613,17 @@ class Namespace:
                 self._inodes.pop(each.ino, None)
 
 
+class _Chain:
+    """The directories on the way to the key _ingest took last (names and
+    nodes, outermost first): where the next key of the same page starts."""
+
+    __slots__ = ("names", "nodes")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.nodes: list[Node] = []
+
+
 class _FlatReading:
     """One call of :meth:`Namespace._flat_pages`: its key budget, its request
     count, and the ranges it reads."""
@@ -1616,11 +1654,12 @@ class _FlatReading:
             self.cost += 1
             self.budget -= len(page.objects)
             past = False
+            chain = _Chain()
             for info in page.objects:
                 if not span.holds(info.key):
                     past = True  # the next range's
                     break
-                namespace._ingest(self._directory, self._prefix, info, self._gen, self._touched)
+                namespace._ingest(self._directory, self._prefix, info, self._gen, self._touched, chain)
                 reached = info.key
             token = page.next_token
             if past or token is None:

@@ -265,6 +265,8 @@ def name_problem(name: str) -> str | None:
         return f"a {name!r} component"
     if "\0" in name:
         return "a NUL byte"
+    if name.isascii():  # a byte a character: no need to encode (most keys)
+        return f"a component over {NAME_MAX} bytes" if len(name) > NAME_MAX else None
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: no S3 key or kernel name holds one

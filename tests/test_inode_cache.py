@@ -866,3 +866,67 @@ async def test_a_trim_takes_what_a_walk_used_before_what_it_has_yet_to_reach(
     assert namespace.trims >= 3
     # Each namespace listed once (flat: one request), by the walk or ahead of it.
     assert store.request_counts["list_objects_v2"] - lists == 24, (namespace.lists_ahead, namespace.lists_ahead_used)
+
+
+async def test_a_flat_page_builds_the_same_tree_whatever_its_keys_share(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    # One flat page, in key order: keys that share directories with the key
+    # before them (at every depth), climb back up, hide an object under a
+    # directory of the same name, mark a directory, or cannot be named.
+    bodies = {
+        "t/a/b/c/1": b"1",
+        "t/a/b/c/2": b"22",
+        "t/a/b/d/3": b"333",
+        "t/a/e": b"4444",
+        "t/a/f/": b"",
+        "t/a-/g": b"55555",
+        "t/ab/h": b"666666",
+        "t/k": b"hidden by k/",
+        "t/k/z": b"7",
+        "t/m/n/o/p/q": b"88",
+        "t/m/n/r": b"999",
+        "t/x//y": b"skipped",
+    }
+    for key, body in bodies.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    store = make_store(moto.url, bucket)
+    namespace = Namespace(store, "", metadata_ttl=60)
+    top = await namespace.lookup(namespace.root, "t")
+    lists = store.request_counts["list_objects_v2"]
+
+    async def tree(directory: Node, path: str) -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        for child in await namespace.list_children(directory):
+            name = f"{path}/{child.name}"
+            found[name] = None if child.is_dir else child.size
+            if child.is_dir:
+                found.update(await tree(child, name))
+        return found
+
+    assert await tree(top, "t") == {
+        "t/a": None,
+        "t/a/b": None,
+        "t/a/b/c": None,
+        "t/a/b/c/1": 1,
+        "t/a/b/c/2": 2,
+        "t/a/b/d": None,
+        "t/a/b/d/3": 3,
+        "t/a/e": 4,
+        "t/a/f": None,
+        "t/a-": None,
+        "t/a-/g": 5,
+        "t/ab": None,
+        "t/ab/h": 6,
+        "t/k": None,
+        "t/k/z": 1,
+        "t/m": None,
+        "t/m/n": None,
+        "t/m/n/o": None,
+        "t/m/n/o/p": None,
+        "t/m/n/o/p/q": 2,
+        "t/m/n/r": 3,
+        "t/x": None,
+    }
+    # The whole subtree from one flat page: no directory below it was listed.
+    assert store.request_counts["list_objects_v2"] == lists + 1

@@ -36,6 +36,7 @@ import hashlib
 import logging
 import random
 import ssl
+import sys
 import urllib.parse
 import warnings
 import xml.etree.ElementTree as ElementTree
@@ -225,7 +226,8 @@ def _object_info(key: str, meta: dict[str, Any]) -> ObjectInfo:
         size=int(meta.get("Size", meta.get("ContentLength", 0))),
         etag=str(meta.get("ETag", "")).strip('"'),
         mtime_ns=mtime_ns,
-        storage_class=str(meta.get("StorageClass", "") or ""),
+        # One string for the few classes, not one per key of a page.
+        storage_class=sys.intern(str(meta.get("StorageClass", "") or "")),
     )
 
 
@@ -274,7 +276,7 @@ def parse_list_page(body: bytes) -> tuple[ListPage, bool] | None:
                     size=int(contents.findtext(size_tag) or 0),
                     etag=(contents.findtext(etag_tag) or "").strip('"'),
                     mtime_ns=int(parse_timestamp(modified).timestamp() * 1e9) if modified else 0,
-                    storage_class=contents.findtext(class_tag) or "",
+                    storage_class=sys.intern(contents.findtext(class_tag) or ""),
                 )
             )
         prefixes: list[str] = []
