@@ -14,7 +14,7 @@ metadata_ttl=TTL,metadata_cache=CACHE`` it runs, in order: ``find -ls``,
 TTL, and ``find MOUNT/_images -maxdepth 3``, and prints for each: entries,
 seconds, entries per second, LIST/GET/HEAD requests counted at the endpoint
 (and per key), the daemon's VmHWM and VmRSS, its CPU seconds, its cached
-names and evictions, the listings it made ahead of the walk (``-o
+names (and how many of them the kernel holds) and evictions, the listings it made ahead of the walk (``-o
 list_ahead``), the FUSE requests its loop took by polling and after waiting
 (``-o busy_poll``), and the growth of the kernel's ``fuse_inode`` and
 ``dentry`` slabs.
@@ -165,7 +165,8 @@ def _run(args: argparse.Namespace, skip: set[str]) -> int:
                 f"requests LIST {lists} GET {gets} HEAD {heads} ({(lists + gets + heads) / server.keys:.4f} per key); "
                 f"daemon VmHWM {peak_rss_mib(daemon.pid):.0f} MiB, RSS {rss_mib(daemon.pid):.0f} MiB, "
                 f"CPU {cpu:.1f} s; FUSE requests polled {loop['polled']}, after waiting {loop['after_waiting']}; "
-                f"cached names {cache['nodes']} (bound {cache['max_nodes']}), evicted {cache['evicted']}, "
+                f"cached names {cache['nodes']} (bound {cache['max_nodes']}, {cache['kernel_held']} held by the kernel), "
+                f"evicted {cache['evicted']}, "
                 f"listings made ahead {cache['lists_ahead'] - ahead_before}; "
                 f"kernel slabs grew fuse_inode {grown['fuse_inode']:+.1f} MiB, dentry {grown['dentry']:+.1f} MiB; "
                 f"exit {done.returncode}{', stderr: ' + done.stderr[:200].decode(errors='replace') if done.stderr else ''}"

@@ -386,6 +386,7 @@ class Operations(pyfuse3.Operations):
             "misses": namespace.cache_misses,
             "nodes": len(namespace),
             "max_nodes": namespace.max_nodes,
+            "kernel_held": namespace.kernel_held,
             "evicted": namespace.evicted,
             "trims": namespace.trims,
             "early_pages": namespace.early_pages,

@@ -338,6 +338,9 @@ class Namespace:
         self._created_at_trim = 0
         #: Nodes dropped by trims (at once or when the kernel forgot them).
         self.evicted = 0
+        #: Nodes the kernel holds (looked up and not forgotten yet): the rest
+        #: of the cache are names only the daemon keeps.
+        self.kernel_held = 0
         self.trims = 0
         #: Listing ahead of a walk (see _read_ahead): where its task runs,
         #: whether on, the directory in flight, and the inodes of directories
@@ -367,6 +370,8 @@ class Namespace:
 
     def remember(self, node: Node) -> None:
         """Count one kernel lookup of *node* (which keeps it in the inode table)."""
+        if not node.nlookup:
+            self.kernel_held += 1
         node.nlookup += 1
         if self._inodes.get(node.ino) is node:
             return
@@ -389,9 +394,12 @@ class Namespace:
         node = self._inodes.get(ino)
         if node is None or ino == ROOT_INODE:
             return
+        if not node.nlookup:
+            return
         node.nlookup = max(0, node.nlookup - count)
         if node.nlookup:
             return
+        self.kernel_held -= 1
         if not node.attached:
             del self._inodes[ino]
         elif node.doomed and ino in self._virtual:

@@ -121,6 +121,11 @@ class StatsCollector(Collector):
             "names and directories cached now",
             value=_number(cache.get("nodes")),
         )
+        yield GaugeMetricFamily(
+            "s3regfs_metadata_cache_kernel_held",
+            "cached names the kernel holds now (looked up, not forgotten yet)",
+            value=_number(cache.get("kernel_held")),
+        )
         for name, key, text in _GAUGES:
             yield GaugeMetricFamily(name, text, value=_number(figures.get(key)))
         blob_cache = figures.get("blob_cache")

@@ -84,6 +84,7 @@ async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
     b = await namespace.lookup(d, "b")
     namespace.remember(a)
     namespace.remember(a)
+    assert namespace.kernel_held == 1  # one node, two lookups
     s3.delete_object(Bucket=bucket, Key="d/a")
     s3.delete_object(Bucket=bucket, Key="d/b")
     assert await namespace.list_children(d) == []
@@ -92,10 +93,13 @@ async def test_forget_keeps_detached_inodes_until_the_kernel_lets_go(
     with pytest.raises(KeyError):
         namespace.get(b.ino)  # never handed out: dropped at once
     namespace.forget(a.ino, 1)
-    assert namespace.get(a.ino) is a
+    assert namespace.get(a.ino) is a and namespace.kernel_held == 1
     namespace.forget(a.ino, 1)
     with pytest.raises(KeyError):
         namespace.get(a.ino)
+    assert namespace.kernel_held == 0
+    namespace.forget(a.ino, 1)  # a FORGET too many (a stale inode): no count below zero
+    assert namespace.kernel_held == 0
 
 
 async def test_stale_lookup_past_many_names_sorting_before_the_directory(

@@ -77,6 +77,8 @@ def test_a_walk_stays_within_the_metadata_cache_and_finds_everything(
             # 2 MiB / 1 KiB a node; a trim leaves three quarters, one flat listing may add 16,000.
             assert stats["max_nodes"] == 2048 and stats["trims"] >= 5 and stats["evicted"] > 40_000
             assert stats["nodes"] <= 2048 + 16_000
+            # The open file and the way to it at least; never more than the cache.
+            assert 6 <= stats["kernel_held"] <= stats["nodes"]
             grown_mib = (_status(pid, "VmHWM") - at_start) / 1024
             # Without the bound this walk grows the daemon by about 40 MiB.
             assert grown_mib < 24, grown_mib
