@@ -489,6 +489,32 @@ def test_writes_under_faults_are_whole_or_an_error(
     assert list(outcomes.values()).count(0) >= 6
 
 
+def test_an_error_inside_a_200_answer_is_retried_not_taken_as_a_result(
+    s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    # S3 can answer 200 and then send an <Error> body (CompleteMultipartUpload
+    # and copies do, after a long wait). A LIST page read that way must not
+    # read as an empty directory, nor a Complete as a stored object.
+    fill(s3, bucket, [f"d/{i:04}" for i in range(1100)])
+    data = rng_bytes(12 * MiB, 32)
+    with mounted(
+        tmp_path / "mnt", [*proxy_opts(proxy, "chunksize=5242880"), bucket], check_clean=False
+    ) as mount:
+        proxy.rules = [
+            Rule(list_objects, status=200, code="InternalError", count=2),
+            Rule(complete_upload, status=200, code="InternalError", count=1),
+        ]
+        # Two pages; the first two answers of the listing were errors.
+        assert sorted(os.listdir(mount.path / "d")) == [f"{i:04}" for i in range(1100)]
+        with open(mount.path / "f", "wb") as f:
+            f.write(data)
+        assert [rule.hits for rule in proxy.rules] == [2, 1]
+        assert (mount.path / "f").read_bytes() == data
+    assert body(s3, bucket, "f") == data
+    assert open_uploads(s3, bucket) == []
+    assert "Traceback" not in mount.stderr
+
+
 @pytest.mark.parametrize("lost", ["complete", "complete-gone", "put"])
 def test_a_lost_answer_is_retried_without_a_duplicate_or_an_error(
     s3: Any, bucket: str, proxy: FaultProxy, tmp_path: Path, lost: str

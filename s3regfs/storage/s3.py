@@ -47,6 +47,7 @@ import boto3
 import botocore.compat
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 import botocore.session
 import botocore.utils
 import trio
@@ -292,12 +293,31 @@ def parse_list_page(body: bytes) -> tuple[ListPage, bool] | None:
     return ListPage(objects=objects, prefixes=prefixes, next_token=token or None), truncated
 
 
-def _read_list_page_first(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore's before-parse hook for ListObjectsV2: a page that
-    :func:`parse_list_page` reads goes into the parsed response as
-    _PAGE_READ_FIRST, and botocore parses an empty result instead of it."""
+#: botocore's check for an S3 error in a 200 answer (S3 sends some that way):
+#: a before-parse hook of every S3 operation that parses the whole body.
+_CHECK_200_ERROR: Callable[..., None] | None = getattr(botocore.handlers, "_handle_200_error", None)
+
+
+def _before_parse(operation_model: Any, response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """The before-parse hook of every S3 operation, in place of botocore's
+    200-error check: a ListObjectsV2 page is read first (see
+    _read_list_page_first), then botocore checks the body, which is by then
+    the empty result for a page read: botocore parsed every page once more
+    just to see its root element, about a third of a page's parsing CPU, on
+    a worker thread holding the GIL.  A body that is no ListBucketResult (an
+    <Error>, a cut page) is left as it came: botocore's check sees it."""
+    if operation_model.name == "ListObjectsV2":
+        _read_list_page_first(response_dict, kwargs.get("customized_response_dict"))
+    if _CHECK_200_ERROR is not None:
+        _CHECK_200_ERROR(operation_model=operation_model, response_dict=response_dict, **kwargs)
+
+
+def _read_list_page_first(response_dict: dict[str, Any], customized_response_dict: dict[str, Any] | None) -> None:
+    """A page that :func:`parse_list_page` reads goes into the parsed
+    response as _PAGE_READ_FIRST, and botocore parses an empty result
+    instead of it."""
     body = response_dict.get("body")
-    if response_dict.get("status_code") != 200 or not isinstance(body, bytes):
+    if customized_response_dict is None or response_dict.get("status_code") != 200 or not isinstance(body, bytes):
         return
     page = parse_list_page(body)
     if page is not None:
@@ -631,7 +651,10 @@ class S3Store:
         self, client: Any, driver: DriverParams, max_connections: int, journal: UploadJournal | None = None
     ) -> None:
         self._client = client
-        client.meta.events.register("before-parse.s3.ListObjectsV2", _read_list_page_first)
+        events = client.meta.events
+        if _CHECK_200_ERROR is not None:
+            events.unregister("before-parse.s3.*", _CHECK_200_ERROR)
+        events.register_first("before-parse.s3.*", _before_parse)
         self._driver = driver
         self._headers = object_headers(driver)
         self.bucket = driver.bucket
