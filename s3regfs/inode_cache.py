@@ -394,12 +394,11 @@ class Namespace:
         node = self._inodes.get(ino)
         if node is None or ino == ROOT_INODE:
             return
-        if not node.nlookup:
-            return
-        node.nlookup = max(0, node.nlookup - count)
         if node.nlookup:
-            return
-        self.kernel_held -= 1
+            node.nlookup = max(0, node.nlookup - count)
+            if node.nlookup:
+                return
+            self.kernel_held -= 1
         if not node.attached:
             del self._inodes[ino]
         elif node.doomed and ino in self._virtual:
