@@ -149,6 +149,17 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def rss_split_mib(pid: int) -> tuple[float, float]:
+    """Process *pid*'s resident memory now: anonymous (its heap) and file
+    pages (mapped files it read, such as rendered reports), in MiB."""
+    found = {"RssAnon": float("nan"), "RssFile": float("nan")}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in found:
+            found[name] = int(value.split()[0]) / 1024
+    return found["RssAnon"], found["RssFile"]
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU seconds of process *pid* so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -12,9 +12,11 @@ order, ``usage.tsv`` (listings only), ``gc/eligible.tsv`` (every manifest
 read once), ``gc/eligible-untagged.tsv``, ``gc/dangling-links.tsv``,
 ``uploads.tsv`` and ``summary.json`` (from the same snapshot), and prints
 for each: seconds, lines, LIST/GET/HEAD requests counted at the endpoint,
-the daemon's VmHWM.  Then ``docker-registry garbage-collect --dry-run`` (if
-installed) on the same endpoint: seconds, requests, and whether its
-"blob eligible for deletion" set equals gc/eligible.tsv.
+the daemon's VmHWM and its resident memory then, heap and file pages (the
+rendered reports it maps to answer reads).  Then ``docker-registry
+garbage-collect --dry-run`` (if installed) on the same endpoint: seconds,
+requests, and whether its "blob eligible for deletion" set equals
+gc/eligible.tsv.
 
 The synthetic endpoint's manifest digests are not the sha256 of their bytes
 (digests are drawn in sorted order from a seed), so s3regfs reports each
@@ -40,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import machine, peak_rss_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
+from bench import machine, peak_rss_mib, rss_split_mib  # noqa: E402  (benchmarks/bench.py, beside this file)
 
 from tests.regkit import go_env, registry_config  # noqa: E402
 from tests.util import free_port, mount_env, s3regfs_command, start_synth  # noqa: E402
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             after = server.stats()
             if report == "gc/eligible.tsv":
                 eligible = {line.split("\t")[0] for line in text.splitlines() if not line.startswith("#")}
+            anon, file_pages = rss_split_mib(daemon.pid)
             counts = {
                 kind: after[kind] - before[kind]
                 for kind in ("list_requests", "get_requests", "head_requests")
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{report}: {elapsed:.2f} s, {text.count(chr(10))} lines; requests LIST {counts['list_requests']} "
                 f"GET {counts['get_requests']} HEAD {counts['head_requests']} "
                 f"(other {after['requests'] - before['requests'] - sum(counts.values())}); "
-                f"daemon VmHWM {peak_rss_mib(daemon.pid):.0f} MiB"
+                f"daemon VmHWM {peak_rss_mib(daemon.pid):.0f} MiB (now: heap {anon:.0f} MiB, "
+                f"file pages {file_pages:.0f} MiB)"
             )
         summary = json.loads((mountpoint / "_registry/summary.json").read_text())
         print(
