@@ -14,10 +14,10 @@ metadata_ttl=TTL,metadata_cache=CACHE`` it runs, in order: ``find -ls``,
 TTL, and ``find MOUNT/_images -maxdepth 3``, and prints for each: entries,
 seconds, entries per second, LIST/GET/HEAD requests counted at the endpoint
 (and per key), the daemon's VmHWM and VmRSS, its CPU seconds, its cached
-names (and how many of them the kernel holds) and evictions, the listings it made ahead of the walk (``-o
-list_ahead``), the FUSE requests its loop took by polling and after waiting
-(``-o busy_poll``), and the growth of the kernel's ``fuse_inode`` and
-``dentry`` slabs.
+names (and how many of them the kernel holds) and evictions, the listings
+it made ahead of the walk (``-o list_ahead``), the FUSE requests its loop
+took by polling and after waiting (``-o busy_poll``), and the growth of
+the kernel's ``fuse_inode`` and ``dentry`` slabs.
 
 ``--guest-halt-poll NS`` (KVM guests with the cpuidle-haltpoll driver, as
 root): sets the guest's ``guest_halt_poll_ns`` for the run and puts the old
