@@ -1455,10 +1455,11 @@ class Namespace:
         self.trims += 1
         before = len(self._inodes)
         excess = before - int(self.max_nodes * TRIM_TO)
-        cold, wide, cutoff, short = self._coldest(excess, unvisited=False)
+        listed = [node for node in self._inodes.values() if node.children and node.parent is not None]
+        cold, wide, cutoff, short = self._coldest(listed, excess, unvisited=False)
         if short:
             # What was used does not add up to it: by age alone, then.
-            cold, wide, cutoff, _ = self._coldest(excess, unvisited=True)
+            cold, wide, cutoff, _ = self._coldest(listed, excess, unvisited=True)
         busy: set[str] = set()
         for path in self._busy() if self._busy is not None else ():
             parts = path.split("/")
@@ -1468,7 +1469,7 @@ class Namespace:
             parent = directory.parent
             # The root of a cold subtree: a warm parent (a cold one's own
             # root, further up, takes this one with it).
-            if parent is None or (parent.used & _TICKS) <= cutoff or not self._trimmable(directory, cutoff):
+            if parent is None or _tick(parent) <= cutoff or not self._trimmable(directory, cutoff):
                 continue
             # The subtree's root stays, unlisted: its directory's listing stays
             # whole (a walk of the siblings lists nothing again) and the
@@ -1490,20 +1491,22 @@ class Namespace:
             len(forget),
         )
 
-    def _coldest(self, excess: int, *, unvisited: bool) -> tuple[list[Node], list[Node], int, bool]:
-        """The coldest directories whose children add up to *excess*, coldest
-        first; the warm wide directories; the tick (Node.used without
-        UNVISITED) at or below which a directory is cold; and whether they
-        fall short of *excess*.  Only directories used since listed, unless
-        *unvisited* (see _listed_tick).  What the latest use touched (the
-        listing just made, the directory being looked into) is never cold."""
+    def _coldest(
+        self, listed: list[Node], excess: int, *, unvisited: bool
+    ) -> tuple[list[Node], list[Node], int, bool]:
+        """Of *listed* (the directories below the root that hold children):
+        the coldest whose children add up to *excess*, coldest first; the
+        warm wide ones; the tick (Node.used without UNVISITED) at or below
+        which a directory is cold; and whether they fall short of *excess*.
+        Only directories used since listed, unless *unvisited* (see
+        _listed_tick).  What the latest use touched (the listing just made,
+        the directory being looked into) is never cold."""
         tick = self._tick
-        known = [node for node in self._inodes.values() if node.children and node.parent is not None]
         if unvisited:
-            directories = [node for node in known if (node.used & _TICKS) < tick]
+            directories = [node for node in listed if (node.used & _TICKS) < tick]
             directories.sort(key=_tick)
         else:
-            directories = [node for node in known if node.used < tick]
+            directories = [node for node in listed if node.used < tick]
             directories.sort(key=_USED)
         cutoff = 0
         cold = 0
@@ -1512,12 +1515,12 @@ class Namespace:
                 break
             assert directory.children is not None
             excess -= len(directory.children)
-            cutoff = directory.used & _TICKS
+            cutoff = _tick(directory)
             cold += 1
         # Ties with the last one taken are cold too (as a walk would find them).
-        while cold < len(directories) and (directories[cold].used & _TICKS) <= cutoff:
+        while cold < len(directories) and _tick(directories[cold]) <= cutoff:
             cold += 1
-        wide = [node for node in known if node.wide and (node.used & _TICKS) > cutoff]
+        wide = [node for node in listed if node.wide and _tick(node) > cutoff]
         return directories[:cold], wide, cutoff, excess > 0
 
     def _trimmable(self, directory: Node, cutoff: int, *, listing: bool = False) -> bool:
@@ -1534,7 +1537,7 @@ class Namespace:
                 parent.children is None
                 or parent.children.get(node.name) is not node
                 or _being_listed(parent)
-                or (parent.used & _TICKS) <= cutoff
+                or _tick(parent) <= cutoff
                 or (parent.parent is not None and parent.ino in self._virtual)
             ):
                 return False
@@ -1548,7 +1551,7 @@ class Namespace:
         assert directory.children is not None
         held: list[str] = []
         for name, child in list(directory.children.items()):
-            if child.children or (child.used & _TICKS) >= self._tick:
+            if child.children or _tick(child) >= self._tick:
                 continue  # below it: with the cold subtrees; or just handed out
             if not self._droppable(child):
                 if child.nlookup and not child.doomed:
