@@ -30,6 +30,7 @@ from tests.util import (
     idle_stats,
     mounted,
     put_random_blobs,
+    read_stats,
     run_cli,
 )
 
@@ -47,7 +48,7 @@ _data_gets = blob_data_gets
 
 
 def _stats(mountpoint: Path) -> dict[str, Any]:
-    return dict(json.loads((mountpoint / ".s3regfs/stats").read_text())["cloudfront"])
+    return dict(read_stats(mountpoint)["cloudfront"])
 
 
 @pytest.fixture
@@ -499,7 +500,7 @@ def test_a_body_cut_midway_goes_on_from_s3_at_the_same_byte(
             assert hashlib.sha256((mount.path / key.removeprefix(ROOT + "/")).read_bytes()).digest() == (
                 hashlib.sha256(data).digest()
             )
-        figures = json.loads((mount.path / ".s3regfs/stats").read_text())
+        figures = read_stats(mount.path)
     stats = figures["cloudfront"]
     assert stats["fallbacks"] >= len(blobs) and stats["digest_failures"] == 0, stats
     assert _data_gets(moto, seen, bucket) >= len(blobs)
@@ -525,7 +526,7 @@ def test_parallel_ranges_of_a_big_blob_through_a_slow_edge(
     seen = len(moto.request_lines())
     with mounted(tmp_path / "m", _options(moto, bucket, cloudfront, key_pair[1])) as mount:
         assert (mount.path / key.removeprefix(ROOT + "/")).read_bytes() == data
-        figures = json.loads((mount.path / ".s3regfs/stats").read_text())
+        figures = read_stats(mount.path)
     assert _data_gets(moto, seen, bucket) == 0
     assert figures["parallel_reads"] >= 1 and figures["read_ranges"] >= 3, figures
     assert figures["cloudfront"]["fallbacks"] == 0

@@ -11,7 +11,6 @@ each name once; -o dircache=false opens directories as before.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -22,7 +21,7 @@ import pyfuse3
 import pytest
 
 from s3regfs.fs import kernel_skips_opendir
-from tests.util import fuse_test_marker, mounted
+from tests.util import fuse_test_marker, mounted, read_stats
 
 pytestmark = fuse_test_marker()
 
@@ -30,7 +29,7 @@ TAGS = "docker/registry/v2/repositories/app/_manifests/tags"
 
 
 def stats(mountpoint: Path) -> dict[str, Any]:
-    figures: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
+    figures: dict[str, Any] = read_stats(mountpoint)
     return figures
 
 

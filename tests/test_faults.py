@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import re
@@ -45,9 +44,11 @@ from tests.util import (
     keys,
     mounted,
     open_uploads,
+    read_stats,
     rng_bytes,
     run_cli,
     spawn,
+    stats_when,
     wait_for_mount,
 )
 
@@ -160,7 +161,7 @@ def test_a_reset_mid_stream_resumes_at_the_offset_reached(
             Rule(get_object, status=503, code="SlowDown", count=1),
         ]
         assert read_all(mount.path / blob) == data
-        stats = json.loads((mount.path / ".s3regfs" / "stats").read_text())
+        stats = read_stats(mount.path)
         assert stats["retries"] >= 1 and stats["errors"] == 0  # recovered: not an error
     starts = get_ranges(proxy)
     assert starts[0] == 0 and len(starts) >= 2, starts
@@ -430,13 +431,15 @@ def test_a_listing_ahead_that_fails_is_listed_again_by_its_reader(
         deadline = time.monotonic() + 30
         while of_b.hits < 2 and time.monotonic() < deadline:  # both attempts of the listing ahead
             time.sleep(0.05)
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        stats = read_stats(mount.path)["cache"]
         assert of_b.hits >= 2 and stats["lists_ahead"] >= 1, (of_b.hits, stats)
         with pytest.raises(OSError) as info:
             os.listdir(mount.path / top / "b")
         assert info.value.errno == errno.EIO
         proxy.rules = []
-        found = subprocess.run(["find", str(mount.path / "docker"), "-type", "f"], capture_output=True, text=True)
+        found = subprocess.run(
+            ["find", str(mount.path / "docker"), "-type", "f"], capture_output=True, text=True
+        )
         assert found.returncode == 0, found.stderr
         assert sorted(line[len(str(mount.path)) + 1 :] for line in found.stdout.splitlines()) == sorted(
             key for keys in names.values() for key in keys
@@ -691,19 +694,16 @@ def test_idle_open_files_give_back_read_ahead_and_connections(
     options = "readahead=4M,readahead_total=6M,max_connections=6"
     with mounted(tmp_path / "mnt", [*proxy_opts(proxy, options), bucket], check_clean=False) as mount:
         drop_page_cache()
-        stats_file = mount.path / ".s3regfs" / "stats"
         # Three files read a little and left open: their streams fill the
         # read-ahead budget and hold every connection streams may have.
         idle = [open(mount.path / blob, "rb", buffering=0) for blob in idle_blobs]
         try:
             for f in idle:
                 assert f.read(MiB) and f.read(MiB)
-            assert json.loads(stats_file.read_text())["readahead_bytes"] > 0
+            assert read_stats(mount.path)["readahead_bytes"] > 0
             time.sleep(IDLE_STREAM_SECONDS)  # idle now: their streams end
-            deadline = time.monotonic() + 15
-            while json.loads(stats_file.read_text())["readahead_bytes"] and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert json.loads(stats_file.read_text())["readahead_bytes"] == 0
+            stats = stats_when(mount.path, lambda stats: not stats["readahead_bytes"], 15, 0.2)
+            assert stats["readahead_bytes"] == 0
             proxy.log.clear()
             assert read_all(mount.path / active) == active_data
             gets = [r for r in proxy.log if get_object(r.method, r.path) and active.split("/")[-2] in r.path]

@@ -777,7 +777,9 @@ async def test_listing_ahead_climbs_from_the_end_of_the_blob_store_into_the_firs
     v2 = "docker/registry/v2"
     digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1200)]
     blobs = [f"{v2}/blobs/sha256/{digest[:2]}/{digest}/data" for digest in digests]
-    links = [key for n in range(2) for r in range(20) for key in _layer_links(f"{v2}/repositories/ns{n}/r{r}", 50)]
+    links = [
+        key for n in range(2) for r in range(20) for key in _layer_links(f"{v2}/repositories/ns{n}/r{r}", 50)
+    ]
     _put_all(s3, bucket, blobs + links)
     store = make_store(moto.url, bucket)
     arrived: dict[str, bool] = {}
@@ -869,7 +871,10 @@ async def test_a_trim_takes_what_a_walk_used_before_what_it_has_yet_to_reach(
         nursery.cancel_scope.cancel()
     assert namespace.trims >= 3
     # Each namespace listed once (flat: one request), by the walk or ahead of it.
-    assert store.request_counts["list_objects_v2"] - lists == 24, (namespace.lists_ahead, namespace.lists_ahead_used)
+    assert store.request_counts["list_objects_v2"] - lists == 24, (
+        namespace.lists_ahead,
+        namespace.lists_ahead_used,
+    )
 
 
 async def test_a_flat_page_builds_the_same_tree_whatever_its_keys_share(

@@ -23,6 +23,7 @@ from tests.util import (
     free_port,
     fuse_test_marker,
     mounted,
+    read_stats,
     run_cli,
     spawn,
     start_moto,
@@ -560,7 +561,6 @@ def test_second_sigint_exits_at_once(moto: Any, s3: Any, bucket: str, tmp_path: 
 
 
 def test_stats_file_and_sigusr1(s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path) -> None:
-    import json
 
     put_many(s3, bucket, {"d/a": b"x" * 1000, "d/b": b"y" * 2000})
     with mounted(tmp_path / "mnt", [*endpoint_opts, bucket]) as mount:
@@ -568,7 +568,7 @@ def test_stats_file_and_sigusr1(s3: Any, bucket: str, endpoint_opts: list[str], 
         assert ".s3regfs" not in os.listdir(m)  # reachable by name only
         assert (m / "d/a").read_bytes() == b"x" * 1000
         (m / "d/c").write_bytes(b"z" * 300)
-        stats = json.loads((m / ".s3regfs/stats").read_text())
+        stats = read_stats(m)
         assert (
             stats["requests"]["LIST"] >= 2 and stats["requests"]["GET"] == 1 and stats["requests"]["PUT"] == 1
         )

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import re
 import time
@@ -34,7 +33,7 @@ from hypothesis import strategies as st
 from s3regfs.reader import IDLE_STREAM_SECONDS
 from tests.faultproxy import FaultProxy, Rule, get_object
 from tests.s3emulator import DistantS3, Profile
-from tests.util import MotoServer, Mount, fuse_test_marker, mounted, rng_bytes
+from tests.util import MotoServer, Mount, fuse_test_marker, mounted, read_stats, rng_bytes
 
 pytestmark = fuse_test_marker()
 
@@ -54,7 +53,7 @@ class Rig:
     objects: dict[str, bytes]
 
     def stats(self) -> dict[str, Any]:
-        return dict(json.loads((self.mount.path / ".s3regfs/stats").read_text()))
+        return dict(read_stats(self.mount.path))
 
 
 def upload(s3: Any, bucket: str, key: str, data: bytes) -> None:

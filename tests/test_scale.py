@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.synths3 import SynthLayout
-from tests.util import SynthServer, fuse_test_marker, mounted, start_synth
+from tests.util import SynthServer, fuse_test_marker, mounted, read_stats, start_synth, stats_when
 
 pytestmark = fuse_test_marker()
 
@@ -73,7 +73,7 @@ def test_a_walk_stays_within_the_metadata_cache_and_finds_everything(
         try:
             held_ino = os.fstat(held.fileno()).st_ino
             assert sorted(_files(mount.path)) == expected
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            stats = read_stats(mount.path)["cache"]
             # 2 MiB / 1 KiB a node; a trim leaves three quarters, one flat listing may add 16,000.
             assert stats["max_nodes"] == 2048 and stats["trims"] >= 5 and stats["evicted"] > 40_000
             assert stats["nodes"] <= 2048 + 16_000
@@ -112,7 +112,7 @@ def test_a_walk_lists_ahead_without_costing_more_requests(
         before = synth.stats()["list_requests"]
         with mounted(tmp_path / setting, _options(synth, setting)) as mount:
             assert sorted(_files(mount.path)) == expected
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            stats = read_stats(mount.path)["cache"]
         spent[setting] = synth.stats()["list_requests"] - before
         if setting == "list_ahead=0":
             assert stats["lists_ahead"] == 0
@@ -125,19 +125,14 @@ def test_a_walk_lists_ahead_without_costing_more_requests(
         # Lookups (stat of a path) never list ahead: they come from anywhere.
         repository = layout.repository_names()[0]
         assert (mount.path / ROOT / "repositories" / repository / "_layers").is_dir()
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        stats = read_stats(mount.path)["cache"]
         assert stats["lists_ahead"] == 0 and stats["misses"] > 0, stats
         namespace = sorted(os.listdir(mount.path / ROOT / "repositories"))[1]
         assert os.listdir(mount.path / ROOT / "repositories" / namespace)
         # In the background: it starts when the request loop lets it.
-        deadline = time.monotonic() + 10
-        while True:
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
-            if stats["lists_ahead"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        stats_when(mount.path, lambda stats: stats["cache"]["lists_ahead"] > 0, 10)
         time.sleep(0.5)  # and what it may go on to
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+        stats = read_stats(mount.path)["cache"]
         assert 1 <= stats["lists_ahead"] <= 2, stats
 
 
@@ -225,13 +220,15 @@ def test_a_wide_directory_streams_in_bounded_memory(tmp_path: Path) -> None:
             assert (wide / one / "data").stat().st_size == layout.head(prefix + one + "/data").size  # type: ignore[union-attr]
             # The kernel's FORGETs for the invalidated names arrive on its own
             # time (later on a loaded machine): wait for them, within bounds.
-            deadline = time.monotonic() + 30
-            while True:
-                stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
-                settled = stats["evicted"] > uploads and stats["nodes"] <= uploads + stats["max_nodes"]
-                if settled or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            stats = stats_when(
+                mount.path,
+                lambda stats: (
+                    stats["cache"]["evicted"] > uploads
+                    and stats["cache"]["nodes"] <= uploads + stats["cache"]["max_nodes"]
+                ),
+                30,
+                0.2,
+            )["cache"]
             assert stats["trims"] >= 1 and stats["evicted"] > uploads, stats
             # readdirplus hands every name to the kernel, which holds it until
             # it forgets it: the daemon keeps those nodes (and no more than the

@@ -47,7 +47,7 @@ from typing import Any
 
 import pytest
 
-from tests.util import fuse_test_marker, mounted
+from tests.util import fuse_test_marker, mounted, read_stats
 
 pytestmark = [fuse_test_marker(), pytest.mark.stress]
 
@@ -447,7 +447,7 @@ def test_readers_writers_and_find_at_once(
                 pytest.fail(stuck_report(threads, pid, mount.stderr_path))
             drain = time.monotonic() - drain_start
             window = time.monotonic() - window_start
-            stats = json.loads((mnt / ".s3regfs/stats").read_text())
+            stats = read_stats(mnt)
             rss_stop.set()
             sampler.join()
             hwm = proc_status_bytes(pid, "VmHWM")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,16 +376,40 @@ def bucket_requests(lines: list[str], bucket: str) -> dict[str, int]:
     return found
 
 
+def read_stats(mountpoint: Path) -> dict[str, Any]:
+    """The mount's ``.s3regfs/stats``, parsed."""
+    stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
+    return stats
+
+
+def stats_when(
+    mountpoint: Path,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+) -> dict[str, Any]:
+    """The mount's stats as soon as *predicate* holds of them, or as last read
+    when *timeout* seconds have passed: the caller asserts what it needs (some
+    figures settle beside the request that moved them, on the daemon's or the
+    kernel's own time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = read_stats(mountpoint)
+        if predicate(stats) or time.monotonic() >= deadline:
+            return stats
+        time.sleep(interval)
+
+
+def _filling(stats: dict[str, Any]) -> int:
+    return int(stats.get("blob_cache", {}).get("filling", 0))
+
+
 def settled_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
     """The mount's stats once no blob cache fill is in progress (a fill's
     fsync, rename and eviction finish beside the reader, after its last read)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
-        if stats.get("blob_cache", {}).get("filling", 0) == 0:
-            return stats
-        assert time.monotonic() < deadline, f"blob cache fills still in progress after {timeout} s: {stats}"
-        time.sleep(0.05)
+    stats = stats_when(mountpoint, lambda stats: _filling(stats) == 0, timeout)
+    assert _filling(stats) == 0, f"blob cache fills still in progress after {timeout} s: {stats}"
+    return stats
 
 
 def put_random_blobs(
@@ -413,20 +437,14 @@ def blob_data_gets(moto: MotoServer, seen: int, bucket: str) -> int:
     )
 
 
+def _held(stats: dict[str, Any]) -> tuple[int, ...]:
+    return (stats["open_files"], stats["readahead_bytes"], stats["connections_in_use"], _filling(stats))
+
+
 def idle_stats(mountpoint: Path, timeout: float = 20.0) -> dict[str, Any]:
     """The mount's stats once every file is closed and nothing is held:
     read-ahead budget, connections, cache fills (the kernel's RELEASE comes
     after close() returns, and a reader winds down after it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats: dict[str, Any] = json.loads((mountpoint / ".s3regfs/stats").read_text())
-        held = (
-            stats["open_files"],
-            stats["readahead_bytes"],
-            stats["connections_in_use"],
-            stats.get("blob_cache", {}).get("filling", 0),
-        )
-        if not any(held):
-            return stats
-        assert time.monotonic() < deadline, f"still held after {timeout} s: {stats}"
-        time.sleep(0.05)
+    stats = stats_when(mountpoint, lambda stats: not any(_held(stats)), timeout)
+    assert not any(_held(stats)), f"still held after {timeout} s: {stats}"
+    return stats
