@@ -108,6 +108,22 @@ def _map(path: str) -> bytes | mmap.mmap:
         return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _read_mapped(content: bytes | mmap.mmap, off: int, size: int) -> bytes:
+    """*size* bytes of *content* at *off*; a mapping's pages read are let go.
+
+    A report is read once, front to back, and can be larger than the
+    daemon's memory bound (``gc/eligible.tsv`` of a big registry: 100 MiB
+    and more).  Pages the reader touched would stay in the daemon's resident
+    set until the file is closed; unmapped after each read they stay only in
+    the page cache, which the kernel reclaims as it needs (a read again
+    faults them back in from there)."""
+    chunk = content[off : off + size]
+    if isinstance(content, mmap.mmap) and chunk:
+        start = off - off % mmap.PAGESIZE
+        content.madvise(mmap.MADV_DONTNEED, start, off + len(chunk) - start)
+    return chunk
+
+
 def _quote(name: str | bytes) -> str:
     """A file name or path as log lines show it: always a quoted str (bytes
     that are not UTF-8 as backslash escapes), so a name cannot split a line."""
@@ -1000,7 +1016,7 @@ class Operations(pyfuse3.Operations):
         handle = self.files[fh]
         node = handle.node
         if handle.data is not None:
-            return handle.data[off : off + size]
+            return _read_mapped(handle.data, off, size)
         if handle.cached_fd is not None:
             with errors_to_errno(f"read {_quote(node.path)} from the cache at {off}"):
                 data = await trio.to_thread.run_sync(os.pread, handle.cached_fd, size, off)

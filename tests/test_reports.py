@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests.regkit import Registry, go_env, push_image, registry_available, skopeo, start_registry
-from tests.util import MotoServer, bucket_requests, fuse_test_marker, mounted, start_synth
+from tests.util import (
+    MotoServer,
+    bucket_requests,
+    fuse_test_marker,
+    mounted,
+    read_stats,
+    start_synth,
+    stats_when,
+)
 
 pytestmark = [
     fuse_test_marker(),
@@ -218,7 +226,7 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
         assert summary["gc_eligible_blobs"] == len(expected_all)
         assert summary["gc_untagged_eligible_blobs"] == len(expected_untagged)
         assert summary["bad_links"] == 2 and summary["registry_gc_would_stop_on"] == []
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        stats = read_stats(mount.path)["reports"]
         fetched = stats["manifests"]["fetched"]
         assert fetched == summary["manifests_read"] > 0
         # The recipe: the registry is stopped; remove the eligible blobs through the mount.
@@ -259,7 +267,7 @@ def test_reports_match_the_registry(moto: MotoServer, s3: Any, bucket: str, tmp_
     seen = len(moto.request_lines())
     with mounted(tmp_path / "m3", options, check_clean=False) as mount:
         (mount.path / "_registry/gc/eligible.tsv").read_text()
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        stats = read_stats(mount.path)["reports"]
         assert stats["manifests"]["fetched"] == 1, stats
         assert stats["manifests"]["disk_hits"] == len(cached) - 1, stats
     assert hashlib.sha256(cached[0].read_bytes()).hexdigest() == cached[0].name
@@ -343,7 +351,7 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
         }
         assert len(summary["registry_gc_would_stop_on"]) == 3
         assert summary["keys_left_out"] == 2
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        stats = read_stats(mount.path)["reports"]
         # Read-only, and not listed at the root without -o views.
         assert "_registry" not in os.listdir(mount.path)
         for change in (
@@ -372,7 +380,7 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
             time.sleep(0.1)
         time.sleep(0.3)
         assert bucket_requests(moto.request_lines()[seen:], bucket)["GET"] == 1
-        again = json.loads((mount.path / ".s3regfs/stats").read_text())["reports"]
+        again = read_stats(mount.path)["reports"]
         assert again["manifests"]["fetched"] == stats["manifests"]["fetched"] + 1, again
         assert again["computations"] == stats["computations"] + 1
         assert newer not in eligible
@@ -394,7 +402,8 @@ def test_bad_manifests_are_reported_and_reruns_read_only_new_manifests(
 
 
 def test_the_mount_answers_while_a_report_is_computed_and_a_full_disk_is_enospc(tmp_path: Path) -> None:
-    """Reports run beside the other requests; their database on a full disk
+    """Reports run beside the other requests; a report is read from its file
+    without staying in the daemon's memory; their database on a full disk
     fails the open with ENOSPC, leaves nothing behind, and the mount goes on."""
     server = start_synth(20_000, list_delay=0.15)
     tiny = tmp_path / "tiny-disk"
@@ -406,15 +415,20 @@ def test_the_mount_answers_while_a_report_is_computed_and_a_full_disk_is_enospc(
             view = mount.path / "_registry"
             with ThreadPoolExecutor(1) as pool:
                 usage = pool.submit((view / "usage.tsv").read_text)
-                deadline = time.monotonic() + 30
-                while _stage(mount.path) != "scan" and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                stats_when(mount.path, lambda stats: stats["reports"]["stage"] == "scan", 30, 0.01)
                 # The scan (about 21 pages, 0.15 s each) is under way; the mount answers meanwhile.
                 assert sorted(os.listdir(mount.path)) == ["docker"]
                 assert (mount.path / "docker/registry/v2/blobs").is_dir()
                 assert _stage(mount.path) == "scan"
                 lines = usage.result(timeout=120).splitlines()
             assert len(lines) == 2 + 100 + 2  # headers, 100 repositories, (unreferenced), (total)
+            # A report larger than memory is served from its file without
+            # staying in the daemon's resident set: read whole, still open,
+            # its mapping holds at most the pages of the read in progress.
+            with open(view / "gc/eligible.tsv", "rb") as report:
+                text = report.read()
+                assert len(text) > 256 * 1024 and text.count(b"\n") > 1000
+                assert _resident_kib(mount.process.pid, "s3regfs-reports-", ".txt") <= 2 * 4, len(text)
         with mounted(tmp_path / "m2", ["-o", f"spooldir={tiny}", *options], check_clean=False) as mount:
             view = mount.path / "_registry"
             with pytest.raises(OSError) as caught:
@@ -441,5 +455,19 @@ def _index_children(layout: Path) -> set[str]:
     return found
 
 
+def _resident_kib(pid: int, prefix: str, suffix: str) -> int:
+    """KiB of process *pid*'s mappings of files named *prefix*...*suffix*
+    that are resident (its /proc smaps)."""
+    total, counting = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:  # a mapping's header line
+            name = os.path.basename(fields[5]) if len(fields) > 5 else ""
+            counting = name.startswith(prefix) and name.endswith(suffix)
+        elif counting and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
 def _stage(mountpoint: Path) -> str:
-    return str(json.loads((mountpoint / ".s3regfs/stats").read_text())["reports"]["stage"])
+    return str(read_stats(mountpoint)["reports"]["stage"])
