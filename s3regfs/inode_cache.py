@@ -306,6 +306,8 @@ class Namespace:
         #: that listing's generation and start, and the trims and changes
         #: done when it began (see _straddled).
         self._flat_covered: dict[int, tuple[str, int, float, int, int]] = {}
+        #: Until when expired digest directories are listed on their own (see _page_onward).
+        self._pages_onward_paused_until = 0.0
         #: Directory inodes whose last flat listing was cut (more keys below
         #: them than FLAT_LISTING_PAGES hold): a lookup lists them shallow.
         self._cut_listings: dict[int, None] = {}
@@ -797,7 +799,7 @@ class Namespace:
                 self._reached(directory)  # listed meanwhile (maybe ahead)
                 return
             created = self._created
-            await self._list(directory, whole=whole, shallow=shallow)
+            await self._list(directory, whole=whole, shallow=shallow, onward=reading)
             self._listing_grew = self._created - created
         if reading:
             self._read_ahead(directory)
@@ -833,7 +835,11 @@ class Namespace:
         if not self.list_ahead or self._ahead_in_flight or not directory.attached:
             return
         grew = self._listing_grew
-        if self.max_nodes and len(self._inodes) + grew > self.max_nodes and 2 * grew > TRIM_TO * self.max_nodes:
+        if (
+            self.max_nodes
+            and len(self._inodes) + grew > self.max_nodes
+            and 2 * grew > TRIM_TO * self.max_nodes
+        ):
             # A trim is due, and what it keeps cannot hold this listing and a
             # sibling as big: it would take the part of this one the walk has
             # yet to read (a trim takes the used directories first, then by
@@ -951,7 +957,7 @@ class Namespace:
                     return
                 self.lists_ahead += 1
                 created = self._created
-                await self._list(directory, whole=False)
+                await self._list(directory, whole=False, onward=True)
                 self._listing_grew = self._created - created
                 listed = True
         except StorageError as error:
@@ -988,10 +994,12 @@ class Namespace:
         self._inodes[node.ino] = node
         return node
 
-    async def _list(self, directory: Node, *, whole: bool = True, shallow: bool = False) -> None:
+    async def _list(
+        self, directory: Node, *, whole: bool = True, shallow: bool = False, onward: bool = False
+    ) -> None:
         below = self._spine_to_fetch(directory)
         if not below:
-            await self._list_now(directory, whole=whole, shallow=shallow)
+            await self._list_now(directory, whole=whole, shallow=shallow, onward=onward)
             return
         # A walk from the root lists these next, one after another: ask for
         # their first pages now, in the same round trip as this listing.
@@ -999,7 +1007,7 @@ class Namespace:
             async with trio.open_nursery() as nursery:
                 for path in below:
                     nursery.start_soon(self._fetch_early, path)
-                await self._list_now(directory, whole=whole, shallow=shallow)
+                await self._list_now(directory, whole=whole, shallow=shallow, onward=onward)
 
     def _spine_to_fetch(self, directory: Node) -> list[str]:
         """The SPINE directories below *directory* whose first page is worth
@@ -1066,17 +1074,19 @@ class Namespace:
             node = node.children.get(name)
         return node
 
-    async def _list_now(self, directory: Node, *, whole: bool, shallow: bool = False) -> None:
+    async def _list_now(
+        self, directory: Node, *, whole: bool, shallow: bool = False, onward: bool = False
+    ) -> None:
         """List *directory*: its subtree in flat pages first (see the module
         docstring), then the rest of its own children.  *shallow*: its own
-        children only (see lookup)."""
+        children only (see lookup).  *onward*: a walk is on its way through
+        the directory's siblings (see _expired_in_a_run)."""
         parent = directory.parent
-        if (
-            parent is not None
-            and parent.ino in self._flat_cursors
-            and await self._continue_flat(parent, directory)
-        ):
-            return
+        if parent is not None:
+            if parent.ino in self._flat_cursors and await self._continue_flat(parent, directory):
+                return
+            if onward and self._expired_in_a_run(directory) and await self._page_onward(parent, directory):
+                return
         path = directory.path
         prefix = layout.dir_prefix(self.key_prefix, path)
         gen = next(self._gens)
@@ -1164,7 +1174,9 @@ class Namespace:
                 started = min(started, early[0])
                 page, early = early[1], None
             else:
-                page = await self._store.list_page(prefix, delimiter="/", start_after=start_after, token=token)
+                page = await self._store.list_page(
+                    prefix, delimiter="/", start_after=start_after, token=token
+                )
             cost += 1
             pages += 1
             for info in page.objects:
@@ -1225,27 +1237,60 @@ class Namespace:
         page per 1,000 keys, not a listing per repository.  Whether
         *directory* is now listed whole."""
         cursor = self._flat_cursors.get(parent.ino)
-        parent_prefix = layout.dir_prefix(self.key_prefix, parent.path)
         start = layout.dir_prefix(self.key_prefix, directory.path)
         if cursor is None or start <= cursor:
             return False  # it straddles the cut: listed on its own
+        last, ended = await self._flat_onward(parent, directory, layout.FLAT_LISTING_PAGES)
+        if ended:
+            self._flat_cursors.pop(parent.ino, None)
+        else:
+            self._flat_cursors[parent.ino] = max(cursor, last)
+        return self.is_fresh(directory)
+
+    def _expired_in_a_run(self, directory: Node) -> bool:
+        """Whether *directory* is a digest directory (one link or data file)
+        whose listing expired: a walk slower than metadata_ttl through a
+        flat-listed run of them (``_layers/sha256``, ``blobs/sha256/<hh>``)
+        finds its siblings expired too, and listing each on its own would
+        cost a request per name (see _page_onward)."""
+        return directory.fresh_at is not None and layout.is_digest_name(directory.name)
+
+    async def _page_onward(self, parent: Node, directory: Node) -> bool:
+        """List *directory* with one page of its parent's subtree from it on:
+        one request, as its own listing would be, that makes the next ~1,000
+        siblings fresh too, so a walk past metadata_ttl through a run of
+        digest directories costs a request per 1,000 of them.  Not while a
+        page lately took more than half the TTL (a TTL that short would see
+        the siblings expire before the walk reached them: each own listing
+        is then cheaper).  Whether *directory* is now listed whole."""
+        if self._now() < self._pages_onward_paused_until:
+            return False
+        started = self._now()
+        await self._flat_onward(parent, directory, 1)
+        if self._now() - started > self.ttl / 2:
+            self._pages_onward_paused_until = self._now() + self.ttl
+        return self.is_fresh(directory)
+
+    async def _flat_onward(self, parent: Node, directory: Node, pages: int) -> tuple[str, bool]:
+        """List *directory* and the siblings after it: up to *pages* pages of
+        the parent's subtree from *directory* on, marking fresh every
+        directory read whole.  How far it read, and whether the parent's
+        subtree ended."""
+        parent_prefix = layout.dir_prefix(self.key_prefix, parent.path)
+        start = layout.dir_prefix(self.key_prefix, directory.path)
         gen = next(self._gens)
         started = self._now()
         touched: dict[int, Node] = {}
         # Keys after "<dir>" (no slash): the directory's own keys first.
         read, ended, _ = await self._flat_pages(
-            parent, parent_prefix, layout.FLAT_LISTING_PAGES, gen, touched, start_after=start[:-1]
+            parent, parent_prefix, pages, gen, touched, start_after=start[:-1]
         )
         last = read or start
         for node in touched.values():
             node_prefix = layout.dir_prefix(self.key_prefix, node.path)
             if node_prefix >= start and (ended or (last > node_prefix and not last.startswith(node_prefix))):
                 self._mark_fresh(node, gen, started)
-        if ended:
-            self._flat_cursors.pop(parent.ino, None)
-        else:
-            self._flat_cursors[parent.ino] = max(cursor, last)
-        return self.is_fresh(directory)
+        return last, ended
 
     async def _flat_pages(
         self,
@@ -1639,7 +1684,13 @@ class _FlatReading:
     count, and the ranges it reads."""
 
     def __init__(
-        self, namespace: Namespace, directory: Node, prefix: str, gen: int, touched: dict[int, Node], budget: int
+        self,
+        namespace: Namespace,
+        directory: Node,
+        prefix: str,
+        gen: int,
+        touched: dict[int, Node],
+        budget: int,
     ) -> None:
         self._namespace = namespace
         self._directory = directory

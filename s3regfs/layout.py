@@ -134,7 +134,7 @@ class _DigestRun:
         if not key.startswith(self.stem):
             return None
         component = key[len(self.stem) + (3 if self.fanout else 0) :].partition("/")[0]
-        if not _is_digest(component):
+        if not is_digest_name(component):
             return None
         return int(component[:8], 16) / 16**8
 
@@ -145,8 +145,10 @@ class _DigestRun:
         return self.stem + (cell[:2] + "/" if self.fanout else "") + cell + KEY_MAX
 
 
-def _is_digest(component: str) -> bool:
-    """Whether a key component is a hex digest (not a short hex-looking name)."""
+def is_digest_name(component: str) -> bool:
+    """Whether a key component (a file or directory name) is a hex digest, not
+    a short hex-looking name: the registry names its digest directories so
+    (``_layers/sha256/<hex>``, ``blobs/sha256/<hh>/<hex>``), each holding one file."""
     return len(component) >= DIGEST_MIN_HEX and _HEX.issuperset(component)
 
 
@@ -170,10 +172,10 @@ def _digest_run(first: str, last: str, start: int) -> _DigestRun | None:
     component = last[begin:end]
     stem = last[:begin]
     if len(component) == 2 and last[end + 1 : end + 3] == component:
-        if _is_digest(last[end + 1 :].partition("/")[0]):
+        if is_digest_name(last[end + 1 :].partition("/")[0]):
             return _DigestRun(stem, fanout=True)
         return None
-    if not _is_digest(component):
+    if not is_digest_name(component):
         return None  # a short name that happens to be hex ("f0999", "cafe")
     parent = stem[:-1].rpartition("/")[2]
     if begin - 3 >= start and len(parent) == 2 and _HEX.issuperset(parent) and component.startswith(parent):

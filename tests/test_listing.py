@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import subprocess
 import threading
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.util import fuse_test_marker, mounted
+from tests.util import fuse_test_marker, mounted, read_stats
 
 pytestmark = fuse_test_marker()
 
@@ -107,7 +106,7 @@ def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
     _put(s3, bucket, keys)
     with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=2", bucket]) as mount:
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        stats = read_stats(mount.path)
         # The root's listing asked for the five directories below it at once,
         # and the walk used each.
         assert stats["cache"]["early_pages"] == stats["cache"]["early_pages_used"] == 5
@@ -125,6 +124,47 @@ def test_a_walk_of_split_listings_shows_the_bucket_and_its_changes(
         assert files == _bucket_files(s3, bucket)
         assert f"{middle} 20" in files and not any(line.startswith(keys[100]) for line in files)
         assert os.path.getsize(mount.path / f"{REPO}/_layers/sha256/f\U0010ffffz/link") == 20
+
+
+def test_a_walk_slower_than_the_ttl_lists_expired_digest_directories_a_page_at_a_time(
+    s3: Any, bucket: str, endpoint_opts: list[str], tmp_path: Path
+) -> None:
+    """The listing of a run of digest directories can expire while a walk is
+    on its way through them (a walk slower than metadata_ttl, a loaded
+    machine): the walk then lists them again a page of 1,000 keys at a time,
+    not a request for each directory, and sees what changed meanwhile."""
+    ttl = 4.0
+    digests = sorted(_digest(i) for i in range(1500))
+    _put(s3, bucket, [f"{REPO}/_layers/sha256/{digest}/link" for digest in digests])
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", f"metadata_ttl={ttl:g}", bucket]) as mount:
+        layers = mount.path / REPO / "_layers/sha256"
+        # The repository is listed flat: every digest directory is fresh from now.
+        assert (mount.path / REPO / "_layers").is_dir()
+        listed_at = time.monotonic()
+        time.sleep(ttl * 0.6)
+        # Read while fresh: the kernel keeps these entries for a TTL from now,
+        # so the walk below opens each directory without a lookup first.
+        assert sorted(os.listdir(layers)) == digests
+        # Beside the mount, meanwhile: a link rewritten, one removed.
+        changed, removed = digests[700], digests[1200]
+        s3.put_object(Bucket=bucket, Key=f"{REPO}/_layers/sha256/{changed}/link", Body=b"rewritten, longer")
+        s3.delete_object(Bucket=bucket, Key=f"{REPO}/_layers/sha256/{removed}/link")
+        time.sleep(max(0.0, listed_at + ttl + 0.3 - time.monotonic()))
+        lists = read_stats(mount.path)["operations"]["list_objects_v2"]
+        for digest in digests:
+            if digest != removed:
+                assert os.listdir(layers / digest) == ["link"], digest
+                continue
+            # Gone from S3: empty while the kernel still holds its entry, else gone.
+            with contextlib.suppress(FileNotFoundError):
+                assert os.listdir(layers / digest) == []
+        spent = read_stats(mount.path)["operations"]["list_objects_v2"] - lists
+        # 1,500 keys: pages of 1,000 from the directories where the walk (or
+        # the listing ahead of it) met an expired one, and the removed one's
+        # own listing: 10 here.  One request per directory would be 1,500
+        # (339 were made before the walk outlived the kernel's entries).
+        assert spent <= 20, spent
+        assert (layers / changed / "link").stat().st_size == len(b"rewritten, longer")
 
 
 def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_namespaces(
@@ -155,10 +195,12 @@ def test_walks_listing_ahead_while_this_mount_and_another_writer_change_the_name
                     (mount.path / name).parent.mkdir(parents=True, exist_ok=True)
                     (mount.path / name).write_bytes(data)
                     written[name] = data
-                shown = {line[len(str(mount.path)) + 1 :] for line in _walk_of_a_moving_bucket(mount.path / top)}
+                shown = {
+                    line[len(str(mount.path)) + 1 :] for line in _walk_of_a_moving_bucket(mount.path / top)
+                }
                 assert len(shown) > 5000
                 assert set(written) <= shown, sorted(set(written) - shown)
-            stats = json.loads((mount.path / ".s3regfs/stats").read_text())["cache"]
+            stats = read_stats(mount.path)["cache"]
             assert stats["lists_ahead"] >= 3, stats
         time.sleep(1.2)
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
@@ -171,7 +213,11 @@ def test_a_walk_while_a_registry_pushes_and_deletes(
 ) -> None:
     keys = [f"{REPO}/_layers/sha256/{_digest(i)}/link" for i in range(2400)]
     _put(s3, bucket, keys)
-    with mounted(tmp_path / "m", [*endpoint_opts, "-o", "metadata_ttl=1", bucket]) as mount:
+    # A TTL several times what moto takes for a page of 1,000 keys (0.3 s
+    # here, more while the writer runs): a listing that is stale when it
+    # arrives would leave every step of the walk to list again.
+    ttl = 3.0
+    with mounted(tmp_path / "m", [*endpoint_opts, "-o", f"metadata_ttl={ttl:g}", bucket]) as mount:
         with _another_writer(
             s3,
             bucket,
@@ -181,7 +227,7 @@ def test_a_walk_while_a_registry_pushes_and_deletes(
             for _ in range(3):
                 # Each walk sees some state of a moving bucket.
                 assert len(_walk_of_a_moving_bucket(mount.path)) > 2000
-        time.sleep(1.2)
+        time.sleep(ttl + 0.2)
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
 
 
@@ -213,7 +259,7 @@ def test_the_request_loop_polls_for_a_walks_requests_and_still_runs_uploads(
             stop.set()
             walker.join()
         assert walks and all(count == walks[0] for count in walks), walks
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        stats = read_stats(mount.path)
         assert stats["request_loop"]["busy_poll_us"] == 50
         assert stats["request_loop"]["polled"] > 0 and stats["request_loop"]["after_waiting"] > 0, stats[
             "request_loop"
@@ -223,5 +269,5 @@ def test_the_request_loop_polls_for_a_walks_requests_and_still_runs_uploads(
         assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == data
     with mounted(tmp_path / "m2", [*endpoint_opts, "-o", "busy_poll=0", bucket]) as mount:
         assert _mount_files(mount.path) == _bucket_files(s3, bucket)
-        stats = json.loads((mount.path / ".s3regfs/stats").read_text())
+        stats = read_stats(mount.path)
         assert "request_loop" not in stats
