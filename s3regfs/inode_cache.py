@@ -1253,7 +1253,8 @@ class Namespace:
         flat-listed run of them (``_layers/sha256``, ``blobs/sha256/<hh>``)
         finds its siblings expired too, and listing each on its own would
         cost a request per name (see _page_onward)."""
-        return directory.fresh_at is not None and layout.is_digest_name(directory.name)
+        # metadata_ttl=0: nothing a page brings stays fresh; its own listing is cheaper.
+        return self.ttl > 0 and directory.fresh_at is not None and layout.is_digest_name(directory.name)
 
     async def _page_onward(self, parent: Node, directory: Node) -> bool:
         """List *directory* with one page of its parent's subtree from it on:

@@ -939,3 +939,47 @@ async def test_a_flat_page_builds_the_same_tree_whatever_its_keys_share(
     }
     # The whole subtree from one flat page: no directory below it was listed.
     assert store.request_counts["list_objects_v2"] == lists + 1
+
+
+async def test_an_expired_digest_directory_is_listed_with_a_page_of_its_siblings(
+    moto: MotoServer, s3: Any, bucket: str
+) -> None:
+    """A reader's listing of an expired digest directory reads one page of its
+    parent's subtree from it on, making the next siblings fresh; not while
+    such pages take more than half the TTL, nor with metadata_ttl=0."""
+    repository = "docker/registry/v2/repositories/app"
+    _put_all(s3, bucket, _layer_links(repository, 1200))
+    store, namespace, clock = _on_a_clock(moto, bucket)
+    layers = await namespace.resolve(f"{repository}/_layers/sha256")
+    digests = await namespace.list_children(layers)
+    assert len(digests) == 1200 and all(namespace.is_fresh(d) for d in digests)
+    clock[0] += 61  # every listing expired
+    listed = len(store.listed)
+    await namespace.ensure_listed(digests[10], reading=True)
+    assert store.listed[listed:] == [(f"{repository}/_layers/sha256/", None)]  # one page, no delimiter
+    fresh = [namespace.is_fresh(d) for d in digests]
+    assert fresh[10:1009] == [True] * 999 and not any(fresh[:10]) and not any(fresh[1011:])
+    # A directory before it is listed on its own way (a page from it too).
+    listed = len(store.listed)
+    await namespace.ensure_listed(digests[3], reading=True)
+    assert len(store.listed) - listed == 1 and namespace.is_fresh(digests[4])
+    # Pages slower than half the TTL: each directory on its own, for a TTL.
+    clock[0] += 61
+
+    async def slow_page(prefix: str, **kwargs: Any) -> Any:
+        clock[0] += 31
+        return await _Watched.list_page(store, prefix, **kwargs)
+
+    store.list_page = slow_page  # type: ignore[method-assign]
+    listed = len(store.listed)
+    await namespace.ensure_listed(digests[100], reading=True)  # a page, 31 s long
+    assert store.listed[listed:] == [(f"{repository}/_layers/sha256/", None)]
+    await namespace.ensure_listed(digests[1150], reading=True)  # past that page
+    assert store.listed[listed + 1][0] == f"{repository}/_layers/sha256/{digests[1150].name}/"
+    # metadata_ttl=0: never a page for a directory of one file.
+    zero = Namespace(_Watched(make_store(moto.url, bucket)), "", metadata_ttl=0)
+    layers = await zero.resolve(f"{repository}/_layers/sha256")
+    first = (await zero.list_children(layers))[0]
+    before = len(zero._store.listed)  # type: ignore[attr-defined]
+    await zero.ensure_listed(first, reading=True)
+    assert zero._store.listed[before][0] == f"{repository}/_layers/sha256/{first.name}/"  # type: ignore[attr-defined]
