@@ -281,7 +281,13 @@ FS_OPTIONS: tuple[Option, ...] = (
     Option("uid", "int", None, "mounting user", "owner of every file", lo=0, hi=2**32 - 2),
     Option("gid", "int", None, "mounting group", "group of every file", lo=0, hi=2**32 - 2),
     Option("umask", "special", 0o022, "022", "octal mask applied to 0777 (directories) and 0666 (files)"),
-    Option("metadata_ttl", "seconds", 60.0, "60", "seconds a listing or attribute stays fresh"),
+    Option(
+        "metadata_ttl",
+        "seconds",
+        60.0,
+        "60",
+        "seconds a listing or attribute stays fresh, from when it was asked for: keep it well above the time a listing takes, or a walk lists again at every step",
+    ),
     Option(
         "metadata_cache",
         "size",
