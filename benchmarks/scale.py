@@ -14,7 +14,8 @@ metadata_ttl=TTL,metadata_cache=CACHE`` it runs, in order: ``find -ls``,
 TTL, and ``find MOUNT/_images -maxdepth 3``, and prints for each: entries,
 seconds, entries per second, LIST/GET/HEAD requests counted at the endpoint
 (and per key), the daemon's VmHWM and VmRSS, its CPU seconds, its cached
-names (and how many of them the kernel holds) and evictions, the listings
+names (how many of them the kernel holds, and the daemon's RSS growth
+since mounting per cached name) and evictions, the listings
 it made ahead of the walk (``-o list_ahead``), the FUSE requests its loop
 took by polling and after waiting (``-o busy_poll``), and the growth of
 the kernel's ``fuse_inode`` and ``dentry`` slabs.
@@ -125,7 +126,8 @@ def _run(args: argparse.Namespace, skip: set[str]) -> int:
         )
     try:
         wait_mounted(Running("s3regfs", daemon, mountpoint, ["fusermount3", "-u"]), timeout=60)
-        print(f"daemon RSS after mounting: {rss_mib(daemon.pid):.0f} MiB")
+        mounted_rss = rss_mib(daemon.pid)
+        print(f"daemon RSS after mounting: {mounted_rss:.0f} MiB")
         m = str(mountpoint)
         steps = [
             ("find", "find -ls", ["find", m, "-ls"]),
@@ -160,12 +162,16 @@ def _run(args: argparse.Namespace, skip: set[str]) -> int:
             lists = after["list_requests"] - before["list_requests"]
             gets = after["get_requests"] - before["get_requests"]
             heads = after["head_requests"] - before["head_requests"]
+            rss = rss_mib(daemon.pid)
+            # Everything the daemon grew by since mounting, charged to the names it holds now.
+            per_name = (rss - mounted_rss) * 2**20 / cache["nodes"] if cache["nodes"] else 0.0
             print(
                 f"{label}: {lines} lines, {elapsed:.1f} s, {server.keys / elapsed:.0f} keys/s; "
                 f"requests LIST {lists} GET {gets} HEAD {heads} ({(lists + gets + heads) / server.keys:.4f} per key); "
-                f"daemon VmHWM {peak_rss_mib(daemon.pid):.0f} MiB, RSS {rss_mib(daemon.pid):.0f} MiB, "
+                f"daemon VmHWM {peak_rss_mib(daemon.pid):.0f} MiB, RSS {rss:.0f} MiB, "
                 f"CPU {cpu:.1f} s; FUSE requests polled {loop['polled']}, after waiting {loop['after_waiting']}; "
-                f"cached names {cache['nodes']} (bound {cache['max_nodes']}, {cache['kernel_held']} held by the kernel), "
+                f"cached names {cache['nodes']} (bound {cache['max_nodes']}, {cache['kernel_held']} held by the kernel; "
+                f"RSS growth since mounting {per_name:.0f} bytes a name), "
                 f"evicted {cache['evicted']}, "
                 f"listings made ahead {cache['lists_ahead'] - ahead_before}; "
                 f"kernel slabs grew fuse_inode {grown['fuse_inode']:+.1f} MiB, dentry {grown['dentry']:+.1f} MiB; "
